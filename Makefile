@@ -1,0 +1,91 @@
+# pibake: every target installs what it needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIBAKE := $(BIN)/pibake
+IMAGE ?= build/pibake-bullseye.img
+PROFILE ?= virt
+NAME ?= pibake
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Debian packages the harness drives. Override APT_GET to use another front end.
+APT_GET ?= apt-get
+APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support debootstrap \
+	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu
+
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help deps binfmt venv image emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
+
+help: ## show this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+deps: binfmt ## install the Debian packages the harness drives (apt, as root or with sudo)
+
+.deps-stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		$(SUDO) $(APT_GET) update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+binfmt: .deps-stamp ## register qemu-arm with binfmt_misc so armhf binaries run here
+	@if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-arm; then \
+		[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+		$(SUDO) update-binfmts --enable qemu-arm; \
+	fi
+	@grep -q enabled /proc/sys/fs/binfmt_misc/qemu-arm
+
+venv: $(VENV)/.installed ## the Python venv with pibake and its test and dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
+	$(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
+
+emulate: deps venv ## boot IMAGE under QEMU (PROFILE=virt), wait for SSH, write inventories/qemu/hosts.yml
+	@[ -f $(IMAGE) ] || $(MAKE) image
+	$(PIBAKE) emulate start $(IMAGE) --profile $(PROFILE) --name $(NAME)
+
+emulate-stop: venv ## shut the emulated Pi down cleanly
+	$(PIBAKE) emulate stop --name $(NAME)
+
+provision: venv ## run site.yml against the emulated Pi (after `make emulate`)
+	$(BIN)/ansible-playbook site.yml -i inventories/qemu
+
+demo: deps venv ## the whole job: image, boot, provision, run the model on the Pi, finished image in build/
+	$(PIBAKE) demo --profile $(PROFILE)
+
+test-fast: venv ## unit tests only: no emulator, no root
+	$(BIN)/pytest -q tests/unit
+
+test-integration: deps venv image
+	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
+
+molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, destroy
+	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test
+
+test: test-integration molecule ## everything CI runs: installs what it needs, then pytest and Molecule
+
+lint: venv ## ruff, mypy, ansible-lint, yamllint
+	$(BIN)/ruff check src tests scripts models molecule
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint
+
+collection: venv ## build the pibake.raspberry collection tarball into build/
+	$(BIN)/ansible-galaxy collection build --force --output-path build .
+
+clean: ## remove build outputs (the cache in ~/.cache/pibake stays)
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

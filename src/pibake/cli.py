@@ -1,0 +1,183 @@
+"""Command line: parses arguments and calls one function per subcommand, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pibake import __version__
+from pibake.errors import PibakeError
+
+log = logging.getLogger("pibake")
+
+DEFAULT_IMAGE = Path("build/pibake-bullseye.img")
+
+
+def _cmd_image_build(a: argparse.Namespace) -> int:
+    from pibake import image
+
+    spec = image.default_spec(base=a.base, size_mb=a.size, mirror=a.mirror)
+    built = image.build_image(spec, output=a.output, rebuild=a.rebuild)
+    print(f"{built.path}  sha256 {built.sha256}  ({'cached, ' if built.cached else ''}{built.seconds:.1f} s)")
+    return 0
+
+
+def _cmd_emulate_start(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    guest = emulator.start(
+        a.image,
+        profile=a.profile,
+        cpu=a.cpu,
+        name=a.name,
+        persist=a.persist,
+        memory_mb=a.memory,
+        timeout=a.timeout,
+        inventory=None if a.no_inventory else a.inventory,
+    )
+    print(f"{guest.name}: ssh -p {guest.ssh_port} {guest.user}@127.0.0.1 (booted in {guest.boot_seconds:.1f} s)")
+    return 0
+
+
+def _cmd_emulate_stop(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    stopped = emulator.stop(a.name, timeout=a.timeout)
+    print(f"{a.name}: {'stopped cleanly' if stopped.clean else 'killed after timeout'} in {stopped.seconds:.1f} s")
+    return 0 if stopped.clean else 1
+
+
+def _cmd_emulate_status(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    st = emulator.status(a.name)
+    print(json.dumps(st.as_dict(), indent=2, sort_keys=True) if a.json else st.describe())
+    return 0 if st.running else 3
+
+
+def _cmd_emulate_ssh(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    return emulator.ssh(a.name, a.command)
+
+
+def _cmd_emulate_run(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    return emulator.run_foreground(a.image, profile=a.profile, cpu=a.cpu, name=a.name, persist=a.persist)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from pibake import demo
+
+    res = demo.demo(project=a.project, profile=a.profile, output=a.output)
+    print("\nPredictions of the demo model, run on the emulated Pi:")
+    for p in res.predictions:
+        print(f"  {p['image']:<24} {p['label']:<12} {float(p['probability']):.4f}")
+    print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
+    print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
+    return 0
+
+
+def _add_guest_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="pibake", help="guest name; its state lives in the cache (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pibake",
+        description="Bake a Raspberry Pi image that carries an ML model, prove it in QEMU, burn it.",
+    )
+    parser.add_argument("--version", action="version", version=f"pibake {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every command run (debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p_image = sub.add_parser("image", help="build base images")
+    image_sub = p_image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    p = image_sub.add_parser(
+        "build",
+        help="build a Raspberry-Pi-OS-shaped image from Debian armhf packages (needs root for debootstrap)",
+        description="Debootstrap Debian armhf through qemu-user, add the pi user with the harness's SSH key, "
+        "and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
+        "Cached under a hash of the recipe: a second build with the same recipe takes seconds.",
+    )
+    p.add_argument("--base", default="debian-bullseye", help="base system (default: %(default)s)")
+    p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
+    p.add_argument("--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)")
+    p.add_argument("-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)")
+    p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
+    p.set_defaults(func=_cmd_image_build)
+
+    p_emu = sub.add_parser("emulate", help="boot an image under qemu-system-arm with SSH forwarded")
+    emu_sub = p_emu.add_subparsers(dest="emulate_command", required=True, metavar="ACTION")
+    for action, help_text in (
+        ("start", "boot the image in the background, wait for SSH, write the Ansible inventory"),
+        ("run", "boot the image in the foreground until Ctrl-C, then shut it down cleanly"),
+    ):
+        p = emu_sub.add_parser(action, help=help_text, description=help_text)
+        p.add_argument("image", nargs="?", type=Path, default=DEFAULT_IMAGE, help="raw image (default: %(default)s)")
+        p.add_argument("--profile", default="virt", help="machine profile from qemu/ (default: %(default)s)")
+        p.add_argument("--cpu", default=None, help="CPU model, for profiles that let you choose (default: the profile's)")
+        p.add_argument("--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay")
+        _add_guest_options(p)
+        if action == "start":
+            p.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM (default: the profile's)")
+            p.add_argument("--timeout", type=float, default=300, metavar="S", help="give up waiting for SSH after S seconds (default: %(default)s)")
+            p.add_argument("--inventory", type=Path, default=Path("inventories/qemu/hosts.yml"), help="Ansible inventory to write (default: %(default)s)")
+            p.add_argument("--no-inventory", action="store_true", help="do not write an inventory")
+            p.set_defaults(func=_cmd_emulate_start)
+        else:
+            p.set_defaults(func=_cmd_emulate_run)
+    p = emu_sub.add_parser("stop", help="shut the guest down cleanly (poweroff over SSH, then ACPI, then kill)")
+    _add_guest_options(p)
+    p.add_argument("--timeout", type=float, default=120, metavar="S", help="seconds to wait for a clean shutdown (default: %(default)s)")
+    p.set_defaults(func=_cmd_emulate_stop)
+    p = emu_sub.add_parser("status", help="is the guest running, and where is its SSH port and serial log")
+    _add_guest_options(p)
+    p.add_argument("--json", action="store_true", help="print the guest's state as JSON (for scripts and Molecule)")
+    p.set_defaults(func=_cmd_emulate_status)
+    p = emu_sub.add_parser("ssh", help="open a shell on the guest, or run COMMAND there")
+    _add_guest_options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="command to run on the guest")
+    p.set_defaults(func=_cmd_emulate_ssh)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole job: build, boot, provision with site.yml, run the model on the Pi, keep the finished image",
+        description="Build (or reuse) the base image, boot a copy of it, provision it with site.yml, run the demo "
+        "model on the emulated Pi and print its predictions for the bundled samples, shut the guest down "
+        "cleanly and leave the finished image and its .sha256 in build/.",
+    )
+    p.add_argument("--profile", default="virt", help="machine profile (default: %(default)s)")
+    p.add_argument("--project", type=Path, default=Path.cwd(), help="the pibake checkout (default: the current directory)")
+    p.add_argument("-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except PibakeError as e:
+        log.debug("error", exc_info=True)
+        print(f"pibake: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pibake: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The main job end to end: image, boot, provision, run the model on the Pi, finished image."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pibake import emulator, image
+from pibake.errors import PibakeError
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "/opt/pibake/model"
+
+
+@dataclass
+class DemoResult:
+    image: Path
+    sha256: str
+    predictions: list[dict[str, object]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _tool(name: str) -> str:
+    """A tool from this interpreter's venv first, then from PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which(name, path=path)
+    if not found:
+        raise PibakeError(f"{name} not found: install pibake with its dependencies (`make venv`)")
+    return found
+
+
+def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | None = None) -> None:
+    """Run site.yml against INVENTORY, streaming Ansible's output."""
+    argv = [_tool("ansible-playbook"), str(project / "site.yml"), "-i", str(inventory)]
+    for key, value in (extra_vars or {}).items():
+        argv += ["-e", f"{key}={value}"]
+    run(argv, cwd=project, env={"ANSIBLE_CONFIG": str(project / "ansible.cfg")}, stream=True)
+
+
+def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:
+    cmd = (
+        f"python3 {model_dir}/predict.py --model {model_dir}/demo.tflite --labels {model_dir}/labels.txt "
+        f"{model_dir}/samples/*.png"
+    )
+    code, out = emulator.ssh_run(guest, cmd, timeout=300)
+    if code != 0:
+        raise PibakeError(f"the model did not run on the guest (exit {code}):\n{out[-2000:]}")
+    try:
+        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
+        raise PibakeError(f"predict.py printed no JSON on the guest:\n{out[-2000:]}") from e
+    return result
+
+
+def demo(*, project: Path, profile: str = "virt", output: Path, name: str = "pibake-demo") -> DemoResult:
+    if not (project / "site.yml").is_file():
+        raise PibakeError(f"no site.yml in {project}: run `pibake demo` from the pibake checkout (or pass --project)")
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    built = image.build_image(image.default_spec(), output=project / "build" / "pibake-bullseye.img")
+    timings["image"] = time.monotonic() - t0
+
+    # The guest writes straight into a copy of the base image: that copy is the finished image.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = output.with_name(output.name + ".part")
+    run(["cp", "--sparse=always", str(built.path), str(work)])
+    inventory = output.with_name(output.name + ".inventory.yml")
+    inventory.unlink(missing_ok=True)
+    try:
+        t0 = time.monotonic()
+        guest = emulator.start(work, profile=profile, name=name, persist=True, inventory=inventory)
+        timings["boot"] = time.monotonic() - t0
+        try:
+            t0 = time.monotonic()
+            provision(project, inventory, extra_vars={"model_dest_dir": MODEL_DIR})
+            timings["provision"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            result = predict_on_guest(guest)
+            timings["inference"] = time.monotonic() - t0
+        finally:
+            t0 = time.monotonic()
+            stopped = emulator.stop(name)
+            timings["shutdown"] = time.monotonic() - t0
+        if not stopped.clean:
+            raise PibakeError(f"{name} did not shut down cleanly; the image may not be consistent and was not kept")
+        work.replace(output)
+    finally:
+        work.unlink(missing_ok=True)
+        inventory.unlink(missing_ok=True)
+    digest = image.write_sha256(output)
+    predictions = result.get("results", [])
+    assert isinstance(predictions, list)
+    return DemoResult(image=output, sha256=digest, predictions=predictions, timings=timings)

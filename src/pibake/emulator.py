@@ -1,0 +1,459 @@
+"""Boot an image under qemu-system-arm, wait for SSH, shut it down cleanly.
+
+A guest's state lives in cache/guests/<name>/: state.json, the serial console log,
+qemu's own log, the QMP socket, the kernel/initrd/cmdline read from the image and the
+copy-on-write overlay. `start` returns once SSH answers; `stop` powers the guest off
+over SSH, then by ACPI through QMP, and only then kills qemu.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import paramiko
+
+from pibake import inventory as ansible_inventory
+from pibake import profiles, sshkey
+from pibake.cache import cache_root
+from pibake.errors import PibakeError
+from pibake.image import read_boot_file
+from pibake.layout import read_mbr
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+POWER_DOWN_MARK = "reboot: Power down"
+SERIAL_TAIL = 30
+
+# Children started by this process, so we can reap them (a dead child is a zombie
+# until waited for, and a zombie still answers kill(pid, 0)).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass
+class Guest:
+    name: str
+    pid: int
+    ssh_port: int
+    user: str
+    private_key: str
+    serial_log: str
+    profile: str
+    cpu: str
+    image: str
+    overlay: str | None
+    inventory: str | None
+    started_at: float
+    boot_seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Guest:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    running: bool
+    guest: Guest | None
+
+    def describe(self) -> str:
+        if not self.guest:
+            return f"{self.name}: not running"
+        g = self.guest
+        state = "running" if self.running else "not running (stale state)"
+        return (
+            f"{g.name}: {state}, pid {g.pid}, profile {g.profile} cpu {g.cpu}\n"
+            f"  ssh: ssh -p {g.ssh_port} -i {g.private_key} {g.user}@127.0.0.1\n"
+            f"  image: {g.image}{' (overlay ' + g.overlay + ')' if g.overlay else ' (persistent)'}\n"
+            f"  serial log: {g.serial_log}"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {"name": self.name, "running": self.running}
+        if self.guest:
+            data.update(asdict(self.guest))
+        return data
+
+
+@dataclass(frozen=True)
+class Stopped:
+    name: str
+    was_running: bool
+    clean: bool
+    seconds: float
+
+
+# ---------------------------------------------------------------- state
+
+
+def state_dir(name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise PibakeError(f"invalid guest name {name!r}: use letters, digits, - and _")
+    return cache_root() / "guests" / name
+
+
+def _load(name: str) -> Guest | None:
+    path = state_dir(name) / "state.json"
+    if not path.exists():
+        return None
+    try:
+        return Guest.from_json(path.read_text())
+    except (ValueError, TypeError) as e:
+        log.warning("ignoring unreadable guest state %s: %s", path, e)
+        return None
+
+
+def _alive(pid: int, sdir: Path) -> bool:
+    """Is PID a live qemu of this guest (not a zombie, not a reused pid)?"""
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _children.pop(pid, None)
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    process_state = stat.rsplit(")", 1)[-1].split()[0]
+    return process_state != "Z" and "qemu-system-arm" in cmdline and str(sdir) in cmdline
+
+
+def status(name: str) -> Status:
+    guest = _load(name)
+    return Status(name, bool(guest and _alive(guest.pid, state_dir(name))), guest)
+
+
+def serial_tail(path: Path | str, lines: int = SERIAL_TAIL) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no serial log)"
+    tail = [ln.rstrip("\r") for ln in text.splitlines()[-lines:]]
+    return "\n".join("  | " + ln for ln in tail) or "  | (serial log is empty)"
+
+
+# ---------------------------------------------------------------- start
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ssh_banner(port: int, timeout: float = 5.0) -> bool:
+    """True once the guest's sshd greets. QEMU's user network accepts on the host side
+    before the guest listens, so a successful connect alone proves nothing."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class _AcceptHostKey(paramiko.MissingHostKeyPolicy):
+    """Guests make new host keys on each first boot and listen on loopback only."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        return None
+
+
+def _connect(port: int, user: str, key: Path, timeout: float = 30) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(_AcceptHostKey())
+    client.connect(
+        "127.0.0.1",
+        port=port,
+        username=user,
+        key_filename=str(key),
+        look_for_keys=False,
+        allow_agent=False,
+        timeout=timeout,
+        banner_timeout=timeout,
+        auth_timeout=timeout,
+    )
+    return client
+
+
+def ssh_run(guest: Guest, command: str, *, timeout: float = 120) -> tuple[int, str]:
+    """Run COMMAND on the guest over paramiko; return (exit status, stdout+stderr)."""
+    client = _connect(guest.ssh_port, guest.user, Path(guest.private_key))
+    try:
+        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        out = stdout.read().decode(errors="replace") + stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), out
+    finally:
+        client.close()
+
+
+def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
+    sdir = state_dir(guest.name)
+    deadline = time.monotonic() + timeout
+    last_report = time.monotonic()
+    while True:
+        if not _alive(guest.pid, sdir):
+            qemu_log = (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
+            raise PibakeError(
+                f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
+                + serial_tail(guest.serial_log)
+            )
+        if _ssh_banner(guest.ssh_port):
+            try:
+                status_code, _ = ssh_run(guest, "true", timeout=30)
+                if status_code == 0:
+                    return
+            except (OSError, paramiko.SSHException) as e:
+                log.debug("ssh not ready: %s", e)
+        now = time.monotonic()
+        if now > deadline:
+            raise PibakeError(
+                f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
+                f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
+            )
+        if now - last_report > 15:
+            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, now - guest.started_at)
+            last_report = now
+        time.sleep(1)
+
+
+def _boot_inputs(image: Path, sdir: Path) -> tuple[Path, Path, str]:
+    kernel = read_boot_file(image, "vmlinuz", sdir / "vmlinuz")
+    initrd = read_boot_file(image, "initrd.img", sdir / "initrd.img")
+    cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
+    if not cmdline:
+        raise PibakeError(f"{image}: cmdline.txt on the boot partition is empty")
+    return kernel, initrd, cmdline
+
+
+def _terminate(pid: int, sdir: Path, *, grace: float = 5) -> None:
+    if not _alive(pid, sdir):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            if not _alive(pid, sdir):
+                return
+            time.sleep(0.1)
+    raise PibakeError(f"qemu (pid {pid}) would not die")
+
+
+def start(
+    image: Path,
+    *,
+    profile: str = "virt",
+    cpu: str | None = None,
+    name: str = "pibake",
+    persist: bool = False,
+    memory_mb: int | None = None,
+    timeout: float = 300,
+    inventory: Path | None = None,
+) -> Guest:
+    """Boot IMAGE in the background and return once SSH answers."""
+    image = image.resolve()
+    if not image.is_file():
+        raise PibakeError(f"no image at {image}: build one with `make image` (pibake image build)")
+    read_mbr(image)
+    prof = profiles.load(profile)
+    cpu = prof.resolve_cpu(cpu)
+    sdir = state_dir(name)
+    current = status(name)
+    if current.running and current.guest:
+        raise PibakeError(
+            f"guest {name} is already running (pid {current.guest.pid}, ssh port {current.guest.ssh_port}); "
+            f"stop it with `pibake emulate stop --name {name}` or choose another --name"
+        )
+    if sdir.exists():
+        shutil.rmtree(sdir)
+    sdir.mkdir(parents=True)
+    keys = sshkey.ensure_keypair()
+    kernel, initrd, cmdline = _boot_inputs(image, sdir)
+    overlay: Path | None = None
+    if persist:
+        drive, fmt = image, "raw"
+    else:
+        overlay = sdir / "overlay.qcow2"
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw", str(overlay)])
+        drive, fmt = overlay, "qcow2"
+    serial = sdir / "serial.log"
+    guest: Guest | None = None
+    for _attempt in range(3):
+        port = free_port()
+        launch = profiles.Launch(
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=cmdline,
+            drive=drive,
+            drive_format=fmt,
+            ssh_port=port,
+            serial_log=serial,
+            qmp_socket=sdir / "qmp.sock",
+            pidfile=sdir / "qemu.pid",
+            cpu=cpu,
+            memory_mb=memory_mb,
+        )
+        argv = profiles.qemu_command(prof, launch)
+        log.info("booting %s on %s (cpu %s), ssh on 127.0.0.1:%d, serial log %s", image.name, prof.name, cpu, port, serial)
+        log.debug("qemu: %s", " ".join(argv))
+        with (sdir / "qemu.log").open("wb") as qlog:
+            # Own session: a Ctrl-C in the terminal reaches pibake, which shuts the guest down.
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT, start_new_session=True)
+        _children[proc.pid] = proc
+        guest = Guest(
+            name=name,
+            pid=proc.pid,
+            ssh_port=port,
+            user="pi",
+            private_key=str(keys.private_key),
+            serial_log=str(serial),
+            profile=prof.name,
+            cpu=cpu,
+            image=str(image),
+            overlay=str(overlay) if overlay else None,
+            inventory=str(inventory.resolve()) if inventory else None,
+            started_at=time.time(),
+        )
+        (sdir / "state.json").write_text(guest.to_json())
+        time.sleep(0.5)
+        if proc.poll() is not None and "hostfwd" in (sdir / "qemu.log").read_text(errors="replace"):
+            log.info("port %d was taken meanwhile; trying another", port)
+            continue
+        break
+    assert guest is not None
+    t0 = time.monotonic()
+    try:
+        wait_for_ssh(guest, timeout=timeout)
+    except BaseException:
+        _terminate(guest.pid, sdir)
+        (sdir / "state.json").unlink(missing_ok=True)
+        if overlay:
+            overlay.unlink(missing_ok=True)
+        raise
+    guest.boot_seconds = time.monotonic() - t0
+    (sdir / "state.json").write_text(guest.to_json())
+    if inventory:
+        ansible_inventory.add_host(inventory, _inventory_host(guest))
+    log.info("%s answers SSH after %.1f s", name, guest.boot_seconds)
+    return guest
+
+
+def _inventory_host(guest: Guest) -> ansible_inventory.Host:
+    return ansible_inventory.Host(
+        name=guest.name,
+        port=guest.ssh_port,
+        user=guest.user,
+        private_key=Path(guest.private_key),
+        profile=guest.profile,
+        cpu=guest.cpu,
+    )
+
+
+# ---------------------------------------------------------------- stop
+
+
+def _qmp(sock_path: Path, command: str, timeout: float = 5) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        f = s.makefile("rwb")
+        f.readline()  # greeting
+        for cmd in ("qmp_capabilities", command):
+            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+            f.flush()
+            f.readline()
+
+
+def _wait_exit(pid: int, sdir: Path, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not _alive(pid, sdir):
+            return True
+        time.sleep(0.2)
+    return not _alive(pid, sdir)
+
+
+def stop(name: str, *, timeout: float = 120) -> Stopped:
+    """Shut the guest down: poweroff over SSH, else ACPI power button, else kill.
+
+    clean is True when the guest powered itself off (its kernel printed the power-down
+    line after unmounting), so its filesystems are clean.
+    """
+    t0 = time.monotonic()
+    sdir = state_dir(name)
+    guest = _load(name)
+    if guest is None:
+        return Stopped(name, was_running=False, clean=True, seconds=0.0)
+    clean = False
+    if _alive(guest.pid, sdir):
+        try:
+            client = _connect(guest.ssh_port, guest.user, Path(guest.private_key), timeout=15)
+            try:
+                client.exec_command("sudo systemctl poweroff", timeout=15)
+            finally:
+                client.close()
+        except (OSError, paramiko.SSHException) as e:
+            log.info("poweroff over SSH failed (%s); trying the ACPI power button", e)
+        exited = _wait_exit(guest.pid, sdir, timeout * 0.75)
+        if not exited:
+            with contextlib.suppress(OSError):
+                _qmp(sdir / "qmp.sock", "system_powerdown")
+            exited = _wait_exit(guest.pid, sdir, timeout * 0.25)
+        if exited:
+            clean = POWER_DOWN_MARK in Path(guest.serial_log).read_text(errors="replace")
+        else:
+            log.warning("%s did not power off within %.0f s; killing qemu", name, timeout)
+            _terminate(guest.pid, sdir)
+        was_running = True
+    else:
+        was_running = False
+        clean = True
+    if guest.inventory:
+        ansible_inventory.remove_host(Path(guest.inventory), name)
+    (sdir / "state.json").unlink(missing_ok=True)
+    if guest.overlay:
+        Path(guest.overlay).unlink(missing_ok=True)
+    return Stopped(name, was_running=was_running, clean=clean, seconds=time.monotonic() - t0)
+
+
+# ---------------------------------------------------------------- interactive
+
+
+def ssh(name: str, command: list[str]) -> int:
+    guest = _load(name)
+    if guest is None or not _alive(guest.pid, state_dir(name)):
+        raise PibakeError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
+    argv = ["ssh", "-i", guest.private_key, "-p", str(guest.ssh_port), *ansible_inventory.SSH_ARGS.split(), f"{guest.user}@127.0.0.1", *command]
+    return subprocess.call(argv)
+
+
+def run_foreground(image: Path, *, profile: str, cpu: str | None, name: str, persist: bool) -> int:
+    """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
+    guest = start(image, profile=profile, cpu=cpu, name=name, persist=persist, inventory=Path("inventories/qemu/hosts.yml"))
+    print(f"{name} is up: `pibake emulate ssh --name {name}` or ssh -p {guest.ssh_port} {guest.user}@127.0.0.1")
+    print("Ctrl-C shuts it down cleanly.")
+    try:
+        while _alive(guest.pid, state_dir(name)):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("shutting down...")
+    stopped = stop(name)
+    print(f"{name}: {'stopped cleanly' if stopped.clean else 'killed'} ({stopped.seconds:.1f} s)")
+    return 0 if stopped.clean else 1

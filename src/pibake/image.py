@@ -1,0 +1,403 @@
+"""Build a Raspberry-Pi-OS-shaped armhf image from Debian packages, without loop mounts.
+
+Stages, each cached under a hash of its inputs:
+  rootfs  debootstrap through qemu-user binfmt      (cache/rootfs/<hash>/root)
+  image   customise a copy, assemble MBR + FAT + ext4 (cache/images/<hash>/image.img)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pibake import sshkey
+from pibake.cache import cache_root, recipe_hash, sha256_file
+from pibake.errors import PibakeError
+from pibake.layout import MIB, Layout, partuuid, read_mbr
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+# Bump when the way a stage turns its recipe into bytes changes, so caches rebuild.
+ROOTFS_FORMAT = 1
+IMAGE_FORMAT = 1
+
+BASE_PACKAGES = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dbus",
+    "ifupdown",
+    "isc-dhcp-client",
+    "iproute2",
+    "netbase",
+    "ca-certificates",
+    "openssh-server",
+    "sudo",
+    "procps",
+    "python3",
+    "python3-numpy",
+    "python3-pil",
+    "python3-pip",
+    "linux-image-armmp",
+    "initramfs-tools",
+)
+
+BASES = {"debian-bullseye": "bullseye"}
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    """What debootstrap installs: the recipe of the rootfs stage."""
+
+    suite: str = "bullseye"
+    arch: str = "armhf"
+    packages: tuple[str, ...] = BASE_PACKAGES
+    components: tuple[str, ...] = ("main",)
+    # None: debootstrap's own default mirror. Set with --mirror or $PIBAKE_DEBIAN_MIRROR.
+    mirror: str | None = None
+
+    def key(self) -> dict[str, object]:
+        return {"format": ROOTFS_FORMAT, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything that decides the bytes of the finished base image."""
+
+    base: DebianBase = field(default_factory=DebianBase)
+    size_mb: int = 2048
+    boot_mb: int = 256
+    hostname: str = "raspberrypi"
+    user: str = "pi"
+    ssh_pubkey: str = ""
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(total_mb=self.size_mb, boot_mb=self.boot_mb)
+
+    def key(self) -> dict[str, object]:
+        return {
+            "format": IMAGE_FORMAT,
+            "rootfs": recipe_hash(self.base.key()),
+            "size_mb": self.size_mb,
+            "boot_mb": self.boot_mb,
+            "hostname": self.hostname,
+            "user": self.user,
+            "ssh_pubkey": self.ssh_pubkey,
+        }
+
+    @property
+    def disk_id(self) -> int:
+        """The MBR disk signature: derived from the recipe so a rebuild gives the same PARTUUIDs."""
+        return int(recipe_hash(self.key())[:8], 16) or 1
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    path: Path
+    sha256: str
+    disk_id: int
+    kernel_version: str
+    cached: bool
+    seconds: float
+
+
+def default_spec(*, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None) -> ImageSpec:
+    if base not in BASES:
+        raise PibakeError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
+    mirror = mirror or os.environ.get("PIBAKE_DEBIAN_MIRROR") or None
+    return ImageSpec(
+        base=DebianBase(suite=BASES[base], mirror=mirror),
+        size_mb=size_mb,
+        ssh_pubkey=sshkey.ensure_keypair().public_key,
+    )
+
+
+# ---------------------------------------------------------------- binfmt
+
+
+def ensure_binfmt() -> None:
+    """Make sure armhf binaries run on this host through qemu-user (needs root once)."""
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-arm")
+    if entry.exists() and entry.read_text().startswith("enabled"):
+        return
+    if os.geteuid() != 0:
+        raise PibakeError("qemu-arm binfmt is not registered and registering it needs root: run `make deps` as root")
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
+    run(["update-binfmts", "--enable", "qemu-arm"])
+    if not entry.exists():
+        raise PibakeError("update-binfmts did not register qemu-arm: is qemu-user-static installed?")
+
+
+# ---------------------------------------------------------------- rootfs stage
+
+
+def build_rootfs(base: DebianBase) -> Path:
+    """Debootstrap the base into the cache (or return the cached tree)."""
+    key = recipe_hash(base.key())
+    top = cache_root() / "rootfs" / key
+    root = top / "root"
+    if (top / "complete").exists():
+        log.info("rootfs %s: cached", key[:12])
+        return root
+    if os.geteuid() != 0:
+        raise PibakeError("building the root filesystem runs debootstrap, which needs root: run as root (or sudo)")
+    ensure_binfmt()
+    if top.exists():
+        log.info("rootfs %s: removing an unfinished earlier attempt", key[:12])
+        shutil.rmtree(top)
+    top.mkdir(parents=True)
+    argv = [
+        "debootstrap",
+        f"--arch={base.arch}",
+        "--variant=minbase",
+        f"--components={','.join(base.components)}",
+        f"--include={','.join(base.packages)}",
+        base.suite,
+        str(root),
+    ]
+    if base.mirror:
+        argv.append(base.mirror)
+    log.info("rootfs %s: debootstrap %s %s (several minutes under qemu-user)", key[:12], base.suite, base.arch)
+    start = time.monotonic()
+    run(argv, stream=True)
+    # Downloaded .debs are not part of the image.
+    for deb in (root / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+    (top / "recipe.json").write_text(json.dumps(base.key(), indent=2, sort_keys=True))
+    (top / "complete").write_text(f"{time.monotonic() - start:.0f} s\n")
+    log.info("rootfs %s: done in %.0f s", key[:12], time.monotonic() - start)
+    return root
+
+
+# ---------------------------------------------------------------- customisation
+
+
+def _kernel_files(root: Path) -> tuple[Path, Path, str]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise PibakeError(f"no kernel in {root / 'boot'}: linux-image-armmp missing from the package list?")
+    kernel = kernels[-1]
+    version = kernel.name.removeprefix("vmlinuz-")
+    initrd = root / "boot" / f"initrd.img-{version}"
+    if not initrd.exists():
+        raise PibakeError(f"no initrd for kernel {version}: initramfs-tools missing from the package list?")
+    return kernel, initrd, version
+
+
+def _passwd_ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise PibakeError(f"user {user} was not created in the image")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def kernel_cmdline(disk_id: int) -> str:
+    root = partuuid(disk_id, 2)
+    return f"console=ttyAMA0,115200 root=PARTUUID={root} rootfstype=ext4 fsck.repair=yes rootwait net.ifnames=0"
+
+
+def fstab(disk_id: int) -> str:
+    return (
+        "proc            /proc           proc    defaults          0       0\n"
+        f"PARTUUID={partuuid(disk_id, 1)}  /boot/firmware  vfat    defaults          0       2\n"
+        f"PARTUUID={partuuid(disk_id, 2)}  /               ext4    defaults,noatime  0       1\n"
+    )
+
+
+def customise(root: Path, spec: ImageSpec) -> None:
+    """Turn a debootstrapped tree into a Raspberry-Pi-OS-shaped system for user SPEC.user."""
+    disk_id = spec.disk_id
+    _write(root / "etc/hostname", spec.hostname + "\n")
+    _write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{spec.hostname}\n")
+    _write(root / "etc/fstab", fstab(disk_id))
+    (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    # eth0 on virt/vexpress, usb0 (cdc_ether) on raspi2b.
+    _write(
+        root / "etc/network/interfaces.d/pibake",
+        "allow-hotplug eth0\niface eth0 inet dhcp\n\nallow-hotplug usb0\niface usb0 inet dhcp\n",
+    )
+    # debootstrap copies the build host's resolver; the guest gets its own from DHCP.
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
+    # Empty machine-id: every card gets its own on first boot.
+    _write(root / "etc/machine-id", "")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+
+    run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "adm,sudo,video,plugdev", spec.user])
+    # '*' matches no password: key login only (a '!' lock would also block keys without PAM).
+    run(["chroot", str(root), "usermod", "--password", "*", spec.user])
+    uid, gid = _passwd_ids(root, spec.user)
+    ssh_dir = root / "home" / spec.user / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    _write(ssh_dir / "authorized_keys", spec.ssh_pubkey.strip() + "\n", 0o600)
+    for p in (ssh_dir, ssh_dir / "authorized_keys"):
+        os.chown(p, uid, gid)
+    _write(root / f"etc/sudoers.d/010_{spec.user}-nopasswd", f"{spec.user} ALL=(ALL) NOPASSWD: ALL\n", 0o440)
+    _write(root / "etc/ssh/sshd_config.d/pibake.conf", "PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+    # Host keys made at build time would be shared by every card: make them on first boot.
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    _write(
+        root / "etc/systemd/system/ssh.service.d/pibake-hostkeys.conf",
+        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+    )
+
+
+def boot_files(root: Path, boot: Path, disk_id: int) -> str:
+    """Fill the FAT partition's staging dir; return the kernel version."""
+    kernel, initrd, version = _kernel_files(root)
+    boot.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kernel, boot / "vmlinuz")
+    shutil.copyfile(initrd, boot / "initrd.img")
+    _write(boot / "cmdline.txt", kernel_cmdline(disk_id) + "\n")
+    _write(
+        boot / "config.txt",
+        "# Written by pibake. The Debian armmp kernel and its initrd.\n"
+        "arm_64bit=0\nenable_uart=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n",
+    )
+    return version
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def write_at(src: Path, dst: Path, offset: int, *, block: int = 4 * MIB) -> None:
+    """Copy SRC into DST at OFFSET without truncating, leaving all-zero blocks as holes."""
+    zero = bytes(block)
+    with src.open("rb") as fi, dst.open("r+b") as fo:
+        pos = offset
+        while chunk := fi.read(block):
+            if chunk != zero[: len(chunk)]:
+                fo.seek(pos)
+                fo.write(chunk)
+            pos += len(chunk)
+
+
+def assemble(out: Path, layout: Layout, disk_id: int, root: Path, boot: Path, work: Path) -> None:
+    """MBR + FAT32 'bootfs' + ext4 'rootfs' in a plain file: no loop devices, no mounts."""
+    out.unlink(missing_ok=True)
+    with out.open("wb") as f:
+        f.truncate(layout.total_mb * MIB)
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(out)], input_text=layout.sfdisk_script(disk_id))
+    fat = work / "boot.fat"
+    with fat.open("wb") as f:
+        f.truncate(layout.boot.nbytes)
+    run(["mkfs.vfat", "-F", "32", "-n", "bootfs", "-i", f"{disk_id:08x}", str(fat)])
+    run(["mcopy", "-s", "-p", "-m", "-i", str(fat), *[str(p) for p in sorted(boot.iterdir())], "::/"])
+    ext4 = work / "root.ext4"
+    with ext4.open("wb") as f:
+        f.truncate(layout.root.nbytes)
+    run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(root), str(ext4)])
+    write_at(fat, out, layout.boot.offset)
+    write_at(ext4, out, layout.root.offset)
+    fat.unlink()
+    ext4.unlink()
+
+
+def build_image(spec: ImageSpec, *, output: Path | None = None, rebuild: bool = False) -> BuiltImage:
+    """Build (or take from the cache) the base image for SPEC; copy it to OUTPUT if given."""
+    start = time.monotonic()
+    layout = spec.layout  # validates sizes before any work
+    key = recipe_hash(spec.key())
+    top = cache_root() / "images" / key
+    image = top / "image.img"
+    cached = (top / "meta.json").exists() and not rebuild
+    if not cached:
+        root_src = build_rootfs(spec.base)
+        tmp = top.with_name(key + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            log.info("image %s: customising a copy of the rootfs", key[:12])
+            root = tmp / "root"
+            run(["cp", "-a", str(root_src), str(root)])
+            customise(root, spec)
+            version = boot_files(root, tmp / "boot", spec.disk_id)
+            log.info("image %s: assembling %d MiB (bootfs %d MiB, rootfs %d MiB)", key[:12], layout.total_mb, layout.boot_mb, layout.root_mb)
+            assemble(tmp / "image.img", layout, spec.disk_id, root, tmp / "boot", tmp)
+            shutil.rmtree(root)
+            shutil.rmtree(tmp / "boot")
+            digest = sha256_file(tmp / "image.img")
+            meta = {"sha256": digest, "disk_id": spec.disk_id, "kernel_version": version, "recipe": spec.key()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            shutil.rmtree(top, ignore_errors=True)
+            tmp.rename(top)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    else:
+        log.info("image %s: cached", key[:12])
+    meta = json.loads((top / "meta.json").read_text())
+    result = image
+    if output is not None:
+        result = publish(image, output, meta["sha256"])
+    return BuiltImage(
+        path=result,
+        sha256=meta["sha256"],
+        disk_id=meta["disk_id"],
+        kernel_version=meta["kernel_version"],
+        cached=cached,
+        seconds=time.monotonic() - start,
+    )
+
+
+def publish(image: Path, output: Path, digest: str) -> Path:
+    """Copy IMAGE to OUTPUT atomically (sparse), with OUTPUT.sha256 beside it."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(output.name + ".part")
+    run(["cp", "--sparse=always", str(image), str(part)])
+    part.rename(output)
+    write_sha256(output, digest)
+    return output
+
+
+def write_sha256(path: Path, digest: str | None = None) -> str:
+    digest = digest or sha256_file(path)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+# ---------------------------------------------------------------- reading images
+
+
+def read_boot_file(image: Path, name: str, dest: Path) -> Path:
+    """Copy NAME from the image's FAT boot partition to DEST (mtools, no mount)."""
+    mbr = read_mbr(image)
+    boot = mbr.partition(1)
+    run(["mcopy", "-n", "-o", "-i", f"{image}@@{boot.start * 512}", f"::/{name}", str(dest)])
+    return dest
+
+
+def check_filesystems(image: Path, work: Path) -> None:
+    """fsck both partitions read-only; raise PibakeError unless both are clean."""
+    mbr = read_mbr(image)
+    root = mbr.partition(2)
+    # e2fsprogs opens a file at an offset with "FILE?offset=N": no loop device needed.
+    run(["e2fsck", "-f", "-n", f"{image}?offset={root.start * 512}"])
+    boot = mbr.partition(1)
+    fat = work / "boot.fat"
+    with image.open("rb") as src, fat.open("wb") as dst:
+        src.seek(boot.start * 512)
+        remaining = boot.size * 512
+        while remaining:
+            chunk = src.read(min(remaining, 4 * MIB))
+            dst.write(chunk)
+            remaining -= len(chunk)
+    try:
+        run(["fsck.vfat", "-n", str(fat)])
+    finally:
+        fat.unlink()

@@ -1,0 +1,151 @@
+"""Machine profiles (data files in qemu/) and the qemu-system-arm command line they give."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pibake.errors import PibakeError
+
+_PKG = Path(__file__).resolve().parent
+PROFILE_DIRS = (_PKG / "data" / "qemu", _PKG.parents[1] / "qemu")
+
+DISK_BUSES = ("virtio", "sd")
+NET_MODELS = ("virtio", "nic", "usb-net")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    machine: str
+    cpu: str
+    cpus: dict[str, tuple[str, ...]]
+    smp: int
+    memory_mb: int
+    max_memory_mb: int
+    disk_bus: str
+    guest_device: str
+    net_model: str
+    guest_interface: str
+    console: str
+
+    def features(self, cpu: str | None = None) -> tuple[str, ...]:
+        return self.cpus[self.resolve_cpu(cpu)]
+
+    def resolve_cpu(self, cpu: str | None) -> str:
+        cpu = cpu or self.cpu
+        if cpu not in self.cpus:
+            raise PibakeError(
+                f"profile {self.name} cannot emulate CPU {cpu!r}; choose one of: {', '.join(sorted(self.cpus))}"
+            )
+        return cpu
+
+
+def profile_dir() -> Path:
+    for d in PROFILE_DIRS:
+        if d.is_dir():
+            return d
+    raise PibakeError(f"no machine profiles found (looked in {', '.join(map(str, PROFILE_DIRS))})")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in profile_dir().glob("*.toml"))
+
+
+def load(name: str) -> Profile:
+    path = profile_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise PibakeError(f"unknown machine profile {name!r}; known profiles: {', '.join(available())}")
+    return parse(tomllib.loads(path.read_text()), source=str(path))
+
+
+def parse(data: dict[str, object], *, source: str = "<profile>") -> Profile:
+    try:
+        res = data["resources"]
+        disk = data["disk"]
+        net = data["network"]
+        boot = data["boot"]
+        cpus = data["cpus"]
+        assert isinstance(res, dict) and isinstance(disk, dict) and isinstance(net, dict)
+        assert isinstance(boot, dict) and isinstance(cpus, dict)
+        prof = Profile(
+            name=str(data["name"]),
+            description=str(data.get("description", "")),
+            machine=str(data["machine"]),
+            cpu=str(data["cpu"]),
+            cpus={str(k): tuple(v) for k, v in cpus.items()},
+            smp=int(res["smp"]),
+            memory_mb=int(res["memory_mb"]),
+            max_memory_mb=int(res["max_memory_mb"]),
+            disk_bus=str(disk["bus"]),
+            guest_device=str(disk["guest_device"]),
+            net_model=str(net["model"]),
+            guest_interface=str(net["guest_interface"]),
+            console=str(boot["console"]),
+        )
+    except (KeyError, AssertionError, TypeError, ValueError) as e:
+        raise PibakeError(f"{source}: malformed machine profile ({e!r})") from e
+    if prof.disk_bus not in DISK_BUSES:
+        raise PibakeError(f"{source}: disk bus must be one of {DISK_BUSES}, not {prof.disk_bus!r}")
+    if prof.net_model not in NET_MODELS:
+        raise PibakeError(f"{source}: network model must be one of {NET_MODELS}, not {prof.net_model!r}")
+    prof.resolve_cpu(None)
+    return prof
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything about one boot that is not in the profile."""
+
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    drive: Path
+    drive_format: str  # raw or qcow2
+    ssh_port: int
+    serial_log: Path
+    qmp_socket: Path
+    pidfile: Path
+    cpu: str | None = None
+    memory_mb: int | None = None
+
+
+def qemu_command(profile: Profile, launch: Launch) -> list[str]:
+    cpu = profile.resolve_cpu(launch.cpu)
+    memory = launch.memory_mb or profile.memory_mb
+    if not 64 <= memory <= profile.max_memory_mb:
+        raise PibakeError(f"profile {profile.name} takes 64 to {profile.max_memory_mb} MiB of RAM, not {memory}")
+    hostfwd = f"hostfwd=tcp:127.0.0.1:{launch.ssh_port}-:22"
+    argv = [
+        "qemu-system-arm",
+        "-M", profile.machine,
+        "-cpu", cpu,
+        "-smp", str(profile.smp),
+        "-m", str(memory),
+        "-kernel", str(launch.kernel),
+        "-initrd", str(launch.initrd),
+        "-append", launch.cmdline,
+        "-display", "none",
+        "-serial", f"file:{launch.serial_log}",
+        "-monitor", "none",
+        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
+        "-pidfile", str(launch.pidfile),
+        # A guest reboot ends qemu instead of looping; poweroff ends it too.
+        "-no-reboot",
+    ]
+    if profile.disk_bus == "virtio":
+        argv += [
+            "-drive", f"file={launch.drive},if=none,format={launch.drive_format},id=hd0",
+            "-device", "virtio-blk-device,drive=hd0",
+        ]
+    else:
+        argv += ["-drive", f"file={launch.drive},if=sd,format={launch.drive_format}"]
+    if profile.net_model == "virtio":
+        argv += ["-netdev", f"user,id=n0,{hostfwd}", "-device", "virtio-net-device,netdev=n0"]
+    elif profile.net_model == "nic":
+        argv += ["-nic", f"user,{hostfwd}"]
+    else:
+        argv += ["-netdev", f"user,id=n0,{hostfwd}", "-device", "usb-net,netdev=n0"]
+    return argv

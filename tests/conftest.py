@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pibake.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: list[str]) -> CliResult:
+    """Call the CLI in-process, as a user would, capturing stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's --help and usage errors
+            code = int(e.code or 0)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private PIBAKE_CACHE that shares the real cache's SSH key, so images built there still trust it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real = Path(os.environ.get("PIBAKE_CACHE") or Path.home() / ".cache" / "pibake")
+    if (real / "ssh").is_dir():
+        (cache / "ssh").symlink_to(real / "ssh")
+    monkeypatch.setenv("PIBAKE_CACHE", str(cache))
+    yield cache

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pibake import emulator, image
+from tests.conftest import REPO
+
+IMAGE = Path(os.environ.get("PIBAKE_IMAGE", REPO / "build" / "pibake-bullseye.img"))
+
+
+def qemu_processes(marker: str) -> list[int]:
+    """PIDs of live qemu-system-arm processes whose command line mentions MARKER."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if "qemu-system-arm" in cmdline and marker in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture(scope="session")
+def base_image() -> Path:
+    """The base image built by `make image` (built here if missing; the cache makes that cheap)."""
+    if not IMAGE.exists():
+        image.build_image(image.default_spec(), output=IMAGE)
+    return IMAGE
+
+
+@pytest.fixture
+def stop_guests() -> Iterator[list[str]]:
+    """Names appended here are stopped at teardown, whatever the test did: no qemu left behind."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        emulator.stop(name, timeout=60)
+        assert not qemu_processes(str(emulator.state_dir(name))), f"qemu of {name} left behind"

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pibake import profiles
+from pibake.errors import PibakeError
+
+
+def _launch(tmp_path: Path, **kw: object) -> profiles.Launch:
+    args: dict[str, object] = {
+        "kernel": tmp_path / "vmlinuz",
+        "initrd": tmp_path / "initrd.img",
+        "cmdline": "console=ttyAMA0 root=PARTUUID=0000abcd-02",
+        "drive": tmp_path / "overlay.qcow2",
+        "drive_format": "qcow2",
+        "ssh_port": 40022,
+        "serial_log": tmp_path / "serial.log",
+        "qmp_socket": tmp_path / "qmp.sock",
+        "pidfile": tmp_path / "qemu.pid",
+    }
+    args.update(kw)
+    return profiles.Launch(**args)  # type: ignore[arg-type]
+
+
+def _after(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_virt_profile_gives_a_vfpv4_neon_cpu_with_virtio_and_loopback_ssh(tmp_path: Path) -> None:
+    prof = profiles.load("virt")
+    assert {"vfpv4", "neon"} <= set(prof.features())
+    argv = profiles.qemu_command(prof, _launch(tmp_path))
+    assert argv[0] == "qemu-system-arm"
+    assert _after(argv, "-M") == "virt"
+    assert _after(argv, "-cpu") == "cortex-a15"
+    assert _after(argv, "-append") == "console=ttyAMA0 root=PARTUUID=0000abcd-02"
+    assert f"file={tmp_path / 'overlay.qcow2'},if=none,format=qcow2,id=hd0" in argv
+    assert "virtio-blk-device,drive=hd0" in argv
+    assert "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22" in argv  # loopback only
+    assert _after(argv, "-serial") == f"file:{tmp_path / 'serial.log'}"
+    assert "-no-reboot" in argv
+
+
+def test_cpu_and_memory_can_be_chosen_within_the_profile(tmp_path: Path) -> None:
+    prof = profiles.load("virt")
+    argv = profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a7", memory_mb=2048))
+    assert _after(argv, "-cpu") == "cortex-a7"
+    assert _after(argv, "-m") == "2048"
+    with pytest.raises(PibakeError, match="cannot emulate CPU 'cortex-a9'.*cortex-a15"):
+        profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a9"))
+    with pytest.raises(PibakeError, match="64 to 3072 MiB"):
+        profiles.qemu_command(prof, _launch(tmp_path, memory_mb=8192))
+
+
+def test_unknown_profile_lists_the_known_ones() -> None:
+    with pytest.raises(PibakeError, match="unknown machine profile 'pdp11'.*virt"):
+        profiles.load("pdp11")
+
+
+def test_every_profile_file_parses() -> None:
+    names = profiles.available()
+    assert "virt" in names
+    for name in names:
+        assert profiles.load(name).name == name
+
+
+def _data(**over: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "name": "sdboard",
+        "machine": "vexpress-a9",
+        "cpu": "cortex-a9",
+        "cpus": {"cortex-a9": ["neon", "vfpv3"]},
+        "resources": {"smp": 1, "memory_mb": 512, "max_memory_mb": 1024},
+        "disk": {"bus": "sd", "guest_device": "/dev/mmcblk0"},
+        "network": {"model": "nic", "guest_interface": "eth0"},
+        "boot": {"console": "ttyAMA0"},
+    }
+    data.update(over)
+    return data
+
+
+def test_sd_and_board_nic_profiles_map_to_their_qemu_options(tmp_path: Path) -> None:
+    prof = profiles.parse(_data())
+    argv = profiles.qemu_command(prof, _launch(tmp_path, drive_format="raw"))
+    assert f"file={tmp_path / 'overlay.qcow2'},if=sd,format=raw" in argv
+    assert _after(argv, "-nic") == "user,hostfwd=tcp:127.0.0.1:40022-:22"
+    usb = profiles.parse(_data(network={"model": "usb-net", "guest_interface": "usb0"}))
+    assert "usb-net,netdev=n0" in profiles.qemu_command(usb, _launch(tmp_path))
+
+
+def test_malformed_profiles_are_refused_with_their_source() -> None:
+    with pytest.raises(PibakeError, match="x.toml: malformed"):
+        profiles.parse({"name": "x"}, source="x.toml")
+    with pytest.raises(PibakeError, match="disk bus must be one of"):
+        profiles.parse(_data(disk={"bus": "scsi", "guest_device": "/dev/sda"}))

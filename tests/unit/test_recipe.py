@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pibake.cache import recipe_hash
+from pibake.errors import PibakeError
+from pibake.image import DebianBase, ImageSpec, default_spec, fstab, kernel_cmdline, write_at
+
+
+def test_recipe_hash_ignores_key_order_and_sees_every_value() -> None:
+    assert recipe_hash({"a": 1, "b": [1, 2]}) == recipe_hash({"b": [1, 2], "a": 1})
+    assert recipe_hash({"a": 1}) != recipe_hash({"a": 2})
+    assert len(recipe_hash({})) == 64
+
+
+def test_image_key_changes_with_user_facing_inputs_but_rootfs_key_does_not() -> None:
+    spec = ImageSpec(ssh_pubkey="ssh-ed25519 AAAA one")
+    other_key = replace(spec, ssh_pubkey="ssh-ed25519 AAAA two")
+    assert recipe_hash(spec.key()) != recipe_hash(other_key.key())
+    assert spec.base.key() == other_key.base.key()  # no new debootstrap for a new key
+    bigger = replace(spec, size_mb=4096)
+    assert recipe_hash(spec.key()) != recipe_hash(bigger.key())
+
+
+def test_a_package_or_mirror_change_rebuilds_the_rootfs() -> None:
+    base = DebianBase()
+    assert recipe_hash(base.key()) != recipe_hash(replace(base, packages=(*base.packages, "vim")).key())
+    assert recipe_hash(base.key()) != recipe_hash(replace(base, mirror="http://mirror.invalid/debian").key())
+    spec = ImageSpec(ssh_pubkey="k")
+    assert recipe_hash(spec.key()) != recipe_hash(replace(spec, base=replace(base, suite="bookworm")).key())
+
+
+def test_disk_id_is_stable_and_root_is_found_by_partuuid() -> None:
+    spec = ImageSpec(ssh_pubkey="k")
+    assert spec.disk_id == ImageSpec(ssh_pubkey="k").disk_id
+    root = f"root=PARTUUID={spec.disk_id:08x}-02"
+    assert root in kernel_cmdline(spec.disk_id)
+    assert f"PARTUUID={spec.disk_id:08x}-01  /boot/firmware  vfat" in fstab(spec.disk_id)
+    assert f"PARTUUID={spec.disk_id:08x}-02  /               ext4" in fstab(spec.disk_id)
+
+
+def test_unknown_base_is_a_clear_error(isolated_cache: Path) -> None:
+    with pytest.raises(PibakeError, match="unknown base 'gentoo'.*debian-bullseye"):
+        default_spec(base="gentoo")
+
+
+def test_write_at_places_bytes_at_offset_and_keeps_holes(tmp_path: Path) -> None:
+    src = tmp_path / "part"
+    src.write_bytes(bytes(8192) + b"data" + bytes(8188))
+    dst = tmp_path / "disk"
+    with dst.open("wb") as f:
+        f.truncate(65536)
+    write_at(src, dst, 16384, block=4096)
+    blob = dst.read_bytes()
+    assert len(blob) == 65536
+    assert blob[16384 + 8192 : 16384 + 8196] == b"data"
+    assert blob.count(b"data") == 1
+    assert dst.stat().st_blocks * 512 < 65536  # zero blocks were skipped, not written
