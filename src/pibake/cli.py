@@ -77,7 +77,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     res = demo.demo(project=a.project, profile=a.profile, output=a.output)
     print("\nPredictions of the demo model, run on the emulated Pi:")
     for p in res.predictions:
-        print(f"  {p['image']:<24} {p['label']:<12} {float(p['probability']):.4f}")
+        print(f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}")
     print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
     return 0
@@ -107,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--base", default="debian-bullseye", help="base system (default: %(default)s)")
     p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
-    p.add_argument("--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)")
-    p.add_argument("-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)")
+    p.add_argument(
+        "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)"
+    )
     p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
     p.set_defaults(func=_cmd_image_build)
 
@@ -121,20 +125,41 @@ def build_parser() -> argparse.ArgumentParser:
         p = emu_sub.add_parser(action, help=help_text, description=help_text)
         p.add_argument("image", nargs="?", type=Path, default=DEFAULT_IMAGE, help="raw image (default: %(default)s)")
         p.add_argument("--profile", default="virt", help="machine profile from qemu/ (default: %(default)s)")
-        p.add_argument("--cpu", default=None, help="CPU model, for profiles that let you choose (default: the profile's)")
-        p.add_argument("--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay")
+        p.add_argument(
+            "--cpu", default=None, help="CPU model, for profiles that let you choose (default: the profile's)"
+        )
+        p.add_argument(
+            "--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay"
+        )
         _add_guest_options(p)
         if action == "start":
             p.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM (default: the profile's)")
-            p.add_argument("--timeout", type=float, default=300, metavar="S", help="give up waiting for SSH after S seconds (default: %(default)s)")
-            p.add_argument("--inventory", type=Path, default=Path("inventories/qemu/hosts.yml"), help="Ansible inventory to write (default: %(default)s)")
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=300,
+                metavar="S",
+                help="give up waiting for SSH after S seconds (default: %(default)s)",
+            )
+            p.add_argument(
+                "--inventory",
+                type=Path,
+                default=Path("inventories/qemu/hosts.yml"),
+                help="Ansible inventory to write (default: %(default)s)",
+            )
             p.add_argument("--no-inventory", action="store_true", help="do not write an inventory")
             p.set_defaults(func=_cmd_emulate_start)
         else:
             p.set_defaults(func=_cmd_emulate_run)
     p = emu_sub.add_parser("stop", help="shut the guest down cleanly (poweroff over SSH, then ACPI, then kill)")
     _add_guest_options(p)
-    p.add_argument("--timeout", type=float, default=120, metavar="S", help="seconds to wait for a clean shutdown (default: %(default)s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120,
+        metavar="S",
+        help="seconds to wait for a clean shutdown (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_emulate_stop)
     p = emu_sub.add_parser("status", help="is the guest running, and where is its SSH port and serial log")
     _add_guest_options(p)
@@ -153,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cleanly and leave the finished image and its .sha256 in build/.",
     )
     p.add_argument("--profile", default="virt", help="machine profile (default: %(default)s)")
-    p.add_argument("--project", type=Path, default=Path.cwd(), help="the pibake checkout (default: the current directory)")
-    p.add_argument("-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)")
+    p.add_argument(
+        "--project", type=Path, default=Path.cwd(), help="the pibake checkout (default: the current directory)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)"
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -168,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # paramiko narrates every connection at INFO; the harness says what matters itself.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args))
     except PibakeError as e:

@@ -228,7 +228,7 @@ def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
                 f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
             )
         if now - last_report > 15:
-            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, now - guest.started_at)
+            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
             last_report = now
         time.sleep(1)
 
@@ -311,11 +311,15 @@ def start(
             memory_mb=memory_mb,
         )
         argv = profiles.qemu_command(prof, launch)
-        log.info("booting %s on %s (cpu %s), ssh on 127.0.0.1:%d, serial log %s", image.name, prof.name, cpu, port, serial)
+        log.info(
+            "booting %s on %s (cpu %s), ssh on 127.0.0.1:%d, serial log %s", image.name, prof.name, cpu, port, serial
+        )
         log.debug("qemu: %s", " ".join(argv))
         with (sdir / "qemu.log").open("wb") as qlog:
             # Own session: a Ctrl-C in the terminal reaches pibake, which shuts the guest down.
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _children[proc.pid] = proc
         guest = Guest(
             name=name,
@@ -440,13 +444,24 @@ def ssh(name: str, command: list[str]) -> int:
     guest = _load(name)
     if guest is None or not _alive(guest.pid, state_dir(name)):
         raise PibakeError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
-    argv = ["ssh", "-i", guest.private_key, "-p", str(guest.ssh_port), *ansible_inventory.SSH_ARGS.split(), f"{guest.user}@127.0.0.1", *command]
+    argv = [
+        "ssh",
+        "-i",
+        guest.private_key,
+        "-p",
+        str(guest.ssh_port),
+        *ansible_inventory.SSH_ARGS.split(),
+        f"{guest.user}@127.0.0.1",
+        *command,
+    ]
     return subprocess.call(argv)
 
 
 def run_foreground(image: Path, *, profile: str, cpu: str | None, name: str, persist: bool) -> int:
     """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
-    guest = start(image, profile=profile, cpu=cpu, name=name, persist=persist, inventory=Path("inventories/qemu/hosts.yml"))
+    guest = start(
+        image, profile=profile, cpu=cpu, name=name, persist=persist, inventory=Path("inventories/qemu/hosts.yml")
+    )
     print(f"{name} is up: `pibake emulate ssh --name {name}` or ssh -p {guest.ssh_port} {guest.user}@127.0.0.1")
     print("Ctrl-C shuts it down cleanly.")
     try:

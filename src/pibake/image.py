@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the way a stage turns its recipe into bytes changes, so caches rebuild.
 ROOTFS_FORMAT = 1
-IMAGE_FORMAT = 1
+IMAGE_FORMAT = 2
 
 BASE_PACKAGES = (
     "systemd-sysv",
@@ -223,7 +223,10 @@ def customise(root: Path, spec: ImageSpec) -> None:
     """Turn a debootstrapped tree into a Raspberry-Pi-OS-shaped system for user SPEC.user."""
     disk_id = spec.disk_id
     _write(root / "etc/hostname", spec.hostname + "\n")
-    _write(root / "etc/hosts", f"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{spec.hostname}\n")
+    _write(
+        root / "etc/hosts",
+        f"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{spec.hostname}\n",
+    )
     _write(root / "etc/fstab", fstab(disk_id))
     (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
     # eth0 on virt/vexpress, usb0 (cdc_ether) on raspi2b.
@@ -237,7 +240,19 @@ def customise(root: Path, spec: ImageSpec) -> None:
     _write(root / "etc/machine-id", "")
     (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
 
-    run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "adm,sudo,video,plugdev", spec.user])
+    run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            "adm,sudo,video,plugdev",
+            spec.user,
+        ]
+    )
     # '*' matches no password: key login only (a '!' lock would also block keys without PAM).
     run(["chroot", str(root), "usermod", "--password", "*", spec.user])
     uid, gid = _passwd_ids(root, spec.user)
@@ -247,13 +262,22 @@ def customise(root: Path, spec: ImageSpec) -> None:
     for p in (ssh_dir, ssh_dir / "authorized_keys"):
         os.chown(p, uid, gid)
     _write(root / f"etc/sudoers.d/010_{spec.user}-nopasswd", f"{spec.user} ALL=(ALL) NOPASSWD: ALL\n", 0o440)
-    _write(root / "etc/ssh/sshd_config.d/pibake.conf", "PasswordAuthentication no\nKbdInteractiveAuthentication no\n")
+    _write(
+        root / "etc/ssh/sshd_config.d/pibake.conf",
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+    )
     # Host keys made at build time would be shared by every card: make them on first boot.
+    # Ed25519 and ECDSA only: an RSA-3072 key takes some 15 s under emulation and every
+    # client of the last decade speaks one of these two.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     _write(
         root / "etc/systemd/system/ssh.service.d/pibake-hostkeys.conf",
-        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+        "[Service]\nExecStartPre=\n"
+        "ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do f=/etc/ssh/ssh_host_$${t}_key; "
+        '[ -e $$f ] || ssh-keygen -q -t $$t -N "" -f $$f; done\'\n'
+        "ExecStartPre=/usr/sbin/sshd -t\n",
     )
 
 
@@ -327,7 +351,13 @@ def build_image(spec: ImageSpec, *, output: Path | None = None, rebuild: bool = 
             run(["cp", "-a", str(root_src), str(root)])
             customise(root, spec)
             version = boot_files(root, tmp / "boot", spec.disk_id)
-            log.info("image %s: assembling %d MiB (bootfs %d MiB, rootfs %d MiB)", key[:12], layout.total_mb, layout.boot_mb, layout.root_mb)
+            log.info(
+                "image %s: assembling %d MiB (bootfs %d MiB, rootfs %d MiB)",
+                key[:12],
+                layout.total_mb,
+                layout.boot_mb,
+                layout.root_mb,
+            )
             assemble(tmp / "image.img", layout, spec.disk_id, root, tmp / "boot", tmp)
             shutil.rmtree(root)
             shutil.rmtree(tmp / "boot")

@@ -43,7 +43,9 @@ class Layout:
 
     def __post_init__(self) -> None:
         if self.boot_mb < MIN_BOOT_MB:
-            raise PibakeError(f"boot partition of {self.boot_mb} MiB is too small for FAT32 (minimum {MIN_BOOT_MB} MiB)")
+            raise PibakeError(
+                f"boot partition of {self.boot_mb} MiB is too small for FAT32 (minimum {MIN_BOOT_MB} MiB)"
+            )
         if self.root_mb < MIN_ROOT_MB:
             raise PibakeError(
                 f"image of {self.total_mb} MiB leaves {self.root_mb} MiB for the root filesystem; "

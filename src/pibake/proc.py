@@ -78,7 +78,5 @@ def run(
         raise PibakeError(f"{args[0]} timed out after {timeout} s: {cmd}") from e
     if res.returncode != 0:
         out = (res.stdout + res.stderr).strip().splitlines()
-        raise PibakeError(
-            f"{args[0]} failed (exit {res.returncode}): {cmd}\n" + "\n".join(out[-TAIL_LINES:])
-        )
+        raise PibakeError(f"{args[0]} failed (exit {res.returncode}): {cmd}\n" + "\n".join(out[-TAIL_LINES:]))
     return res.stdout

@@ -120,25 +120,39 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
     hostfwd = f"hostfwd=tcp:127.0.0.1:{launch.ssh_port}-:22"
     argv = [
         "qemu-system-arm",
-        "-M", profile.machine,
-        "-cpu", cpu,
-        "-smp", str(profile.smp),
-        "-m", str(memory),
-        "-kernel", str(launch.kernel),
-        "-initrd", str(launch.initrd),
-        "-append", launch.cmdline,
-        "-display", "none",
-        "-serial", f"file:{launch.serial_log}",
-        "-monitor", "none",
-        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
-        "-pidfile", str(launch.pidfile),
+        "-M",
+        profile.machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        str(profile.smp),
+        "-m",
+        str(memory),
+        "-kernel",
+        str(launch.kernel),
+        "-initrd",
+        str(launch.initrd),
+        "-append",
+        launch.cmdline,
+        "-display",
+        "none",
+        "-serial",
+        f"file:{launch.serial_log}",
+        "-monitor",
+        "none",
+        "-qmp",
+        f"unix:{launch.qmp_socket},server=on,wait=off",
+        "-pidfile",
+        str(launch.pidfile),
         # A guest reboot ends qemu instead of looping; poweroff ends it too.
         "-no-reboot",
     ]
     if profile.disk_bus == "virtio":
         argv += [
-            "-drive", f"file={launch.drive},if=none,format={launch.drive_format},id=hd0",
-            "-device", "virtio-blk-device,drive=hd0",
+            "-drive",
+            f"file={launch.drive},if=none,format={launch.drive_format},id=hd0",
+            "-device",
+            "virtio-blk-device,drive=hd0",
         ]
     else:
         argv += ["-drive", f"file={launch.drive},if=sd,format={launch.drive_format}"]

@@ -38,7 +38,9 @@ def test_boot_ssh_inventory_and_clean_shutdown(base_image: Path, tmp_path: Path,
     assert code == 0
     features = next(line for line in cpuinfo.splitlines() if line.startswith("Features"))
     assert {"vfpv4", "neon"} <= set(features.split(":")[1].split())
-    code, out = emulator.ssh_run(guest, "uname -m; python3 -c 'import sys, numpy; print(sys.version_info[:2], numpy.__version__)'")
+    code, out = emulator.ssh_run(
+        guest, "uname -m; python3 -c 'import sys, numpy; print(sys.version_info[:2], numpy.__version__)'"
+    )
     assert out.split() == ["armv7l", "(3,", "9)", "1.19.5"]
     code, out = emulator.ssh_run(guest, "findmnt -n -o SOURCE,FSTYPE /boot/firmware; sudo -n true && echo sudo-ok")
     assert "vfat" in out and "sudo-ok" in out

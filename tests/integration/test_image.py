@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pibake import sshkey
-from pibake.layout import read_mbr, partuuid
+from pibake.layout import partuuid, read_mbr
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.root
@@ -57,7 +57,9 @@ def test_boot_partition_boots_the_armmp_kernel_by_partuuid(base_image: Path) -> 
     cmdline = _mtype(base_image, off, "cmdline.txt")
     assert f"root=PARTUUID={partuuid(mbr.disk_id, 2)}" in cmdline
     assert "console=ttyAMA0" in cmdline
-    listing = subprocess.run(["mdir", "-b", "-i", f"{base_image}@@{off}", "::/"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", f"{base_image}@@{off}", "::/"], capture_output=True, text=True, check=True
+    ).stdout
     for name in ("vmlinuz", "initrd.img", "config.txt", "cmdline.txt"):
         assert f"::/{name}" in listing
     fstab = _debugfs(base_image, mbr.partition(2).start * 512, "cat /etc/fstab")

@@ -48,14 +48,14 @@ def test_cpu_and_memory_can_be_chosen_within_the_profile(tmp_path: Path) -> None
     argv = profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a7", memory_mb=2048))
     assert _after(argv, "-cpu") == "cortex-a7"
     assert _after(argv, "-m") == "2048"
-    with pytest.raises(PibakeError, match="cannot emulate CPU 'cortex-a9'.*cortex-a15"):
+    with pytest.raises(PibakeError, match=r"cannot emulate CPU 'cortex-a9'.*cortex-a15"):
         profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a9"))
     with pytest.raises(PibakeError, match="64 to 3072 MiB"):
         profiles.qemu_command(prof, _launch(tmp_path, memory_mb=8192))
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(PibakeError, match="unknown machine profile 'pdp11'.*virt"):
+    with pytest.raises(PibakeError, match=r"unknown machine profile 'pdp11'.*virt"):
         profiles.load("pdp11")
 
 
@@ -91,7 +91,7 @@ def test_sd_and_board_nic_profiles_map_to_their_qemu_options(tmp_path: Path) -> 
 
 
 def test_malformed_profiles_are_refused_with_their_source() -> None:
-    with pytest.raises(PibakeError, match="x.toml: malformed"):
+    with pytest.raises(PibakeError, match=r"x\.toml: malformed"):
         profiles.parse({"name": "x"}, source="x.toml")
     with pytest.raises(PibakeError, match="disk bus must be one of"):
         profiles.parse(_data(disk={"bus": "scsi", "guest_device": "/dev/sda"}))

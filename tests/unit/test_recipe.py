@@ -43,7 +43,7 @@ def test_disk_id_is_stable_and_root_is_found_by_partuuid() -> None:
 
 
 def test_unknown_base_is_a_clear_error(isolated_cache: Path) -> None:
-    with pytest.raises(PibakeError, match="unknown base 'gentoo'.*debian-bullseye"):
+    with pytest.raises(PibakeError, match=r"unknown base 'gentoo'.*debian-bullseye"):
         default_spec(base="gentoo")
 
 
