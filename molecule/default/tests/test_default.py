@@ -1,0 +1,146 @@
+"""What `molecule verify` checks on the emulated Pi after site.yml has run.
+
+The pinned TFLite runtime is installed and imports, the model gives the same answers on
+the guest (armhf, tflite-runtime 2.11, numpy 1.19) as on the controller (the reference run),
+and the image's security basics hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+MODELS = REPO / "models"
+# Float32 inference on two CPUs and two TFLite builds: equal to well within this.
+TOLERANCE = 1e-5
+
+
+def _role_defaults(role: str) -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+RUNTIME = _role_defaults("python_runtime")
+MODEL = _role_defaults("model")
+RUNTIME_VERSION: str = RUNTIME["python_runtime_version"]
+WHEEL_PATH = f"{RUNTIME['python_runtime_target_wheel_dir']}/" + (
+    f"tflite_runtime-{RUNTIME_VERSION}-{RUNTIME['python_runtime_python_tag']}-"
+    f"{RUNTIME['python_runtime_python_tag']}-{RUNTIME['python_runtime_platform_tag']}.whl"
+)
+MODEL_DIR: str = MODEL["model_dest_dir"]
+SAMPLES = sorted(MODELS.glob("samples/*.png"))
+
+
+def _load_predict() -> Callable[[str, str, list[str]], dict[str, Any]]:
+    """Import the repository's models/predict.py (not a package) and return its predict()."""
+    spec = importlib.util.spec_from_file_location("pibake_models_predict", MODELS / "predict.py")
+    assert spec is not None and spec.loader is not None, f"cannot import {MODELS / 'predict.py'}"
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    predict: Callable[[str, str, list[str]], dict[str, Any]] = module.predict
+    return predict
+
+
+def _by_image(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {result["image"]: result for result in report["results"]}
+
+
+@pytest.fixture(scope="module")
+def host_report() -> dict[str, Any]:
+    """The reference: the model run on the controller over every sample."""
+    assert SAMPLES, f"no sample images in {MODELS / 'samples'}"
+    predict = _load_predict()
+    return predict(str(MODELS / "demo.tflite"), str(MODELS / "labels.txt"), [str(p) for p in SAMPLES])
+
+
+@pytest.fixture(scope="module")
+def guest_report(host: Any) -> dict[str, Any]:
+    """The model run on the guest by the installed predict.py over the same samples."""
+    images = [f"{MODEL_DIR}/samples/{p.name}" for p in SAMPLES]
+    cmd = host.run(
+        "python3 %s --model %s --labels %s" + " %s" * len(images),
+        f"{MODEL_DIR}/predict.py",
+        f"{MODEL_DIR}/demo.tflite",
+        f"{MODEL_DIR}/labels.txt",
+        *images,
+    )
+    assert cmd.rc == 0, f"predict.py failed on the guest (rc {cmd.rc}):\n{cmd.stderr}"
+    # One JSON line; anything a runtime chatters before it is not ours.
+    report: dict[str, Any] = json.loads(cmd.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_runtime_wheel_is_installed_at_the_pinned_version(host: Any) -> None:
+    package = host.pip("tflite-runtime", pip_path="pip3")
+    assert package.is_installed
+    assert package.version == RUNTIME_VERSION
+
+
+def test_runtime_wheel_on_the_guest_is_the_pinned_one(host: Any) -> None:
+    wheel = host.file(WHEEL_PATH)
+    assert wheel.is_file
+    assert wheel.sha256sum == RUNTIME["python_runtime_wheel_sha256"]
+
+
+def test_runtime_imports_with_the_system_python(host: Any) -> None:
+    cmd = host.run("python3 -c 'import tflite_runtime, tflite_runtime.interpreter; print(tflite_runtime.__version__)'")
+    assert cmd.rc == 0, cmd.stderr
+    assert cmd.stdout.strip() == RUNTIME_VERSION
+
+
+MODEL_FILES = [("demo.tflite", 0o644), ("labels.txt", 0o644), ("predict.py", 0o755)] + [
+    (f"samples/{p.name}", 0o644) for p in SAMPLES
+]
+
+
+@pytest.mark.parametrize(("name", "mode"), MODEL_FILES, ids=[name for name, _ in MODEL_FILES])
+def test_model_files_are_installed(host: Any, name: str, mode: int) -> None:
+    installed = host.file(f"{MODEL_DIR}/{name}")
+    assert installed.is_file
+    assert installed.user == "root"
+    assert installed.group == "root"
+    assert installed.mode == mode
+    assert installed.sha256sum == hashlib.sha256((MODELS / name).read_bytes()).hexdigest()
+
+
+def test_guest_classifies_every_sample(guest_report: dict[str, Any]) -> None:
+    assert sorted(_by_image(guest_report)) == [p.name for p in SAMPLES]
+    assert guest_report["runtime"].startswith("tflite_runtime ")
+
+
+def test_guest_labels_match_the_host(guest_report: dict[str, Any], host_report: dict[str, Any]) -> None:
+    guest, reference = _by_image(guest_report), _by_image(host_report)
+    assert {image: r["label"] for image, r in guest.items()} == {image: r["label"] for image, r in reference.items()}
+
+
+@pytest.mark.parametrize("image", [p.name for p in SAMPLES])
+def test_guest_probabilities_match_the_host(
+    guest_report: dict[str, Any], host_report: dict[str, Any], image: str
+) -> None:
+    guest, reference = _by_image(guest_report)[image], _by_image(host_report)[image]
+    assert guest["probabilities"] == pytest.approx(reference["probabilities"], abs=TOLERANCE)
+    assert guest["probability"] == pytest.approx(reference["probability"], abs=TOLERANCE)
+
+
+def test_pi_user_has_no_usable_password(host: Any) -> None:
+    with host.sudo():
+        password = host.user("pi").password
+    # "*" or "!...": no password login; "" would mean login without one.
+    assert password, "pi has an empty password: anyone can log in as pi"
+    assert password[0] in "*!", "pi has a usable password; the image should only allow its SSH key"
+
+
+def test_sshd_is_running(host: Any) -> None:
+    sshd = host.service("ssh")
+    assert sshd.is_running
+    assert sshd.is_enabled
