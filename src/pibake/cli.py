@@ -38,6 +38,8 @@ def _cmd_emulate_start(a: argparse.Namespace) -> int:
         memory_mb=a.memory,
         timeout=a.timeout,
         inventory=None if a.no_inventory else a.inventory,
+        kernel=a.kernel,
+        dtb=a.dtb,
     )
     print(f"{guest.name}: ssh -p {guest.ssh_port} {guest.user}@127.0.0.1 (booted in {guest.boot_seconds:.1f} s)")
     return 0
@@ -68,7 +70,9 @@ def _cmd_emulate_ssh(a: argparse.Namespace) -> int:
 def _cmd_emulate_run(a: argparse.Namespace) -> int:
     from pibake import emulator
 
-    return emulator.run_foreground(a.image, profile=a.profile, cpu=a.cpu, name=a.name, persist=a.persist)
+    return emulator.run_foreground(
+        a.image, profile=a.profile, cpu=a.cpu, name=a.name, persist=a.persist, kernel=a.kernel, dtb=a.dtb
+    )
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
@@ -81,6 +85,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
     return 0
+
+
+def _cmd_preflight(a: argparse.Namespace) -> int:
+    from pibake import preflight
+
+    report = preflight.preflight(a.paths, board=a.board, profile=a.profile, cpu=a.cpu)
+    print(report.describe())
+    for error in report.errors():
+        print(f"pibake: error: {error}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def _add_guest_options(p: argparse.ArgumentParser) -> None:
@@ -185,6 +199,29 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)"
     )
     p.set_defaults(func=_cmd_demo)
+
+    from pibake import boards
+
+    p = sub.add_parser(
+        "preflight",
+        help="check that native wheels can run on the board's CPU and on the emulated one (no SIGILL later)",
+        description="Read the ELF ARM build attributes (Tag_CPU_arch, Tag_FP_arch, Tag_Advanced_SIMD_arch, "
+        "Tag_DIV_use) of every shared object in the wheels and compare them with the board's CPU and with the "
+        "CPU of the machine profile that emulates it. Exit status 1 when any wheel would die with "
+        '"Illegal instruction" on either.',
+        epilog="boards (core: profile and CPU that emulate it): "
+        + "; ".join(
+            f"{b.name} ({b.core}: {b.profile} {b.cpu})" if b.profile else f"{b.name} ({b.core}: none)"
+            for b in boards.BOARDS.values()
+        ),
+    )
+    p.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_DIR", help="wheel files, or directories of them")
+    p.add_argument(
+        "--board", default=boards.DEFAULT_BOARD, choices=boards.names(), help="target board (default: %(default)s)"
+    )
+    p.add_argument("--profile", default=None, help="machine profile that emulates it (default: the board's)")
+    p.add_argument("--cpu", default=None, help="CPU of that profile (default: the board's, else the profile's)")
+    p.set_defaults(func=_cmd_preflight)
     return parser
 
 

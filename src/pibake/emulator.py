@@ -233,13 +233,78 @@ def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
         time.sleep(1)
 
 
-def _boot_inputs(image: Path, sdir: Path) -> tuple[Path, Path, str]:
-    kernel = read_boot_file(image, "vmlinuz", sdir / "vmlinuz")
-    initrd = read_boot_file(image, "initrd.img", sdir / "initrd.img")
+@dataclass(frozen=True)
+class BootInputs:
+    kernel: Path
+    initrd: Path | None
+    dtb: Path | None
+    cmdline: str
+
+
+def boot_inputs(
+    image: Path, prof: profiles.Profile, sdir: Path, *, kernel: Path | None = None, dtb: Path | None = None
+) -> BootInputs:
+    """Kernel, initrd, device tree and command line, read from the image's boot partition.
+
+    With KERNEL (a no-initrd kernel from `pibake kernel build`) the image's own kernel and
+    initrd are not used; its cmdline.txt still names the root partition.
+    """
     cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
     if not cmdline:
         raise PibakeError(f"{image}: cmdline.txt on the boot partition is empty")
-    return kernel, initrd, cmdline
+    if dtb is None and prof.dtb:
+        dtb = read_boot_file(image, prof.dtb, sdir / prof.dtb)
+    if kernel is not None:
+        if not kernel.is_file():
+            raise PibakeError(f"no kernel at {kernel}: build one with `pibake kernel build`")
+        return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
+    # Like the Pi's firmware: config.txt names the kernel and the initramfs.
+    config = parse_config_txt(read_boot_file(image, "config.txt", sdir / "config.txt").read_text())
+    kernel_name = config.get("kernel", "")
+    if not kernel_name:
+        raise PibakeError(f"{image}: config.txt on the boot partition names no kernel= to boot")
+    initrd_name = config.get("initramfs")
+    return BootInputs(
+        kernel=read_boot_file(image, kernel_name, sdir / "kernel.img"),
+        initrd=read_boot_file(image, initrd_name, sdir / "initrd.img") if initrd_name else None,
+        dtb=dtb,
+        cmdline=cmdline,
+    )
+
+
+def parse_config_txt(text: str) -> dict[str, str]:
+    """The settings of a Raspberry Pi config.txt that matter to a boot: kernel=, initramfs, device_tree=.
+
+    Conditional sections other than [all] (e.g. [pi4]) are ignored: the emulator is no
+    particular board model's firmware.
+    """
+    settings: dict[str, str] = {}
+    active = True
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            active = line in ("[all]", "[any]")
+            continue
+        if not active:
+            continue
+        if line.startswith("initramfs "):
+            settings["initramfs"] = line.split()[1]
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def check_power_of_two(image: Path, prof: profiles.Profile) -> None:
+    size = image.stat().st_size
+    if prof.needs_power_of_two and size & (size - 1):
+        raise PibakeError(
+            f"profile {prof.name} emulates an SD card, which QEMU only accepts with a power-of-two size; "
+            f"{image} has {size} bytes. Grow it to {1 << size.bit_length()} bytes "
+            f"(`pibake image prepare --grow-to-power-of-two`) or use the virt profile"
+        )
 
 
 def _terminate(pid: int, sdir: Path, *, grace: float = 5) -> None:
@@ -266,6 +331,8 @@ def start(
     memory_mb: int | None = None,
     timeout: float = 300,
     inventory: Path | None = None,
+    kernel: Path | None = None,
+    dtb: Path | None = None,
 ) -> Guest:
     """Boot IMAGE in the background and return once SSH answers."""
     image = image.resolve()
@@ -274,6 +341,7 @@ def start(
     read_mbr(image)
     prof = profiles.load(profile)
     cpu = prof.resolve_cpu(cpu)
+    check_power_of_two(image, prof)
     sdir = state_dir(name)
     current = status(name)
     if current.running and current.guest:
@@ -285,7 +353,7 @@ def start(
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
     keys = sshkey.ensure_keypair()
-    kernel, initrd, cmdline = _boot_inputs(image, sdir)
+    boot = boot_inputs(image, prof, sdir, kernel=kernel, dtb=dtb)
     overlay: Path | None = None
     if persist:
         drive, fmt = image, "raw"
@@ -298,9 +366,10 @@ def start(
     for _attempt in range(3):
         port = free_port()
         launch = profiles.Launch(
-            kernel=kernel,
-            initrd=initrd,
-            cmdline=cmdline,
+            kernel=boot.kernel,
+            initrd=boot.initrd,
+            cmdline=boot.cmdline,
+            dtb=boot.dtb,
             drive=drive,
             drive_format=fmt,
             ssh_port=port,
@@ -457,7 +526,16 @@ def ssh(name: str, command: list[str]) -> int:
     return subprocess.call(argv)
 
 
-def run_foreground(image: Path, *, profile: str, cpu: str | None, name: str, persist: bool) -> int:
+def run_foreground(
+    image: Path,
+    *,
+    profile: str,
+    cpu: str | None,
+    name: str,
+    persist: bool,
+    kernel: Path | None = None,
+    dtb: Path | None = None,
+) -> int:
     """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
     guest = start(
         image, profile=profile, cpu=cpu, name=name, persist=persist, inventory=Path("inventories/qemu/hosts.yml")

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the way a stage turns its recipe into bytes changes, so caches rebuild.
 ROOTFS_FORMAT = 1
-IMAGE_FORMAT = 2
+IMAGE_FORMAT = 3
 
 BASE_PACKAGES = (
     "systemd-sysv",
@@ -49,6 +49,14 @@ BASE_PACKAGES = (
 )
 
 BASES = {"debian-bullseye": "bullseye"}
+
+DTB_PATTERNS = (
+    "bcm2835-rpi-*.dtb",
+    "bcm2836-rpi-*.dtb",
+    "bcm2837-rpi-*.dtb",
+    "bcm2711-rpi-*.dtb",
+    "vexpress-v2p-*.dtb",
+)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,12 @@ def boot_files(root: Path, boot: Path, disk_id: int) -> str:
     boot.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(kernel, boot / "vmlinuz")
     shutil.copyfile(initrd, boot / "initrd.img")
+    # Device trees: the Pi boards' (where their firmware looks for them) and the
+    # emulated vexpress boards'.
+    dtb_dir = root / "usr/lib" / f"linux-image-{version}"
+    for pattern in DTB_PATTERNS:
+        for dtb in sorted(dtb_dir.glob(pattern)):
+            shutil.copyfile(dtb, boot / dtb.name)
     _write(boot / "cmdline.txt", kernel_cmdline(disk_id) + "\n")
     _write(
         boot / "config.txt",

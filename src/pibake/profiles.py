@@ -30,6 +30,15 @@ class Profile:
     net_model: str
     guest_interface: str
     console: str
+    # Device tree file on the image's boot partition; None: the machine builds its own (virt).
+    dtb: str | None = None
+    # The SoC decides CPU, cores and RAM (raspi2b): qemu gets no -cpu/-smp/-m.
+    fixed_soc: bool = False
+
+    @property
+    def needs_power_of_two(self) -> bool:
+        """QEMU's SD card model only takes images whose size is a power of two."""
+        return self.disk_bus == "sd"
 
     def features(self, cpu: str | None = None) -> tuple[str, ...]:
         return self.cpus[self.resolve_cpu(cpu)]
@@ -84,6 +93,8 @@ def parse(data: dict[str, object], *, source: str = "<profile>") -> Profile:
             net_model=str(net["model"]),
             guest_interface=str(net["guest_interface"]),
             console=str(boot["console"]),
+            dtb=str(boot["dtb"]) if "dtb" in boot else None,
+            fixed_soc=bool(data.get("fixed_soc", False)),
         )
     except (KeyError, AssertionError, TypeError, ValueError) as e:
         raise PibakeError(f"{source}: malformed machine profile ({e!r})") from e
@@ -100,7 +111,7 @@ class Launch:
     """Everything about one boot that is not in the profile."""
 
     kernel: Path
-    initrd: Path
+    initrd: Path | None
     cmdline: str
     drive: Path
     drive_format: str  # raw or qcow2
@@ -110,6 +121,7 @@ class Launch:
     pidfile: Path
     cpu: str | None = None
     memory_mb: int | None = None
+    dtb: Path | None = None
 
 
 def qemu_command(profile: Profile, launch: Launch) -> list[str]:
@@ -117,43 +129,34 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
     memory = launch.memory_mb or profile.memory_mb
     if not 64 <= memory <= profile.max_memory_mb:
         raise PibakeError(f"profile {profile.name} takes 64 to {profile.max_memory_mb} MiB of RAM, not {memory}")
+    if profile.dtb and launch.dtb is None:
+        raise PibakeError(f"profile {profile.name} boots with the device tree {profile.dtb}, and none was given")
     hostfwd = f"hostfwd=tcp:127.0.0.1:{launch.ssh_port}-:22"
-    argv = [
-        "qemu-system-arm",
-        "-M",
-        profile.machine,
-        "-cpu",
-        cpu,
-        "-smp",
-        str(profile.smp),
-        "-m",
-        str(memory),
-        "-kernel",
-        str(launch.kernel),
-        "-initrd",
-        str(launch.initrd),
-        "-append",
-        launch.cmdline,
-        "-display",
-        "none",
-        "-serial",
-        f"file:{launch.serial_log}",
-        "-monitor",
-        "none",
-        "-qmp",
-        f"unix:{launch.qmp_socket},server=on,wait=off",
-        "-pidfile",
-        str(launch.pidfile),
+    argv = ["qemu-system-arm", "-M", profile.machine]
+    if profile.fixed_soc:
+        if launch.cpu not in (None, profile.cpu) or launch.memory_mb not in (None, profile.memory_mb):
+            raise PibakeError(f"profile {profile.name} emulates a fixed SoC: its CPU and RAM cannot be changed")
+        argv += ["-m", str(profile.memory_mb)]
+    else:
+        argv += ["-cpu", cpu, "-smp", str(profile.smp), "-m", str(memory)]
+    if launch.dtb is not None:
+        argv += ["-dtb", str(launch.dtb)]
+    argv += ["-kernel", str(launch.kernel)]
+    if launch.initrd is not None:
+        argv += ["-initrd", str(launch.initrd)]
+    argv += [
+        "-append", launch.cmdline,
+        "-display", "none",
+        "-serial", f"file:{launch.serial_log}",
+        "-monitor", "none",
+        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off",
+        "-pidfile", str(launch.pidfile),
         # A guest reboot ends qemu instead of looping; poweroff ends it too.
         "-no-reboot",
-    ]
+    ]  # fmt: skip
     if profile.disk_bus == "virtio":
-        argv += [
-            "-drive",
-            f"file={launch.drive},if=none,format={launch.drive_format},id=hd0",
-            "-device",
-            "virtio-blk-device,drive=hd0",
-        ]
+        drive = f"file={launch.drive},if=none,format={launch.drive_format},id=hd0"
+        argv += ["-drive", drive, "-device", "virtio-blk-device,drive=hd0"]
     else:
         argv += ["-drive", f"file={launch.drive},if=sd,format={launch.drive_format}"]
     if profile.net_model == "virtio":

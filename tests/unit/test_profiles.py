@@ -95,3 +95,27 @@ def test_malformed_profiles_are_refused_with_their_source() -> None:
         profiles.parse({"name": "x"}, source="x.toml")
     with pytest.raises(PibakeError, match="disk bus must be one of"):
         profiles.parse(_data(disk={"bus": "scsi", "guest_device": "/dev/sda"}))
+
+
+def test_sd_profiles_pass_their_device_tree_and_fixed_socs_take_no_cpu_choice(tmp_path: Path) -> None:
+    a9 = profiles.load("vexpress-a9")
+    assert a9.needs_power_of_two
+    assert "vfpv4" not in a9.features()  # the reason the classic setup crashes
+    argv = profiles.qemu_command(a9, _launch(tmp_path, drive_format="raw", dtb=tmp_path / "vexpress-v2p-ca9.dtb"))
+    assert _after(argv, "-dtb") == str(tmp_path / "vexpress-v2p-ca9.dtb")
+    assert _after(argv, "-cpu") == "cortex-a9"
+    with pytest.raises(PibakeError, match="device tree vexpress-v2p-ca9.dtb"):
+        profiles.qemu_command(a9, _launch(tmp_path))
+
+    pi2 = profiles.load("raspi2b")
+    argv = profiles.qemu_command(pi2, _launch(tmp_path, dtb=tmp_path / "bcm2836-rpi-2-b.dtb"))
+    assert "-cpu" not in argv and "-smp" not in argv
+    assert _after(argv, "-m") == "1024"
+    assert "usb-net,netdev=n0" in argv
+    with pytest.raises(PibakeError, match="fixed SoC"):
+        profiles.qemu_command(pi2, _launch(tmp_path, dtb=tmp_path / "x.dtb", memory_mb=512))
+
+
+def test_a_kernel_without_initrd_gets_no_initrd_option(tmp_path: Path) -> None:
+    argv = profiles.qemu_command(profiles.load("virt"), _launch(tmp_path, initrd=None))
+    assert "-initrd" not in argv
