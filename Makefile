@@ -9,6 +9,7 @@ PIBAKE := $(BIN)/pibake
 IMAGE ?= build/pibake-bullseye.img
 PROFILE ?= virt
 NAME ?= pibake
+PROVIDER ?= debian-source
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Debian packages the harness drives. Override APT_GET to use another front end.
@@ -19,7 +20,7 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps binfmt venv image emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
+.PHONY: help deps binfmt venv image kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,6 +54,18 @@ $(VENV)/.installed: pyproject.toml
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
 	$(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
 
+KERNEL_PACKAGES := linux-source-6.1 gcc-arm-linux-gnueabihf libc6-dev-armhf-cross bc bison flex libssl-dev make cpio xz-utils
+
+kernel-deps: ## Debian's kernel source and ARM cross compiler, for `make kernel`
+	@missing=$$(for p in $(KERNEL_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) $(APT_GET) update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+kernel: kernel-deps venv ## no-initrd kernel for PROFILE (vexpress-a9, vexpress-a15, virt); PROVIDER=debian-source|buildroot
+	$(PIBAKE) kernel build --profile $(PROFILE) --provider $(PROVIDER)
+
 emulate: deps venv ## boot IMAGE under QEMU (PROFILE=virt), wait for SSH, write inventories/qemu/hosts.yml
 	@[ -f $(IMAGE) ] || $(MAKE) image
 	$(PIBAKE) emulate start $(IMAGE) --profile $(PROFILE) --name $(NAME)
@@ -69,7 +82,7 @@ demo: deps venv ## the whole job: image, boot, provision, run the model on the P
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
-test-integration: deps venv image
+test-integration: deps kernel-deps venv image
 	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
 
 molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, destroy
@@ -78,7 +91,7 @@ molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence,
 test: test-integration molecule ## everything CI runs: installs what it needs, then pytest and Molecule
 
 lint: venv ## ruff, mypy, ansible-lint, yamllint
-	$(BIN)/ruff check src tests scripts models molecule
+	$(BIN)/ruff check src tests scripts models molecule plugins
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .

@@ -97,6 +97,21 @@ def _cmd_preflight(a: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_kernel_build(a: argparse.Namespace) -> int:
+    from pibake import kernel
+
+    built = kernel.build(a.profile, provider=a.provider, buildroot_sha256=a.buildroot_sha256)
+    print(f"kernel {built.kernel}")
+    if built.dtb:
+        print(f"dtb    {built.dtb}")
+    print(f"config {built.config}  ({'cached, ' if built.cached else ''}{built.seconds:.0f} s)")
+    print(
+        f"boot it: pibake emulate start --profile {a.profile} --kernel {built.kernel}"
+        + (f" --dtb {built.dtb}" if built.dtb else "")
+    )
+    return 0
+
+
 def _add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="pibake", help="guest name; its state lives in the cache (default: %(default)s)")
 
@@ -130,6 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
     p.set_defaults(func=_cmd_image_build)
 
+    p_kernel = sub.add_parser("kernel", help="build no-initrd kernels for the emulated boards")
+    kernel_sub = p_kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
+    p = kernel_sub.add_parser(
+        "build",
+        help="build zImage (and the board's DTB) with everything built in, so no initrd is needed",
+        description="Build the kernel for a machine profile from the board defconfig plus "
+        "buildroot/board/pibake/linux.fragment. --provider buildroot downloads the Buildroot release pinned in "
+        "buildroot/buildroot.lock (sha256-checked) and builds with the BR2_EXTERNAL tree in buildroot/; "
+        "--provider debian-source cross-builds Debian's linux-source package with gcc-arm-linux-gnueabihf "
+        "(`make kernel-deps` installs both). Cached under a hash of versions, defconfig and fragment.",
+    )
+    p.add_argument("--profile", default="virt", help="vexpress-a9, vexpress-a15 or virt (default: %(default)s)")
+    p.add_argument(
+        "--provider", default="debian-source", choices=("debian-source", "buildroot"), help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--buildroot-sha256",
+        default=None,
+        metavar="HEX",
+        help="sha256 of the Buildroot tarball, if the lock file has none",
+    )
+    p.set_defaults(func=_cmd_kernel_build)
+
     p_emu = sub.add_parser("emulate", help="boot an image under qemu-system-arm with SSH forwarded")
     emu_sub = p_emu.add_subparsers(dest="emulate_command", required=True, metavar="ACTION")
     for action, help_text in (
@@ -144,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay"
+        )
+        p.add_argument(
+            "--kernel",
+            type=Path,
+            default=None,
+            help="boot this kernel (no initrd) instead of the image's own, e.g. from `pibake kernel build`",
+        )
+        p.add_argument(
+            "--dtb", type=Path, default=None, help="device tree instead of the one on the image's boot partition"
         )
         _add_guest_options(p)
         if action == "start":

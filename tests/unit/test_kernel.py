@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pibake import kernel
+from pibake.errors import PibakeError
+
+
+def test_fragment_has_what_a_no_initrd_boot_of_raspberry_pi_os_needs() -> None:
+    opts = kernel.parse_fragment(kernel.fragment().read_text())
+    for name in (
+        "CONFIG_DEVTMPFS",
+        "CONFIG_DEVTMPFS_MOUNT",
+        "CONFIG_CGROUPS",
+        "CONFIG_AUTOFS_FS",
+        "CONFIG_FHANDLE",
+        "CONFIG_EXT4_FS",
+        "CONFIG_VFAT_FS",
+        "CONFIG_MMC_ARMMMCI",
+        "CONFIG_VIRTIO_BLK",
+        "CONFIG_VIRTIO_NET",
+        "CONFIG_SMSC911X",
+    ):
+        assert opts.get(name) == "y", name  # built in, not a module: there is no initrd
+
+
+def test_missing_options_names_what_kconfig_dropped() -> None:
+    wanted = {"CONFIG_A": "y", "CONFIG_B": "y", "CONFIG_C": "n"}
+    config = "CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n"
+    assert kernel.missing_options(wanted, config) == ["CONFIG_B=y"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "cpu", "dts"),
+    [("vexpress-a9", "BR2_cortex_a9=y", "vexpress-v2p-ca9"), ("vexpress-a15", "BR2_cortex_a15=y", "vexpress-v2p-ca15-tc1")],
+)
+def test_buildroot_defconfigs_are_kernel_only_with_the_fragment(profile: str, cpu: str, dts: str) -> None:
+    text = kernel.defconfig_text(profile)
+    assert cpu in text
+    assert 'BR2_LINUX_KERNEL_DEFCONFIG="vexpress"' in text
+    assert f'BR2_LINUX_KERNEL_INTREE_DTS_NAME="{dts}"' in text
+    assert f'BR2_LINUX_KERNEL_CONFIG_FRAGMENT_FILES="{kernel.fragment()}"' in text
+    assert "# BR2_TARGET_ROOTFS_TAR is not set" in text  # no root filesystem: the image brings its own
+    assert "BR2_INIT_NONE=y" in text
+
+
+def test_virt_defconfig_has_no_device_tree_and_raspi2b_has_no_kernel_build() -> None:
+    assert "DTS" not in kernel.defconfig_text("virt")
+    with pytest.raises(PibakeError, match="raspi2b boots the image's own"):
+        kernel.defconfig_text("raspi2b")
+
+
+def test_cache_key_follows_versions_provider_and_defconfig() -> None:
+    a = kernel.cache_key("vexpress-a9", "debian-source", versions={"linux-source": "6.1.1"})
+    assert a == kernel.cache_key("virt", "debian-source", versions={"linux-source": "6.1.1"})  # one kernel, all boards
+    assert a != kernel.cache_key("vexpress-a9", "debian-source", versions={"linux-source": "6.1.2"})
+    br9 = kernel.cache_key("vexpress-a9", "buildroot", versions={"buildroot": "2026.08"})
+    assert br9 != a
+    assert br9 != kernel.cache_key("vexpress-a15", "buildroot", versions={"buildroot": "2026.08"})
+
+
+def test_cache_key_follows_the_fragment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = kernel.cache_key("virt", "debian-source", versions={})
+    copy = tmp_path / "buildroot"
+    import shutil
+
+    shutil.copytree(kernel.tree(), copy)
+    with (copy / "board/pibake/linux.fragment").open("a") as f:
+        f.write("CONFIG_EXTRA=y\n")
+    monkeypatch.setattr(kernel, "TREE_DIRS", (copy,))
+    assert kernel.cache_key("virt", "debian-source", versions={}) != before
+
+
+def test_buildroot_without_a_pinned_sha256_is_refused_before_downloading(isolated_cache: Path) -> None:
+    with pytest.raises(PibakeError, match="--buildroot-sha256"):
+        kernel.build("vexpress-a9", provider="buildroot")
