@@ -7,7 +7,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIBAKE := $(BIN)/pibake
 IMAGE ?= build/pibake-bullseye.img
-PROFILE ?= virt
+BOARD ?= pi3b-plus
+PROFILE ?=
+EMULATION = --board $(BOARD) $(if $(PROFILE),--profile $(PROFILE))
 NAME ?= pibake
 PROVIDER ?= debian-source
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -64,11 +66,11 @@ kernel-deps: ## Debian's kernel source and ARM cross compiler, for `make kernel`
 	fi
 
 kernel: kernel-deps venv ## no-initrd kernel for PROFILE (vexpress-a9, vexpress-a15, virt); PROVIDER=debian-source|buildroot
-	$(PIBAKE) kernel build --profile $(PROFILE) --provider $(PROVIDER)
+	$(PIBAKE) kernel build --profile $(or $(PROFILE),virt) --provider $(PROVIDER)
 
 emulate: deps venv ## boot IMAGE under QEMU (PROFILE=virt), wait for SSH, write inventories/qemu/hosts.yml
 	@[ -f $(IMAGE) ] || $(MAKE) image
-	$(PIBAKE) emulate start $(IMAGE) --profile $(PROFILE) --name $(NAME)
+	$(PIBAKE) emulate start $(IMAGE) $(EMULATION) --name $(NAME)
 
 emulate-stop: venv ## shut the emulated Pi down cleanly
 	$(PIBAKE) emulate stop --name $(NAME)
@@ -77,7 +79,7 @@ provision: venv ## run site.yml against the emulated Pi (after `make emulate`)
 	$(BIN)/ansible-playbook site.yml -i inventories/qemu
 
 demo: deps venv ## the whole job: image, boot, provision, run the model on the Pi, finished image in build/
-	$(PIBAKE) demo --profile $(PROFILE)
+	$(PIBAKE) demo $(EMULATION)
 
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit

@@ -26,13 +26,21 @@ def _cmd_image_build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _emulation(a: argparse.Namespace) -> tuple[str, str | None]:
+    from pibake import boards
+
+    return boards.emulation(boards.get(a.board), profile=a.profile, cpu=a.cpu)
+
+
 def _cmd_emulate_start(a: argparse.Namespace) -> int:
     from pibake import emulator
 
+    profile, cpu = _emulation(a)
     guest = emulator.start(
         a.image,
-        profile=a.profile,
-        cpu=a.cpu,
+        profile=profile,
+        cpu=cpu,
+        board=a.board,
         name=a.name,
         persist=a.persist,
         memory_mb=a.memory,
@@ -70,15 +78,16 @@ def _cmd_emulate_ssh(a: argparse.Namespace) -> int:
 def _cmd_emulate_run(a: argparse.Namespace) -> int:
     from pibake import emulator
 
+    profile, cpu = _emulation(a)
     return emulator.run_foreground(
-        a.image, profile=a.profile, cpu=a.cpu, name=a.name, persist=a.persist, kernel=a.kernel, dtb=a.dtb
+        a.image, profile=profile, cpu=cpu, board=a.board, name=a.name, persist=a.persist, kernel=a.kernel, dtb=a.dtb
     )
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
     from pibake import demo
 
-    res = demo.demo(project=a.project, profile=a.profile, output=a.output)
+    res = demo.demo(project=a.project, board=a.board, profile=a.profile, cpu=a.cpu, output=a.output)
     print("\nPredictions of the demo model, run on the emulated Pi:")
     for p in res.predictions:
         print(f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}")
@@ -176,10 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = emu_sub.add_parser(action, help=help_text, description=help_text)
         p.add_argument("image", nargs="?", type=Path, default=DEFAULT_IMAGE, help="raw image (default: %(default)s)")
-        p.add_argument("--profile", default="virt", help="machine profile from qemu/ (default: %(default)s)")
         p.add_argument(
-            "--cpu", default=None, help="CPU model, for profiles that let you choose (default: the profile's)"
+            "--board",
+            default="pi3b-plus",
+            help="target board: picks the profile and CPU that emulate it (default: %(default)s)",
         )
+        p.add_argument("--profile", default=None, help="machine profile from qemu/ (default: the board's)")
+        p.add_argument("--cpu", default=None, help="CPU model, for profiles that let you choose (default: the board's)")
         p.add_argument(
             "--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay"
         )
@@ -238,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model on the emulated Pi and print its predictions for the bundled samples, shut the guest down "
         "cleanly and leave the finished image and its .sha256 in build/.",
     )
-    p.add_argument("--profile", default="virt", help="machine profile (default: %(default)s)")
+    p.add_argument("--board", default="pi3b-plus", help="target board (default: %(default)s)")
+    p.add_argument("--profile", default=None, help="machine profile (default: the board's)")
+    p.add_argument("--cpu", default=None, help="emulated CPU (default: the board's)")
     p.add_argument(
         "--project", type=Path, default=Path.cwd(), help="the pibake checkout (default: the current directory)"
     )

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pibake import emulator, image
+from pibake import boards, emulator, image
 from pibake.errors import PibakeError
 from pibake.proc import run
 
@@ -60,9 +60,18 @@ def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[
     return result
 
 
-def demo(*, project: Path, profile: str = "virt", output: Path, name: str = "pibake-demo") -> DemoResult:
+def demo(
+    *,
+    project: Path,
+    board: str = "pi3b-plus",
+    profile: str | None = None,
+    cpu: str | None = None,
+    output: Path,
+    name: str = "pibake-demo",
+) -> DemoResult:
     if not (project / "site.yml").is_file():
         raise PibakeError(f"no site.yml in {project}: run `pibake demo` from the pibake checkout (or pass --project)")
+    profile, cpu = boards.emulation(boards.get(board), profile=profile, cpu=cpu)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     built = image.build_image(image.default_spec(), output=project / "build" / "pibake-bullseye.img")
@@ -76,7 +85,9 @@ def demo(*, project: Path, profile: str = "virt", output: Path, name: str = "pib
     inventory.unlink(missing_ok=True)
     try:
         t0 = time.monotonic()
-        guest = emulator.start(work, profile=profile, name=name, persist=True, inventory=inventory)
+        guest = emulator.start(
+            work, profile=profile, cpu=cpu, board=board, name=name, persist=True, inventory=inventory
+        )
         timings["boot"] = time.monotonic() - t0
         try:
             t0 = time.monotonic()

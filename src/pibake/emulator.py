@@ -55,6 +55,7 @@ class Guest:
     inventory: str | None
     started_at: float
     boot_seconds: float = 0.0
+    board: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -326,6 +327,7 @@ def start(
     *,
     profile: str = "virt",
     cpu: str | None = None,
+    board: str | None = None,
     name: str = "pibake",
     persist: bool = False,
     memory_mb: int | None = None,
@@ -403,6 +405,7 @@ def start(
             overlay=str(overlay) if overlay else None,
             inventory=str(inventory.resolve()) if inventory else None,
             started_at=time.time(),
+            board=board,
         )
         (sdir / "state.json").write_text(guest.to_json())
         time.sleep(0.5)
@@ -436,6 +439,7 @@ def _inventory_host(guest: Guest) -> ansible_inventory.Host:
         private_key=Path(guest.private_key),
         profile=guest.profile,
         cpu=guest.cpu,
+        board=guest.board,
     )
 
 
@@ -533,6 +537,7 @@ def run_foreground(
     cpu: str | None,
     name: str,
     persist: bool,
+    board: str | None = None,
     kernel: Path | None = None,
     dtb: Path | None = None,
 ) -> int:

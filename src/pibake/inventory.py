@@ -21,9 +21,12 @@ class Host:
     private_key: Path
     profile: str
     cpu: str
+    board: str | None = None
 
     def variables(self) -> dict[str, Any]:
+        board = {"python_runtime_board": self.board} if self.board else {}
         return {
+            **board,
             "ansible_host": "127.0.0.1",
             "ansible_port": self.port,
             "ansible_user": self.user,

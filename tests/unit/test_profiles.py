@@ -104,7 +104,7 @@ def test_sd_profiles_pass_their_device_tree_and_fixed_socs_take_no_cpu_choice(tm
     argv = profiles.qemu_command(a9, _launch(tmp_path, drive_format="raw", dtb=tmp_path / "vexpress-v2p-ca9.dtb"))
     assert _after(argv, "-dtb") == str(tmp_path / "vexpress-v2p-ca9.dtb")
     assert _after(argv, "-cpu") == "cortex-a9"
-    with pytest.raises(PibakeError, match="device tree vexpress-v2p-ca9.dtb"):
+    with pytest.raises(PibakeError, match=r"device tree vexpress-v2p-ca9\.dtb"):
         profiles.qemu_command(a9, _launch(tmp_path))
 
     pi2 = profiles.load("raspi2b")
