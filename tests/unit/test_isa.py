@@ -8,7 +8,7 @@ import pytest
 from pibake import isa, preflight, profiles
 from pibake.errors import PibakeError
 from pibake.isa import FP, SIMD, Arch, InstructionSet
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.wheels import (
     CORTEX_A9_FEATURES,
     EM_AARCH64,

@@ -34,7 +34,10 @@ def test_missing_options_names_what_kconfig_dropped() -> None:
 
 @pytest.mark.parametrize(
     ("profile", "cpu", "dts"),
-    [("vexpress-a9", "BR2_cortex_a9=y", "vexpress-v2p-ca9"), ("vexpress-a15", "BR2_cortex_a15=y", "vexpress-v2p-ca15-tc1")],
+    [
+        ("vexpress-a9", "BR2_cortex_a9=y", "vexpress-v2p-ca9"),
+        ("vexpress-a15", "BR2_cortex_a15=y", "vexpress-v2p-ca15-tc1"),
+    ],
 )
 def test_buildroot_defconfigs_are_kernel_only_with_the_fragment(profile: str, cpu: str, dts: str) -> None:
     text = kernel.defconfig_text(profile)
