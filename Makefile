@@ -12,17 +12,20 @@ PROFILE ?=
 EMULATION = --board $(BOARD) $(if $(PROFILE),--profile $(PROFILE))
 NAME ?= pibake
 PROVIDER ?= debian-source
+RASPIOS_IMAGE ?= build/2024-10-22-raspios-bullseye-armhf-lite.img
+PREPARED ?= build/pibake-prepared.img
+GROW ?= 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Debian packages the harness drives. Override APT_GET to use another front end.
 APT_GET ?= apt-get
 APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support debootstrap \
-	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu
+	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu bmap-tools
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps binfmt venv image kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
+.PHONY: help deps binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +59,15 @@ $(VENV)/.installed: pyproject.toml
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
 	$(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
 
+fetch: venv ## download Raspberry Pi OS Lite (Legacy bullseye armhf) to RASPIOS_IMAGE: sha256-checked, resumable, cached
+	$(PIBAKE) image fetch -o $(RASPIOS_IMAGE)
+
+prepare: .deps-stamp venv ## copy IMAGE to PREPARED and prepare it for PROFILE: GROW MiB, SSH, user + key, emulation tweaks
+	$(PIBAKE) image prepare $(IMAGE) -o $(PREPARED) --grow $(GROW) $(if $(PROFILE),--profile $(PROFILE))
+
+finalize: .deps-stamp venv ## undo PREPARED's emulation tweaks, fsck, write its .sha256, .bmap and .manifest.json
+	$(PIBAKE) image finalize $(PREPARED)
+
 KERNEL_PACKAGES := linux-source-6.1 gcc-arm-linux-gnueabihf libc6-dev-armhf-cross bc bison flex libssl-dev make cpio xz-utils
 
 kernel-deps: ## Debian's kernel source and ARM cross compiler, for `make kernel`
@@ -80,6 +92,17 @@ provision: venv ## run site.yml against the emulated Pi (after `make emulate`)
 
 demo: deps venv ## the whole job: image, boot, provision, run the model on the Pi, finished image in build/
 	$(PIBAKE) demo $(EMULATION)
+
+.PHONY: flash bench-flash
+DEVICE ?=
+FLASH_ARGS ?=
+
+flash: venv ## write the finished image to a card: make flash DEVICE=/dev/sdX [IMAGE=...] [FLASH_ARGS=--unmount]
+	@[ -n "$(DEVICE)" ] || { echo "usage: make flash DEVICE=/dev/sdX [IMAGE=build/pibake-demo.img] (lsblk lists the disks)"; exit 2; }
+	$(SUDO) $(PIBAKE) flash $(if $(filter command line,$(origin IMAGE)),$(IMAGE)) $(DEVICE) $(FLASH_ARGS)
+
+bench-flash: venv ## throughput of flash against dd, and of a bmap write against a full one (loop device, root)
+	$(SUDO) $(BIN)/python scripts/bench_flash.py $(BENCH_ARGS)
 
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit

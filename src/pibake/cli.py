@@ -32,6 +32,80 @@ def _emulation(a: argparse.Namespace) -> tuple[str, str | None]:
     return boards.emulation(boards.get(a.board), profile=a.profile, cpu=a.cpu)
 
 
+def _cmd_image_fetch(a: argparse.Namespace) -> int:
+    from pibake import fetch
+
+    if a.list:
+        for name, rel in sorted(fetch.CATALOGUE.items()):
+            aliases = [k for k, v in fetch.ALIASES.items() if v == name]
+            default = " (default)" if fetch.DEFAULT_RELEASE in aliases else ""
+            print(f"{name}{default}{'  alias ' + ', '.join(aliases) if aliases else ''}\n  {rel.description}")
+            print(f"  {rel.url}\n  sha256 {rel.sha256 or 'unknown: needs --sha256'}")
+        return 0
+    src = fetch.resolve(release=a.release, url=a.url, sha256=a.sha256, insecure_no_verify=a.insecure_no_verify)
+    output = a.output or Path("build") / fetch.image_name(src.filename)
+    got = fetch.fetch(
+        release=a.release,
+        url=a.url,
+        sha256=a.sha256,
+        insecure_no_verify=a.insecure_no_verify,
+        output=output,
+        retries=a.retries,
+    )
+    state = "cached" if got.cached else ("verified" if got.verified else "NOT VERIFIED")
+    print(f"{got.path}  sha256 {got.image_sha256}  (archive sha256 {got.archive_sha256}, {state}, {got.seconds:.1f} s)")
+    return 0
+
+
+def _cmd_image_prepare(a: argparse.Namespace) -> int:
+    from pibake import prepare, profiles, sshkey
+
+    power_of_two, console = a.grow_to_power_of_two, "ttyAMA0"
+    if a.profile:
+        prof = profiles.load(a.profile)
+        power_of_two = power_of_two or prof.needs_power_of_two
+        console = prof.console
+    if a.ssh_key:
+        try:
+            key = a.ssh_key.read_text().strip()
+        except OSError as e:
+            raise PibakeError(f"cannot read the SSH public key {a.ssh_key}: {e.strerror}") from e
+    else:
+        key = sshkey.ensure_keypair().public_key
+    res = prepare.prepare(
+        a.image,
+        output=a.output,
+        grow_mb=a.grow,
+        power_of_two=power_of_two,
+        user=a.user,
+        password_hash=a.password_hash,
+        ssh_pubkey=key,
+        hostname=a.hostname,
+        emulation_tweaks=not a.no_emulation_tweaks,
+        console=console,
+    )
+    mib = 1 << 20
+    print(f"{res.path}: {res.os}, {res.size_before // mib} -> {res.size // mib} MiB ({res.seconds:.1f} s)")
+    for change in res.changes:
+        print(f"  {change}")
+    return 0
+
+
+def _cmd_image_finalize(a: argparse.Namespace) -> int:
+    from pibake import finalize
+
+    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest)
+    print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
+    if res.undone:
+        print(f"  undone: {', '.join(res.undone)}")
+    if res.shrunk_to:
+        print(f"  size for the card: {res.shrunk_to // (1 << 20)} MiB")
+    for f in (res.sha256_file, res.bmap_file, res.manifest_file):
+        if f is not None:
+            print(f"  {f}")
+    return 0
+
+
 def _cmd_emulate_start(a: argparse.Namespace) -> int:
     from pibake import emulator
 
@@ -92,6 +166,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     for p in res.predictions:
         print(f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}")
     print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
+    print(f"  manifest {res.manifest}" + (f", bmap {res.bmap}" if res.bmap else ""))
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
     return 0
 
@@ -118,6 +193,33 @@ def _cmd_kernel_build(a: argparse.Namespace) -> int:
         f"boot it: pibake emulate start --profile {a.profile} --kernel {built.kernel}"
         + (f" --dtb {built.dtb}" if built.dtb else "")
     )
+    return 0
+
+
+def _ask(prompt: str) -> str:
+    """The flash confirmation: the prompt on stderr, the answer from stdin (so `echo sdb | pibake flash` works)."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
+
+
+def _cmd_flash(a: argparse.Namespace) -> int:
+    from pibake import flash
+
+    res = flash.flash(
+        a.image,
+        a.device,
+        bmap=a.bmap,
+        full=a.no_bmap,
+        to_file=a.to_file,
+        unmount=a.unmount,
+        allow_non_removable=a.allow_non_removable,
+        large_device_threshold=a.large_device_gb * 1e9,
+        assume_yes=a.yes,
+        verify=not a.no_verify,
+        eject=not a.no_eject,
+        confirm=_ask,
+    )
+    print(res.describe())
     return 0
 
 
@@ -153,6 +255,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
     p.set_defaults(func=_cmd_image_build)
+
+    p = image_sub.add_parser(
+        "fetch",
+        help="download a Raspberry Pi OS Lite image, check its sha256, decompress it (cached by checksum)",
+        description="Download a release from the catalogue (default: the Legacy bullseye Lite armhf release) or "
+        "any URL with its sha256. Resumes an interrupted download, verifies the archive before anything is "
+        "cached, decompresses .xz, .gz and .zip, and copies the image to OUTPUT with OUTPUT.sha256.",
+    )
+    p.add_argument("--release", default=None, help="catalogue release or alias (see --list)")
+    p.add_argument("--url", default=None, help="download this URL instead of a catalogue release (needs --sha256)")
+    p.add_argument("--sha256", default=None, metavar="HEX", help="the archive's published sha256")
+    p.add_argument(
+        "--insecure-no-verify", action="store_true", help="take a URL without a sha256 (the digest is only reported)"
+    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="image file to write (default: build/NAME.img)")
+    p.add_argument(
+        "--retries", type=int, default=3, help="resume a cut download this many times (default: %(default)s)"
+    )
+    p.add_argument("--list", action="store_true", help="list the catalogue and exit")
+    p.set_defaults(func=_cmd_image_fetch)
+
+    p = image_sub.add_parser(
+        "prepare",
+        help="grow an image, enable SSH, add the user, key and hostname, apply emulation-only tweaks (no root)",
+        description="Works on IMAGE in place, or on a copy with -o. Raspberry Pi OS gets boot:/ssh and "
+        "boot:/userconf.txt (its first boot renames the uid-1000 user); the Debian-built base gets the "
+        "user in its account files. Emulation-only tweaks (ld.so.preload, cmdline.txt, the power-of-two "
+        "size of an SD-card profile) are recorded in the image so that `finalize` undoes exactly those.",
+    )
+    p.add_argument("image", type=Path, help="raw image (Raspberry Pi OS or the Debian-built base)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="prepare a copy here instead of IMAGE itself")
+    p.add_argument(
+        "--grow", type=int, default=0, metavar="MIB", help="add this much to the image and its root filesystem"
+    )
+    p.add_argument(
+        "--grow-to-power-of-two",
+        action="store_true",
+        help="also round the size up to a power of two, as QEMU's SD card needs (undone by finalize)",
+    )
+    p.add_argument(
+        "--profile", default=None, help="machine profile to prepare for (an SD-card profile implies the power of two)"
+    )
+    p.add_argument("--user", default="pi", help="login user (default: %(default)s)")
+    p.add_argument(
+        "--password-hash",
+        default=None,
+        metavar="HASH",
+        help="crypt(3) hash for the user, e.g. from `openssl passwd -6` (default: none: SSH keys only)",
+    )
+    p.add_argument(
+        "--ssh-key", type=Path, default=None, metavar="PUBFILE", help="public key to install (default: the harness's)"
+    )
+    p.add_argument("--hostname", default=None, help="hostname (default: keep the image's)")
+    p.add_argument("--no-emulation-tweaks", action="store_true", help="prepare for a real card only")
+    p.set_defaults(func=_cmd_image_prepare)
+
+    p = image_sub.add_parser(
+        "finalize",
+        help="undo the emulation tweaks, fsck, write IMAGE.sha256, IMAGE.bmap and IMAGE.manifest.json",
+        description="Puts back exactly what `prepare` changed for emulation, shrinks an image grown to a power of "
+        "two back to the size asked for, checks both filesystems, and describes the result: the base image's "
+        "digest, Debian packages, Python distributions and the model's files, with versions and digests.",
+    )
+    p.add_argument("image", type=Path, help="prepared (and provisioned) raw image")
+    p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
+    p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
+    p.set_defaults(func=_cmd_image_finalize)
 
     p_kernel = sub.add_parser("kernel", help="build no-initrd kernels for the emulated boards")
     kernel_sub = p_kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
@@ -283,6 +452,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="machine profile that emulates it (default: the board's)")
     p.add_argument("--cpu", default=None, help="CPU of that profile (default: the board's, else the profile's)")
     p.set_defaults(func=_cmd_preflight)
+
+    from pibake.flash import SAFETY_RULES
+
+    p = sub.add_parser(
+        "flash",
+        help="write the finished image to an SD card: checked, sparse with a .bmap, read back and verified",
+        description="Write IMAGE (default build/pibake-demo.img) to the whole card DEVICE, e.g. /dev/sdb or\n"
+        "/dev/mmcblk0 (`lsblk` lists them): `pibake flash /dev/sdb`, or `pibake flash IMAGE /dev/sdb`.",
+        epilog=SAFETY_RULES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "image", nargs="?", type=Path, default=Path("build/pibake-demo.img"), help="the image (default: %(default)s)"
+    )
+    p.add_argument("device", type=Path, help="the whole card, e.g. /dev/sdb (or a file, with --to-file)")
+    p.add_argument("--bmap", type=Path, default=None, help="block map to use (default: IMAGE.bmap if it exists)")
+    p.add_argument("--no-bmap", action="store_true", help="write every byte of the image, even with a .bmap")
+    p.add_argument("--to-file", action="store_true", help="DEVICE may be a regular file: write the image into it")
+    p.add_argument("--unmount", action="store_true", help="unmount the card's mounted filesystems, then write")
+    p.add_argument(
+        "--allow-non-removable", action="store_true", help="write to a device that does not say it is removable"
+    )
+    p.add_argument(
+        "--large-device-gb",
+        type=float,
+        default=64,
+        metavar="GB",
+        help="warn about a device larger than this (default: %(default)s)",
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask to type the device name back")
+    p.add_argument("--no-verify", action="store_true", help="do not read the card back and compare")
+    p.add_argument("--no-eject", action="store_true", help="leave the card in the system when done")
+    p.set_defaults(func=_cmd_flash)
     return parser
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pibake import boards, emulator, image
+from pibake import boards, emulator, finalize, image, prepare, profiles, sshkey
 from pibake.errors import PibakeError
 from pibake.proc import run
 
@@ -25,6 +25,8 @@ class DemoResult:
     image: Path
     sha256: str
     predictions: list[dict[str, object]]
+    manifest: Path
+    bmap: Path | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -77,10 +79,20 @@ def demo(
     built = image.build_image(image.default_spec(), output=project / "build" / "pibake-bullseye.img")
     timings["image"] = time.monotonic() - t0
 
-    # The guest writes straight into a copy of the base image: that copy is the finished image.
+    # The guest writes straight into a copy of the base image: that copy is the finished
+    # image. It goes through the same prepare and finalize as a Raspberry Pi OS image.
     output.parent.mkdir(parents=True, exist_ok=True)
     work = output.with_name(output.name + ".part")
-    run(["cp", "--sparse=always", str(built.path), str(work)])
+    prof = profiles.load(profile)
+    t0 = time.monotonic()
+    prepare.prepare(
+        built.path,
+        output=work,
+        power_of_two=prof.needs_power_of_two,
+        console=prof.console,
+        ssh_pubkey=sshkey.ensure_keypair().public_key,
+    )
+    timings["prepare"] = time.monotonic() - t0
     inventory = output.with_name(output.name + ".inventory.yml")
     inventory.unlink(missing_ok=True)
     try:
@@ -106,7 +118,20 @@ def demo(
     finally:
         work.unlink(missing_ok=True)
         inventory.unlink(missing_ok=True)
-    digest = image.write_sha256(output)
+    t0 = time.monotonic()
+    try:
+        done = finalize.finalize(output)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    timings["finalize"] = time.monotonic() - t0
     predictions = result.get("results", [])
     assert isinstance(predictions, list)
-    return DemoResult(image=output, sha256=digest, predictions=predictions, timings=timings)
+    return DemoResult(
+        image=output,
+        sha256=done.sha256,
+        predictions=predictions,
+        manifest=done.manifest_file,
+        bmap=done.bmap_file,
+        timings=timings,
+    )

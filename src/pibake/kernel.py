@@ -144,13 +144,18 @@ def cache_key(profile: str, provider: str, *, versions: dict[str, str]) -> str:
     return recipe_hash(recipe)
 
 
-def build(profile: str = "virt", *, provider: str = "debian-source", buildroot_sha256: str | None = None) -> KernelBuild:
+def build(
+    profile: str = "virt", *, provider: str = "debian-source", buildroot_sha256: str | None = None
+) -> KernelBuild:
     if provider not in PROVIDERS:
         raise PibakeError(f"unknown kernel provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     _, dts = profile_kernel(profile)
     t0 = time.monotonic()
     if provider == "debian-source":
-        versions = {"linux-source": _dpkg_version(DEBIAN_SOURCE_PACKAGE), "gcc": _dpkg_version("gcc-arm-linux-gnueabihf")}
+        versions = {
+            "linux-source": _dpkg_version(DEBIAN_SOURCE_PACKAGE),
+            "gcc": _dpkg_version("gcc-arm-linux-gnueabihf"),
+        }
     else:
         versions = {"buildroot": buildroot_lock()["version"]}
     key = cache_key(profile, provider, versions=versions)
@@ -199,7 +204,10 @@ def _build_debian_source(out: Path) -> None:
     src = next(p for p in src_parent.iterdir() if p.is_dir())
     make = ["make", "-C", str(src), "ARCH=arm", f"CROSS_COMPILE={CROSS}"]
     run([*make, LINUX_DEFCONFIG])
-    run([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(src), str(src / ".config"), str(fragment())], cwd=src)
+    run(
+        [str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(src), str(src / ".config"), str(fragment())],
+        cwd=src,
+    )
     run([*make, "olddefconfig"])
     _check_config(src / ".config")
     jobs = str(os.cpu_count() or 1)

@@ -1,0 +1,260 @@
+"""Finalize an image for the card: undo the emulation tweaks, check it, and describe it.
+
+Writes, next to IMAGE:
+  IMAGE.sha256         the image's digest, sha256sum format
+  IMAGE.bmap           bmaptool's block map of the data (pibake.bmap)
+  IMAGE.manifest.json  what is on it: base image digest, Debian packages, Python
+                       distributions, the model's files, each with a version and a digest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pibake import __version__, bmap
+from pibake.cache import sha256_file
+from pibake.errors import PibakeError
+from pibake.image import check_filesystems, write_sha256
+from pibake.imagefs import ExtFs
+from pibake.layout import MIB
+from pibake.prepare import parse_os_release, root_partition, shrink_root, undo_tweaks, work_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+MODEL_DIR = "/opt/pibake/model"
+DPKG_STATUS = "/var/lib/dpkg/status"
+DPKG_INFO = "/var/lib/dpkg/info"
+# Where Debian's python3 packages and pip (as root, outside a venv) install distributions.
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"
+LOCAL_LIB = "/usr/local/lib"
+
+
+@dataclass(frozen=True)
+class FinalizedImage:
+    path: Path
+    sha256: str
+    size: int
+    sha256_file: Path
+    bmap_file: Path | None
+    manifest_file: Path
+    undone: tuple[str, ...]
+    shrunk_to: int | None
+    packages: int
+    python_distributions: int
+    model_sha256: str | None
+    seconds: float
+
+
+# ---------------------------------------------------------------- pure parsers
+
+
+def parse_dpkg_status(text: str) -> list[dict[str, str]]:
+    """Installed packages ("install ok installed") from a dpkg status file: name, version, architecture."""
+    packages = []
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue  # continuation lines (descriptions, conffiles)
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+        if "Package" in fields and fields.get("Status", "").endswith(" installed"):
+            packages.append(
+                {
+                    "name": fields["Package"],
+                    "version": fields.get("Version", ""),
+                    "architecture": fields.get("Architecture", ""),
+                }
+            )
+    return sorted(packages, key=lambda p: (p["name"], p["architecture"]))
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """Name and Version from a METADATA / PKG-INFO file (RFC 822 headers up to the first blank line)."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        if ":" in line and line[:1] not in (" ", "\t"):
+            key, value = line.split(":", 1)
+            fields.setdefault(key.strip(), value.strip())
+    return {"name": fields.get("Name", ""), "version": fields.get("Version", "")}
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """One digest for a set of files: the sha256 of their `sha256sum` listing, sorted by path."""
+    listing = "".join(f"{digest}  {path}\n" for path, digest in sorted(files.items()))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- reading the image
+
+
+def installed_packages(root: ExtFs, work: Path) -> list[dict[str, str]]:
+    status = root.read(DPKG_STATUS)
+    if status is None:
+        log.warning("%s: no %s: the manifest lists no Debian packages", root.image.name, DPKG_STATUS)
+        return []
+    packages = parse_dpkg_status(status.decode(errors="replace"))
+    # dpkg keeps an md5 of every file a package installed; the digest of that list
+    # pins the package's installed content, not just its version string.
+    info = root.rdump(DPKG_INFO, work) if root.stat(DPKG_INFO) is not None else None
+    for p in packages:
+        if info is None:
+            break
+        for name in (f"{p['name']}:{p['architecture']}.md5sums", f"{p['name']}.md5sums"):
+            if (info / name).is_file():
+                p["md5sums_sha256"] = sha256_file(info / name)
+                break
+    return packages
+
+
+def python_distributions(root: ExtFs) -> list[dict[str, str]]:
+    """Every *.dist-info and *.egg-info in the system's dist-packages, with its version and a digest.
+
+    The digest is of RECORD where there is one (it lists a sha256 of every installed
+    file, so it pins the installed content); else of METADATA or PKG-INFO.
+    """
+    site_dirs = [DIST_PACKAGES]
+    for entry in root.list_dir(LOCAL_LIB) or []:
+        if entry.is_dir and entry.name.startswith("python3"):
+            site_dirs.append(f"{LOCAL_LIB}/{entry.name}/dist-packages")
+    found: list[tuple[str, str, bool]] = []  # (site dir, entry name, is a directory)
+    for site, entries in root.list_dirs(site_dirs).items():
+        for entry in entries or []:
+            if entry.name.endswith((".dist-info", ".egg-info")):
+                found.append((site, entry.name, entry.is_dir))
+    wanted: list[str] = []
+    for site, name, is_dir in found:
+        base = f"{site}/{name}"
+        wanted += [f"{base}/METADATA", f"{base}/RECORD", f"{base}/INSTALLER", f"{base}/PKG-INFO"] if is_dir else [base]
+    contents = root.read_many(wanted)
+    dists = []
+    for site, name, is_dir in found:
+        base = f"{site}/{name}"
+        if is_dir:
+            meta_name = "METADATA" if contents.get(f"{base}/METADATA") is not None else "PKG-INFO"
+            metadata = contents.get(f"{base}/{meta_name}")
+            record = contents.get(f"{base}/RECORD")
+            installer = (contents.get(f"{base}/INSTALLER") or b"").decode(errors="replace").strip()
+        else:
+            meta_name, metadata, record, installer = name, contents.get(base), None, ""
+        fields = parse_metadata(metadata.decode(errors="replace")) if metadata else {"name": "", "version": ""}
+        if not fields["name"]:
+            # name-version.dist-info, as the directory is named, when its metadata is unreadable
+            stem = name.rsplit(".", 1)[0]
+            fields = dict(zip(("name", "version"), [*stem.split("-", 1), ""][:2], strict=True))
+        hashed, hash_of = (record, "RECORD") if record else (metadata, meta_name)
+        dists.append(
+            {
+                "name": fields["name"],
+                "version": fields["version"],
+                "location": site,
+                "installer": installer or ("debian" if site == DIST_PACKAGES else ""),
+                "sha256": hashlib.sha256(hashed).hexdigest() if hashed else "",
+                "sha256_of": hash_of if hashed else "",
+            }
+        )
+    return sorted(dists, key=lambda d: (d["name"].lower(), d["location"]))
+
+
+def model_files(root: ExtFs, work: Path) -> dict[str, Any] | None:
+    entry = root.stat(MODEL_DIR)
+    if entry is None or not entry.is_dir:
+        return None
+    local = root.rdump(MODEL_DIR, work / "model-dump")
+    files = {str(p.relative_to(local)): sha256_file(p) for p in local.rglob("*") if p.is_file() and not p.is_symlink()}
+    return {
+        "path": MODEL_DIR,
+        "sha256": tree_digest(files),
+        "files": [{"path": path, "sha256": digest} for path, digest in sorted(files.items())],
+    }
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _earlier_base(manifest: Path) -> dict[str, Any] | None:
+    """The base image a previous finalize recorded: the record it read is gone from the image since."""
+    try:
+        base = json.loads(manifest.read_text()).get("base")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(base) if isinstance(base, dict) else None
+
+
+def finalize(image: Path, *, write_bmap: bool = True, manifest: Path | None = None) -> FinalizedImage:
+    """Undo the emulation tweaks, fsck both filesystems, write IMAGE.sha256, IMAGE.bmap and the manifest."""
+    t0 = time.monotonic()
+    if not image.is_file():
+        raise PibakeError(f"no image at {image}")
+    root_partition(image)
+    record, undone = undo_tweaks(image)
+    shrunk_to = None
+    with work_dir(image) as work:
+        card_size = int(record["card_size"]) if record else None
+        if card_size is not None and card_size < image.stat().st_size:
+            # The power-of-two size was for QEMU's SD card only: a card needs just what was asked for.
+            if shrink_root(image, card_size, work):
+                shrunk_to = card_size
+                log.info("%s: back to %d MiB for the card", image.name, card_size // MIB)
+            else:
+                log.warning(
+                    "%s: the root filesystem no longer fits in %d MiB; the image keeps its %d MiB",
+                    image.name,
+                    card_size // MIB,
+                    image.stat().st_size // MIB,
+                )
+        log.info("%s: checking both filesystems", image.name)
+        check_filesystems(image, work)
+        root = ExtFs.partition(image, 2)
+        os_release = root.read("/etc/os-release") or root.read("/usr/lib/os-release") or b""
+        packages = installed_packages(root, work)
+        dists = python_distributions(root)
+        model = model_files(root, work)
+    digest = write_sha256(image)
+    bmap_file = None
+    if write_bmap:
+        bmap_file = bmap.default_path(image)
+        bmap.create(image, bmap_file)
+    size = image.stat().st_size
+    manifest = manifest or image.with_name(image.name + ".manifest.json")
+    base = dict(record["base"]) if record else _earlier_base(manifest)
+    data = {
+        "format": MANIFEST_FORMAT,
+        "pibake": __version__,
+        "image": {"name": image.name, "sha256": digest, "size": size},
+        "bmap": bmap_file.name if bmap_file else None,
+        "base": base,
+        "os": parse_os_release(os_release.decode(errors="replace")).get("PRETTY_NAME", ""),
+        "emulation_tweaks_undone": list(undone),
+        "packages": packages,
+        "python": dists,
+        "model": model,
+    }
+    part = manifest.with_name(manifest.name + ".part")
+    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    part.rename(manifest)
+    seconds = time.monotonic() - t0
+    log.info("%s: finalized in %.1f s", image.name, seconds)
+    return FinalizedImage(
+        path=image,
+        sha256=digest,
+        size=size,
+        sha256_file=image.with_name(image.name + ".sha256"),
+        bmap_file=bmap_file,
+        manifest_file=manifest,
+        undone=undone,
+        shrunk_to=shrunk_to,
+        packages=len(packages),
+        python_distributions=len(dists),
+        model_sha256=model["sha256"] if model else None,
+        seconds=seconds,
+    )

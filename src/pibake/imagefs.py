@@ -1,0 +1,418 @@
+"""Read and change files inside a disk image's partitions without mounting anything.
+
+ext4 goes through debugfs (e2fsprogs opens ``IMAGE?offset=BYTES`` directly), FAT through
+mtools (``IMAGE@@BYTES``). Neither needs root or a loop device.
+
+debugfs exits 0 even when a request fails, so every batch of changes is read back
+and checked afterwards: a change that did not land is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pibake.errors import PibakeError
+from pibake.layout import MIB, read_mbr
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+S_IFMT = 0o170000
+S_IFDIR = 0o040000
+S_IFREG = 0o100000
+S_IFLNK = 0o120000
+
+# debugfs pages long listings when it thinks a person is reading.
+_DEBUGFS_ENV = {"DEBUGFS_PAGER": "__none__", "PAGER": "__none__"}
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One line of ``debugfs ls -p``: /inode/mode/uid/gid/name/size/."""
+
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    name: str
+    size: int | None  # None for directories
+
+    @property
+    def is_dir(self) -> bool:
+        return self.mode & S_IFMT == S_IFDIR
+
+    @property
+    def is_file(self) -> bool:
+        return self.mode & S_IFMT == S_IFREG
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.mode & S_IFMT == S_IFLNK
+
+    @property
+    def perm(self) -> int:
+        return self.mode & 0o7777
+
+
+def parse_ls_p(line: str) -> DirEntry | None:
+    """Parse one ``ls -p`` line; None for anything else (headers, blank lines)."""
+    if not (line.startswith("/") and line.endswith("/")):
+        return None
+    fields = line[1:-1].split("/")
+    # A name cannot contain "/", so exactly six fields; deleted entries have fewer.
+    if len(fields) != 6 or not fields[0].isdigit():
+        return None
+    inode, mode, uid, gid, name, size = fields
+    return DirEntry(int(inode), int(mode, 8), int(uid), int(gid), name, int(size) if size else None)
+
+
+def _quote(path: str) -> str:
+    """A path as one debugfs argument (its parser understands double quotes)."""
+    if any(c in path for c in '"\n\r'):
+        raise PibakeError(f"cannot handle the path {path!r} inside an image (quote or newline in it)")
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def _parent(path: str) -> str:
+    return str(PurePosixPath(path).parent)
+
+
+def _name(path: str) -> str:
+    return PurePosixPath(path).name
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    data: bytes
+    mode: int | None = None  # permission bits; None: keep the existing file's, else 0o644
+    uid: int | None = None  # None: keep the existing file's, else 0
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class Symlink:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Remove:
+    """Remove a file, a symlink or an empty directory; nothing if it is absent."""
+
+    path: str
+
+
+Change = WriteFile | MakeDir | Symlink | Remove
+
+
+class ExtFs:
+    """An ext2/3/4 filesystem at a byte offset inside an image file, through debugfs."""
+
+    def __init__(self, image: Path, offset: int) -> None:
+        self.image = image
+        self.offset = offset
+
+    @classmethod
+    def partition(cls, image: Path, number: int = 2) -> ExtFs:
+        return cls(image, read_mbr(image).partition(number).start * 512)
+
+    @property
+    def device(self) -> str:
+        return f"{self.image}?offset={self.offset}"
+
+    def debugfs(self, requests: Sequence[str], *, write: bool = False) -> str:
+        """Run REQUESTS in one debugfs session; return its stdout (each request echoed as 'debugfs: ...')."""
+        with tempfile.NamedTemporaryFile("w", prefix="pibake-debugfs-", suffix=".cmd", delete=False) as f:
+            f.write("\n".join(requests) + "\n")
+            cmdfile = Path(f.name)
+        try:
+            argv = ["debugfs", *(["-w"] if write else []), "-f", str(cmdfile), self.device]
+            return run(argv, env=_DEBUGFS_ENV)
+        finally:
+            cmdfile.unlink()
+
+    # ------------------------------------------------------------ reading
+
+    def list_dirs(self, paths: Sequence[str]) -> dict[str, list[DirEntry] | None]:
+        """``ls -p`` of each of PATHS in one session; None for a path that is not a directory."""
+        if not paths:
+            return {}
+        out = self.debugfs([f"ls -p {_quote(p)}" for p in paths])
+        result: dict[str, list[DirEntry] | None] = {}
+        current: list[DirEntry] | None = None
+        index = -1
+        for line in out.splitlines():
+            if line.startswith("debugfs: "):
+                index += 1
+                current = []
+                result[paths[index]] = current
+                continue
+            entry = parse_ls_p(line)
+            if entry is not None and current is not None:
+                current.append(entry)
+        # An existing directory always lists "." and "..": an empty listing means no directory.
+        return {p: (v if v else None) for p, v in result.items()} | {p: None for p in paths if p not in result}
+
+    def list_dir(self, path: str) -> list[DirEntry] | None:
+        entries = self.list_dirs([path])[path]
+        return None if entries is None else [e for e in entries if e.name not in (".", "..")]
+
+    def stat_many(self, paths: Iterable[str]) -> dict[str, DirEntry | None]:
+        wanted = sorted(set(paths))
+        listings = self.list_dirs(sorted({_parent(p) for p in wanted}))
+        result: dict[str, DirEntry | None] = {}
+        for p in wanted:
+            entries = listings.get(_parent(p)) or []
+            result[p] = next((e for e in entries if e.name == _name(p)), None)
+        return result
+
+    def stat(self, path: str) -> DirEntry | None:
+        return self.stat_many([path])[path]
+
+    def exists(self, path: str) -> bool:
+        return self.stat(path) is not None
+
+    def read_many(self, paths: Sequence[str]) -> dict[str, bytes | None]:
+        """The contents of regular files PATHS (None for a missing one), in one debugfs session."""
+        if not paths:
+            return {}
+        with tempfile.TemporaryDirectory(prefix="pibake-dump-") as tmp:
+            local = [Path(tmp) / str(i) for i in range(len(paths))]
+            self.debugfs([f"dump {_quote(p)} {dest}" for p, dest in zip(paths, local, strict=True)])
+            # debugfs creates the local file before it looks the path up: size alone
+            # cannot tell an empty file from a missing one, so ask for the stat too.
+            found = self.stat_many(paths)
+            result: dict[str, bytes | None] = {}
+            for p, dest in zip(paths, local, strict=True):
+                entry = found[p]
+                result[p] = dest.read_bytes() if entry is not None and entry.is_file and dest.exists() else None
+            return result
+
+    def read(self, path: str) -> bytes | None:
+        return self.read_many([path])[path]
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read(path)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def rdump(self, path: str, dest: Path) -> Path:
+        """Copy the directory tree PATH into DEST (DEST/<basename of PATH>); return that directory."""
+        dest.mkdir(parents=True, exist_ok=True)
+        self.debugfs([f"rdump {_quote(path)} {dest}"])
+        target = dest / (_name(path) or "")
+        if path != "/" and not target.is_dir():
+            raise PibakeError(f"{self.image}: {path} is not a directory in the root filesystem")
+        return target
+
+    # ------------------------------------------------------------ writing
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        """Make CHANGES in one debugfs -w session, then read them back and check each one landed."""
+        if not changes:
+            return
+        touched = {c.path for c in changes}
+        before = self.stat_many(touched)
+        requests: list[str] = []
+        expected: dict[str, tuple[str, int | None, int | None, int | None, int | None]] = {}
+        with tempfile.TemporaryDirectory(prefix="pibake-write-") as tmp:
+            for i, change in enumerate(changes):
+                path = _quote(change.path)
+                old = before.get(change.path)
+                if isinstance(change, WriteFile):
+                    if old is not None and old.is_dir:
+                        raise PibakeError(f"{self.image}: cannot write {change.path}: it is a directory")
+                    mode = change.mode if change.mode is not None else (old.perm if old else 0o644)
+                    uid = change.uid if change.uid is not None else (old.uid if old else 0)
+                    gid = change.gid if change.gid is not None else (old.gid if old else 0)
+                    local = Path(tmp) / str(i)
+                    local.write_bytes(change.data)
+                    if old is not None:
+                        requests.append(f"rm {path}")
+                    requests += [
+                        f"write {local} {path}",
+                        f"sif {path} mode 0{S_IFREG | mode:o}",
+                        f"sif {path} uid {uid}",
+                        f"sif {path} gid {gid}",
+                    ]
+                    expected[change.path] = ("file", mode, uid, gid, len(change.data))
+                elif isinstance(change, MakeDir):
+                    if old is None:
+                        requests.append(f"mkdir {path}")
+                    elif not old.is_dir:
+                        raise PibakeError(f"{self.image}: cannot create directory {change.path}: a file is in the way")
+                    requests += [
+                        f"sif {path} mode 0{S_IFDIR | change.mode:o}",
+                        f"sif {path} uid {change.uid}",
+                        f"sif {path} gid {change.gid}",
+                    ]
+                    expected[change.path] = ("dir", change.mode, change.uid, change.gid, None)
+                elif isinstance(change, Symlink):
+                    if old is not None:
+                        requests.append(f"rm {path}")
+                    requests.append(f"symlink {path} {_quote(change.target)}")
+                    expected[change.path] = ("symlink", None, None, None, None)
+                else:
+                    if old is not None:
+                        requests.append(f"{'rmdir' if old.is_dir else 'rm'} {path}")
+                    expected[change.path] = ("absent", None, None, None, None)
+                # A later change to the same path sees this one's result.
+                before[change.path] = _placeholder(expected[change.path][0])
+            log.debug("debugfs -w on %s: %d requests", self.device, len(requests))
+            self.debugfs(requests, write=True)
+        after = self.stat_many(touched)
+        for p, (kind, want_mode, want_uid, want_gid, want_size) in expected.items():
+            _check_landed(self.image, p, after[p], kind, want_mode, want_uid, want_gid, want_size)
+
+
+def _placeholder(kind: str) -> DirEntry | None:
+    """What a path will be once a queued change has run (for later changes in the same batch)."""
+    if kind == "absent":
+        return None
+    return DirEntry(0, (S_IFDIR if kind == "dir" else S_IFREG) | 0o644, 0, 0, "", None)
+
+
+def _check_landed(
+    image: Path,
+    path: str,
+    entry: DirEntry | None,
+    kind: str,
+    mode: int | None,
+    uid: int | None,
+    gid: int | None,
+    size: int | None,
+) -> None:
+    problem = ""
+    if kind == "absent":
+        problem = "still there: a directory that is not empty?" if entry is not None else ""
+    elif entry is None:
+        problem = "missing"
+    elif kind == "file" and not entry.is_file:
+        problem = "not a regular file"
+    elif kind == "dir" and not entry.is_dir:
+        problem = "not a directory"
+    elif kind == "symlink" and not entry.is_symlink:
+        problem = "not a symlink"
+    elif mode is not None and entry.perm != mode:
+        problem = f"mode {entry.perm:o}, wanted {mode:o}"
+    elif (uid is not None and entry.uid != uid) or (gid is not None and entry.gid != gid):
+        problem = f"owner {entry.uid}:{entry.gid}, wanted {uid}:{gid}"
+    elif size is not None and entry.size != size:
+        problem = f"size {entry.size}, wanted {size}"
+    if problem:
+        raise PibakeError(
+            f"{image}: debugfs did not make the change to {path} ({problem}). If the reason is not plain, "
+            "the root filesystem may be full or damaged: check it with `e2fsck -fn 'IMAGE?offset=BYTES'`"
+        )
+
+
+class FatFs:
+    """A FAT filesystem at a byte offset inside an image file, through mtools."""
+
+    def __init__(self, image: Path, offset: int) -> None:
+        self.image = image
+        self.offset = offset
+
+    @classmethod
+    def partition(cls, image: Path, number: int = 1) -> FatFs:
+        return cls(image, read_mbr(image).partition(number).start * 512)
+
+    @property
+    def device(self) -> str:
+        return f"{self.image}@@{self.offset}"
+
+    def list(self, *, recursive: bool = True) -> list[str]:
+        """Paths below the root, '/'-rooted; directories end with '/'."""
+        out = run(["mdir", *(["-/"] if recursive else []), "-b", "-i", self.device, "::/"])
+        return sorted(line.removeprefix("::") for line in out.splitlines() if line.startswith("::/"))
+
+    def exists(self, name: str) -> bool:
+        return "/" + name.lstrip("/") in self.list()
+
+    def read(self, name: str) -> bytes | None:
+        if not self.exists(name):
+            return None
+        with tempfile.TemporaryDirectory(prefix="pibake-fat-") as tmp:
+            dest = Path(tmp) / "file"
+            run(["mcopy", "-n", "-i", self.device, f"::/{name.lstrip('/')}", str(dest)])
+            return dest.read_bytes()
+
+    def read_text(self, name: str) -> str | None:
+        data = self.read(name)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def write(self, name: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory(prefix="pibake-fat-") as tmp:
+            src = Path(tmp) / "file"
+            src.write_bytes(data)
+            run(["mcopy", "-o", "-i", self.device, str(src), f"::/{name.lstrip('/')}"])
+
+    def remove(self, name: str) -> None:
+        if self.exists(name):
+            run(["mdel", "-i", self.device, f"::/{name.lstrip('/')}"])
+
+    def copy_all(self, dest: Path) -> Path:
+        """Copy every file of the filesystem into DEST (created); return DEST."""
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.list(recursive=False):
+            run(["mcopy", "-s", "-n", "-m", "-i", self.device, "::/*", str(dest)])
+        return dest
+
+
+# ---------------------------------------------------------------- byte ranges
+
+
+def _is_hole(fd: int, offset: int, length: int) -> bool:
+    """True if the file has no data in [offset, offset+length): a hole, or past its end (reads as zeros)."""
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # no data at or after OFFSET
+            return True
+        raise
+
+
+def sync_range(src: Path, src_offset: int, dst: Path, dst_offset: int, length: int, *, block: int = 4 * MIB) -> int:
+    """Make DST[dst_offset:+length] equal SRC[src_offset:+length], writing only the blocks that differ.
+
+    DST must exist. Blocks that are already equal are not written, so holes of a sparse
+    DST stay holes where SRC is zero; where both files have a hole nothing is even read.
+    Returns the number of bytes written.
+    """
+    written = 0
+    fi = os.open(src, os.O_RDONLY)
+    try:
+        fo = os.open(dst, os.O_RDWR)
+        try:
+            done = 0
+            while done < length:
+                n = min(block, length - done)
+                if _is_hole(fi, src_offset + done, n) and _is_hole(fo, dst_offset + done, n):
+                    done += n
+                    continue
+                new = os.pread(fi, n, src_offset + done)
+                if len(new) < n:
+                    new += bytes(n - len(new))  # past SRC's end reads as zeros, like a hole
+                if new != os.pread(fo, n, dst_offset + done):
+                    os.pwrite(fo, new, dst_offset + done)
+                    written += n
+                done += n
+        finally:
+            os.close(fo)
+    finally:
+        os.close(fi)
+    return written

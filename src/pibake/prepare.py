@@ -1,0 +1,748 @@
+"""Prepare a base image (Raspberry Pi OS or the Debian-built one) for emulation and provisioning.
+
+Everything happens on the image file: no loop devices, no mounts, no root. ext4 changes
+go through debugfs, FAT changes through mtools, the partition table through sfdisk on
+the file, and the filesystem grows with resize2fs on an extracted copy of the partition
+(see grow_root for why not in place).
+
+What prepare changes falls in two kinds:
+  for good      size, SSH on, the user and its key, the hostname
+  emulation     tweaks a QEMU boot needs and a card must not keep (ld.so.preload,
+                cmdline.txt, the power-of-two size of an SD-card profile). Each is
+                recorded, with the original bytes, in /var/lib/pibake/emulation.json
+                inside the image, so `finalize` undoes exactly those and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pibake import __version__
+from pibake.cache import sha256_file
+from pibake.errors import PibakeError
+from pibake.imagefs import Change, ExtFs, FatFs, MakeDir, Remove, Symlink, WriteFile, sync_range
+from pibake.layout import MIB, SECTOR, MbrEntry, read_mbr
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+RECORD_DIR = "/var/lib/pibake"
+RECORD = f"{RECORD_DIR}/emulation.json"
+RECORD_FORMAT = 1
+
+# userconf-pi's own rule for the name in userconf.txt (its validate_user).
+USERNAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+# A hash as crypt(3) writes it, or "*" (no password can log in: keys only).
+PASSWORD_HASH = re.compile(r"^(\*|!|\$[0-9a-z]+\$[^:\s]+)$")
+HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+# Groups a Raspberry Pi OS first user is in; a user added to the Debian base joins those that exist.
+USER_GROUPS = ("adm", "dialout", "cdrom", "sudo", "audio", "video", "plugdev", "games", "users", "input", "netdev")
+
+LD_SO_PRELOAD = "/etc/ld.so.preload"
+CMDLINE = "cmdline.txt"
+SERIAL_CONSOLES = ("serial0", "serial1", "ttyAMA0", "ttyS0")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def next_power_of_two(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+@dataclass(frozen=True)
+class PasswdEntry:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    shell: str
+
+
+def parse_passwd(text: str) -> list[PasswdEntry]:
+    entries = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[2].isdigit() and fields[3].isdigit():
+            entries.append(PasswdEntry(fields[0], int(fields[2]), int(fields[3]), fields[5], fields[6]))
+    return entries
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The four account files of a root filesystem, as text."""
+
+    passwd: str
+    shadow: str
+    group: str
+    gshadow: str | None
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _joined(lines: list[str]) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def add_user(accounts: Accounts, user: str, *, password_hash: str, groups: tuple[str, ...]) -> tuple[Accounts, int]:
+    """Accounts with USER added as useradd would (own group, supplementary GROUPS that exist); and its uid."""
+    users = parse_passwd(accounts.passwd)
+    if any(u.name == user for u in users):
+        raise PibakeError(f"user {user} exists already")
+    taken_uids = {u.uid for u in users}
+    group_lines = _lines(accounts.group)
+    taken_gids = {int(f[2]) for f in (line.split(":") for line in group_lines) if len(f) > 2 and f[2].isdigit()}
+    uid = next(n for n in range(1000, 60000) if n not in taken_uids)
+    gid = uid if uid not in taken_gids else next(n for n in range(1000, 60000) if n not in taken_gids)
+    passwd = [*_lines(accounts.passwd), f"{user}:x:{uid}:{gid}:,,,:/home/{user}:/bin/bash"]
+    shadow = [*_lines(accounts.shadow), f"{user}:{password_hash}:{int(time.time() // 86400)}:0:99999:7:::"]
+    group = [_with_member(line, user, 3) if line.split(":")[0] in groups else line for line in group_lines]
+    group.append(f"{user}:x:{gid}:")
+    gshadow = None
+    if accounts.gshadow is not None:
+        gshadow = [
+            _with_member(line, user, 3) if line.split(":")[0] in groups else line for line in _lines(accounts.gshadow)
+        ]
+        gshadow.append(f"{user}:!::")
+    return (
+        Accounts(_joined(passwd), _joined(shadow), _joined(group), _joined(gshadow) if gshadow is not None else None),
+        uid,
+    )
+
+
+def _with_member(line: str, user: str, field: int) -> str:
+    fields = line.split(":")
+    while len(fields) <= field:
+        fields.append("")
+    members = [m for m in fields[field].split(",") if m]
+    if user not in members:
+        members.append(user)
+    fields[field] = ",".join(members)
+    return ":".join(fields)
+
+
+def set_password_hash(shadow: str, user: str, password_hash: str) -> str:
+    out, found = [], False
+    for line in _lines(shadow):
+        fields = line.split(":")
+        if fields[0] == user and len(fields) > 1:
+            fields[1] = password_hash
+            found = True
+        out.append(":".join(fields))
+    if not found:
+        raise PibakeError(f"user {user} has no line in /etc/shadow")
+    return _joined(out)
+
+
+def with_hostname(hosts: str, hostname: str) -> str:
+    """/etc/hosts with 127.0.1.1 naming HOSTNAME (the line replaced, or added)."""
+    lines = hosts.splitlines()
+    for i, line in enumerate(lines):
+        if line.split()[:1] == ["127.0.1.1"]:
+            lines[i] = f"127.0.1.1\t{hostname}"
+            break
+    else:
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def with_authorized_key(existing: str | None, key: str) -> str | None:
+    """authorized_keys with KEY in it; None when it is there already."""
+    key = key.strip()
+    if not key or "\n" in key:
+        raise PibakeError("the SSH public key must be exactly one line")
+    fields = key.split()
+    if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise PibakeError(f"{key[:40]!r}... is not an OpenSSH public key line")
+    text = existing or ""
+    if any(line.split()[:2] == fields[:2] for line in text.splitlines()):
+        return None
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + key + "\n"
+
+
+def tweak_ld_so_preload(text: str) -> str | None:
+    """Comment out raspi-copies-and-fills' libarmmem preload, which QEMU boots choke on; None if nothing to do.
+
+    libarmmem-${PLATFORM}.so is an ARMv6/v7 memcpy/memset tuned for the Pi's own cores:
+    under emulation every process start prints 'cannot be preloaded' (or worse). A card
+    must keep it, so finalize puts the line back.
+    """
+    out, changed = [], False
+    for line in text.splitlines(keepends=True):
+        if "libarmmem" in line and not line.lstrip().startswith("#"):
+            out.append("#" + line)
+            changed = True
+        else:
+            out.append(line)
+    return "".join(out) if changed else None
+
+
+def tweak_cmdline(text: str, console: str) -> str | None:
+    """cmdline.txt for a QEMU boot; None if it needs nothing.
+
+    - The serial console: the Pi's firmware turns console=serial0 into the right UART;
+      a direct kernel boot does not, so it becomes the emulated board's (ttyAMA0),
+      last so that /dev/console (and the emulator's serial log) is the serial line.
+    - init=/usr/lib/raspi-config/init_resize.sh: the first-boot resize grows the root
+      partition to the card and reboots, which ends a QEMU started with -no-reboot.
+      prepare has grown the image already; on the card it must run, so finalize puts it back.
+    """
+    tokens = text.split()
+    ours = f"console={console},115200"
+    serial = [t for t in tokens if t.startswith("console=") and t.split("=", 1)[1].split(",")[0] in SERIAL_CONSOLES]
+    resize = [t for t in tokens if t.startswith("init=") and t.endswith("init_resize.sh")]
+    consoles = [t for t in tokens if t.startswith("console=")]
+    if not resize and serial == [ours] and consoles[-1] == ours:
+        return None
+    kept = [t for t in tokens if t not in serial and t not in resize]
+    return " ".join([*kept, ours]) + "\n"
+
+
+# ---------------------------------------------------------------- tweaks and their record
+
+
+@dataclass(frozen=True)
+class Tweak:
+    """One emulation-only change: the original bytes go back at finalize."""
+
+    name: str
+    fs: Literal["boot", "root"]
+    path: str
+    original: bytes
+    tweaked_sha256: str
+
+    @classmethod
+    def make(cls, name: str, fs: Literal["boot", "root"], path: str, original: bytes, tweaked: bytes) -> Tweak:
+        return cls(name, fs, path, original, hashlib.sha256(tweaked).hexdigest())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fs": self.fs,
+            "path": self.path,
+            "original_base64": base64.b64encode(self.original).decode(),
+            "tweaked_sha256": self.tweaked_sha256,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Tweak:
+        try:
+            return cls(
+                name=str(data["name"]),
+                fs="boot" if data["fs"] == "boot" else "root",
+                path=str(data["path"]),
+                original=base64.b64decode(data["original_base64"]),
+                tweaked_sha256=str(data["tweaked_sha256"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PibakeError(f"a tweak in {RECORD} is malformed ({e!r})") from e
+
+
+@dataclass(frozen=True)
+class OsInfo:
+    id: Literal["raspios", "debian"]
+    pretty_name: str
+    users: tuple[PasswdEntry, ...]
+
+    @property
+    def first_user(self) -> PasswdEntry | None:
+        """The uid-1000 user that Raspberry Pi OS's userconf renames on first boot."""
+        return next((u for u in self.users if u.uid == 1000), None)
+
+
+def detect_os(root: ExtFs) -> OsInfo:
+    files = root.read_many(["/etc/os-release", "/usr/lib/os-release", "/etc/rpi-issue", "/etc/passwd"])
+    release_text = files["/etc/os-release"] or files["/usr/lib/os-release"]
+    if release_text is None or files["/etc/passwd"] is None:
+        raise PibakeError(
+            f"{root.image}: the second partition holds no Linux root filesystem (no /etc/os-release or /etc/passwd)"
+        )
+    release = parse_os_release(release_text.decode(errors="replace"))
+    raspios = files["/etc/rpi-issue"] is not None or release.get("ID") == "raspbian"
+    return OsInfo(
+        id="raspios" if raspios else "debian",
+        pretty_name=release.get("PRETTY_NAME", release.get("ID", "unknown")),
+        users=tuple(parse_passwd(files["/etc/passwd"].decode(errors="replace"))),
+    )
+
+
+def read_record(root: ExtFs) -> dict[str, Any] | None:
+    data = root.read(RECORD)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError as e:
+        raise PibakeError(
+            f"{root.image}: {RECORD} is not valid JSON ({e}); restore it or remove it with debugfs"
+        ) from e
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise PibakeError(f"{root.image}: {RECORD} was written by another pibake version (format {record!r:.40})")
+    return record
+
+
+# ---------------------------------------------------------------- resizing
+
+
+def root_partition(image: Path) -> MbrEntry:
+    """The ext4 root partition: number 2, the last one, ending within the image."""
+    mbr = read_mbr(image)
+    root = mbr.partition(2)
+    if root.type_code != 0x83:
+        raise PibakeError(f"{image}: partition 2 has type 0x{root.type_code:02x}, not a Linux (0x83) root")
+    later = [p for p in mbr.partitions if p.start > root.start]
+    if later:
+        raise PibakeError(f"{image}: partition {later[0].number} lies after the root partition; cannot grow it")
+    if (root.start + root.size) * SECTOR > image.stat().st_size:
+        raise PibakeError(f"{image}: the root partition runs past the end of the file: is the image truncated?")
+    return root
+
+
+def _set_root_partition(image: Path, root: MbrEntry, sectors: int) -> None:
+    run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", "-N", "2", str(image)],
+        input_text=f"{root.start},{sectors}\n",
+    )
+
+
+def _resize_fs_copy(image: Path, root: MbrEntry, sectors: int, work: Path) -> Path:
+    """Copy the root filesystem out of IMAGE and resize the copy to SECTORS; return the copy.
+
+    resize2fs can open 'IMAGE?offset=N', but when the device is a regular file it then
+    truncates that file to the new filesystem size, ignoring the offset: the tail of
+    the image, most of the filesystem, would be cut off. A copy of the partition is a
+    file whose size is the filesystem's, which is what resize2fs expects.
+    """
+    part = work / "rootfs.ext4"
+    length = max(root.size, sectors) * SECTOR
+    with part.open("wb") as f:
+        f.truncate(length)
+    sync_range(image, root.start * SECTOR, part, 0, root.size * SECTOR)
+    run(["e2fsck", "-f", "-p", str(part)])
+    run(["resize2fs", str(part), f"{sectors}s"])
+    return part
+
+
+def grow_root(image: Path, size: int, work: Path) -> None:
+    """Grow IMAGE to SIZE bytes, its root partition to the end, and the ext4 in it to fill the partition."""
+    root = root_partition(image)
+    old_size = image.stat().st_size
+    if size <= old_size:
+        return
+    sectors = size // SECTOR - root.start
+    log.info("growing %s from %d to %d MiB", image.name, old_size // MIB, size // MIB)
+    part = _resize_fs_copy(image, root, sectors, work)
+    sector0 = _read(image, 0, SECTOR)
+    try:
+        with image.open("r+b") as f:
+            f.truncate(size)
+        _set_root_partition(image, root, sectors)
+    except BaseException:
+        # Nothing of the filesystem was touched yet: put the table and the size back.
+        _write(image, 0, sector0)
+        with image.open("r+b") as f:
+            f.truncate(old_size)
+        part.unlink(missing_ok=True)
+        raise
+    try:
+        written = sync_range(part, 0, image, root.start * SECTOR, sectors * SECTOR)
+        log.debug("root filesystem: %d MiB written back", written // MIB)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def shrink_root(image: Path, size: int, work: Path) -> bool:
+    """Shrink IMAGE to SIZE bytes with its root filesystem; False (and no change) if the data no longer fits."""
+    root = root_partition(image)
+    if size >= image.stat().st_size:
+        return True
+    sectors = size // SECTOR - root.start
+    if sectors <= 0:
+        raise PibakeError(f"{image}: {size} bytes would not leave a root partition")
+    try:
+        part = _resize_fs_copy(image, root, sectors, work)
+    except PibakeError as e:
+        if "smaller than minimum" in str(e) or "No space left" in str(e):
+            (work / "rootfs.ext4").unlink(missing_ok=True)
+            return False
+        raise
+    try:
+        sync_range(part, 0, image, root.start * SECTOR, sectors * SECTOR)
+        _set_root_partition(image, root, sectors)
+        with image.open("r+b") as f:
+            f.truncate(size)
+    finally:
+        part.unlink(missing_ok=True)
+    return True
+
+
+def _read(path: Path, offset: int, n: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read(n)
+
+
+def _write(path: Path, offset: int, data: bytes) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+@contextmanager
+def work_dir(image: Path) -> Iterator[Path]:
+    """Scratch space next to IMAGE: a partition copy needs as much room as the image."""
+    with tempfile.TemporaryDirectory(prefix=".pibake-", dir=image.parent) as tmp:
+        yield Path(tmp)
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    path: Path
+    os: str
+    base_sha256: str
+    size_before: int
+    size: int
+    card_size: int
+    changes: tuple[str, ...]
+    tweaks: tuple[str, ...]
+    seconds: float
+
+
+def copy_image(image: Path, output: Path) -> Path:
+    """Copy IMAGE to OUTPUT (sparse, atomically)."""
+    if not image.is_file():
+        raise PibakeError(f"no image at {image}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(output.name + ".part")
+    run(["cp", "--sparse=always", str(image), str(part)])
+    part.rename(output)
+    return output
+
+
+def prepare(
+    image: Path,
+    *,
+    output: Path | None = None,
+    grow_mb: int = 0,
+    power_of_two: bool = False,
+    user: str = "pi",
+    password_hash: str | None = None,
+    ssh_pubkey: str | None = None,
+    hostname: str | None = None,
+    emulation_tweaks: bool = True,
+    console: str = "ttyAMA0",
+) -> PreparedImage:
+    """Grow IMAGE (or a copy at OUTPUT), enable SSH, set up USER and its key, set HOSTNAME, tweak for emulation."""
+    t0 = time.monotonic()
+    if not image.is_file():
+        raise PibakeError(f"no image at {image}: fetch one with `pibake image fetch` or build one with `make image`")
+    if grow_mb < 0:
+        raise PibakeError(f"--grow takes a size to add in MiB, not {grow_mb}")
+    if not USERNAME.match(user) or user == "root":
+        raise PibakeError(
+            f"invalid user name {user!r}: lower-case letters, digits and hyphens, starting with a letter, "
+            "at most 32 characters, not root (Raspberry Pi OS's own rule)"
+        )
+    if password_hash is not None and not PASSWORD_HASH.match(password_hash):
+        raise PibakeError("--password-hash takes a crypt(3) hash such as `openssl passwd -6` prints, or '*'")
+    if hostname is not None and not HOSTNAME.match(hostname):
+        raise PibakeError(f"invalid hostname {hostname!r}: letters, digits and inner hyphens, at most 63 characters")
+
+    def prepare_file(target: Path) -> PreparedImage:
+        return _prepare_file(
+            target,
+            t0=t0,
+            grow_mb=grow_mb,
+            power_of_two=power_of_two,
+            user=user,
+            password_hash=password_hash,
+            ssh_pubkey=ssh_pubkey,
+            hostname=hostname,
+            emulation_tweaks=emulation_tweaks,
+            console=console,
+        )
+
+    if output is None:
+        return prepare_file(image)
+    copy = copy_image(image, output)
+    try:
+        return prepare_file(copy)
+    except BaseException:
+        copy.unlink(missing_ok=True)  # a half-prepared copy is worse than none
+        raise
+
+
+def _prepare_file(
+    image: Path,
+    *,
+    t0: float,
+    grow_mb: int,
+    power_of_two: bool,
+    user: str,
+    password_hash: str | None,
+    ssh_pubkey: str | None,
+    hostname: str | None,
+    emulation_tweaks: bool,
+    console: str,
+) -> PreparedImage:
+    root_partition(image)
+    root = ExtFs.partition(image, 2)
+    boot = FatFs.partition(image, 1)
+    if root.exists(RECORD):
+        raise PibakeError(
+            f"{image} was prepared already ({RECORD} is in it): run `pibake image finalize` on it, "
+            "or prepare a fresh copy of the base image"
+        )
+    info = detect_os(root)
+    log.info("%s: %s (%s)", image.name, info.pretty_name, info.id)
+    base_sha256 = sha256_file(image)
+    size_before = image.stat().st_size
+    if size_before % SECTOR:
+        raise PibakeError(f"{image}: {size_before} bytes is not a whole number of 512-byte sectors")
+    card_size = size_before + grow_mb * MIB
+    size = next_power_of_two(card_size) if power_of_two else card_size
+    if size > card_size:
+        log.info(
+            "%s: %d MiB for the card, %d MiB (a power of two) for the emulated SD card",
+            image.name,
+            card_size // MIB,
+            size // MIB,
+        )
+    with work_dir(image) as work:
+        grow_root(image, size, work)
+
+    changes: list[str] = []
+    root_changes: list[Change] = []
+    boot_files: dict[str, bytes] = {}
+    tweaks: list[Tweak] = []
+
+    # SSH on.
+    if info.id == "raspios":
+        boot_files["ssh"] = b""
+        changes.append("boot:/ssh (sshswitch enables the SSH server on first boot)")
+    else:
+        _enable_ssh_unit(root, root_changes, changes)
+
+    # The user, its password hash and its key.
+    home_user = _user_changes(root, info, boot_files, root_changes, changes, user=user, password_hash=password_hash)
+    if ssh_pubkey:
+        _key_changes(root, home_user, ssh_pubkey, root_changes, changes)
+
+    if hostname:
+        _hostname_changes(root, hostname, root_changes, changes)
+
+    if emulation_tweaks:
+        preload = root.read(LD_SO_PRELOAD)
+        new = tweak_ld_so_preload(preload.decode()) if preload is not None else None
+        if preload is not None and new is not None:
+            tweaks.append(Tweak.make("ld.so.preload", "root", LD_SO_PRELOAD, preload, new.encode()))
+            root_changes.append(WriteFile(LD_SO_PRELOAD, new.encode()))
+        cmdline = boot.read(CMDLINE)
+        new = tweak_cmdline(cmdline.decode(), console) if cmdline is not None else None
+        if cmdline is not None and new is not None:
+            tweaks.append(Tweak.make("cmdline.txt", "boot", "/" + CMDLINE, cmdline, new.encode()))
+            boot_files[CMDLINE] = new.encode()
+
+    record = {
+        "format": RECORD_FORMAT,
+        "pibake": __version__,
+        "base": {"sha256": base_sha256, "size": size_before, "os": info.id, "pretty_name": info.pretty_name},
+        "card_size": card_size,
+        "size": size,
+        "created_record_dir": not root.exists(RECORD_DIR),
+        "tweaks": [t.to_json() for t in tweaks],
+    }
+    if record["created_record_dir"]:
+        root_changes.append(MakeDir(RECORD_DIR, 0o755))
+    root_changes.append(WriteFile(RECORD, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode(), 0o644, 0, 0))
+    # The root batch carries the record, so it goes first: a tweak on the boot partition
+    # is never made without its record.
+    root.apply(root_changes)
+    for name, data in boot_files.items():
+        boot.write(name, data)
+    for t in tweaks:
+        changes.append(f"{t.fs}:{t.path} (emulation only, undone by finalize)")
+    seconds = time.monotonic() - t0
+    log.info("%s: prepared in %.1f s", image.name, seconds)
+    return PreparedImage(
+        path=image,
+        os=info.id,
+        base_sha256=base_sha256,
+        size_before=size_before,
+        size=size,
+        card_size=card_size,
+        changes=tuple(changes),
+        tweaks=tuple(t.name for t in tweaks),
+        seconds=seconds,
+    )
+
+
+def _enable_ssh_unit(root: ExtFs, out: list[Change], changes: list[str]) -> None:
+    link = "/etc/systemd/system/multi-user.target.wants/ssh.service"
+    found = root.stat_many([link, "/lib/systemd/system/ssh.service", "/usr/lib/systemd/system/ssh.service"])
+    if found[link] is not None:
+        return
+    unit = next(
+        (p for p in ("/lib/systemd/system/ssh.service", "/usr/lib/systemd/system/ssh.service") if found[p]), None
+    )
+    if unit is None:
+        raise PibakeError(f"{root.image}: openssh-server is not installed in the image (no ssh.service)")
+    out.append(Symlink(link, unit))
+    changes.append(f"root:{link} (ssh.service enabled)")
+
+
+def _user_changes(
+    root: ExtFs,
+    info: OsInfo,
+    boot_files: dict[str, bytes],
+    out: list[Change],
+    changes: list[str],
+    *,
+    user: str,
+    password_hash: str | None,
+) -> PasswdEntry:
+    """Queue the changes that give USER a login; return the passwd entry whose home gets the key."""
+    if info.id == "raspios":
+        first = info.first_user
+        if first is None:
+            raise PibakeError(f"{root.image}: no user with uid 1000 for Raspberry Pi OS's userconf to rename")
+        # userconf-pi reads "name:hash" on first boot, renames the uid-1000 user (moving
+        # its home, so the key below moves with it) and runs chpasswd -e with the hash.
+        # "*" matches no password: SSH keys only.
+        boot_files["userconf.txt"] = f"{user}:{password_hash or '*'}\n".encode()
+        changes.append(
+            f"boot:/userconf.txt (first boot: user {user}"
+            + (f", renamed from {first.name})" if first.name != user else ")")
+        )
+        return first
+    existing = next((u for u in info.users if u.name == user), None)
+    if existing is not None:
+        if password_hash:
+            shadow = root.read("/etc/shadow")
+            if shadow is None:
+                raise PibakeError(f"{root.image}: no /etc/shadow")
+            out.append(WriteFile("/etc/shadow", set_password_hash(shadow.decode(), user, password_hash).encode()))
+            changes.append(f"root:/etc/shadow (password of {user})")
+        return existing
+    files = root.read_many(["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow"])
+    if files["/etc/shadow"] is None or files["/etc/group"] is None or files["/etc/passwd"] is None:
+        raise PibakeError(f"{root.image}: /etc/shadow or /etc/group is missing")
+    gshadow = files["/etc/gshadow"]
+    accounts, uid = add_user(
+        Accounts(
+            files["/etc/passwd"].decode(),
+            files["/etc/shadow"].decode(),
+            files["/etc/group"].decode(),
+            gshadow.decode() if gshadow is not None else None,
+        ),
+        user,
+        password_hash=password_hash or "*",
+        groups=USER_GROUPS,
+    )
+    entry = next(u for u in parse_passwd(accounts.passwd) if u.name == user)
+    out += [
+        WriteFile("/etc/passwd", accounts.passwd.encode()),
+        WriteFile("/etc/shadow", accounts.shadow.encode()),
+        WriteFile("/etc/group", accounts.group.encode()),
+    ]
+    if accounts.gshadow is not None:
+        out.append(WriteFile("/etc/gshadow", accounts.gshadow.encode()))
+    out.append(MakeDir(entry.home, 0o755, entry.uid, entry.gid))
+    # Like the base's pi: sudo without a password (there is none to type).
+    out.append(
+        WriteFile(f"/etc/sudoers.d/010_{user}-nopasswd", f"{user} ALL=(ALL) NOPASSWD: ALL\n".encode(), 0o440, 0, 0)
+    )
+    changes.append(f"root:/etc/passwd,shadow,group,gshadow,sudoers.d (user {user}, uid {uid}), {entry.home}")
+    return entry
+
+
+def _key_changes(root: ExtFs, owner: PasswdEntry, key: str, out: list[Change], changes: list[str]) -> None:
+    ssh_dir = f"{owner.home.rstrip('/')}/.ssh"
+    keys_file = f"{ssh_dir}/authorized_keys"
+    if root.stat(owner.home) is None and not any(isinstance(c, MakeDir) and c.path == owner.home for c in out):
+        out.append(MakeDir(owner.home, 0o755, owner.uid, owner.gid))
+    current = root.read(keys_file)
+    new = with_authorized_key(current.decode() if current is not None else None, key)
+    if new is None:
+        return
+    out.append(MakeDir(ssh_dir, 0o700, owner.uid, owner.gid))
+    out.append(WriteFile(keys_file, new.encode(), 0o600, owner.uid, owner.gid))
+    changes.append(
+        f"root:{keys_file} (SSH key {key.split()[0]} {key.split()[-1] if len(key.split()) > 2 else ''})".rstrip()
+    )
+
+
+def _hostname_changes(root: ExtFs, hostname: str, out: list[Change], changes: list[str]) -> None:
+    files = root.read_many(["/etc/hostname", "/etc/hosts"])
+    if (files["/etc/hostname"] or b"").decode().strip() != hostname:
+        out.append(WriteFile("/etc/hostname", f"{hostname}\n".encode()))
+        changes.append(f"root:/etc/hostname ({hostname})")
+    hosts = (files["/etc/hosts"] or b"127.0.0.1\tlocalhost\n").decode()
+    new_hosts = with_hostname(hosts, hostname)
+    if new_hosts != hosts:
+        out.append(WriteFile("/etc/hosts", new_hosts.encode()))
+        changes.append("root:/etc/hosts (127.0.1.1)")
+
+
+# ---------------------------------------------------------------- undo
+
+
+def undo_tweaks(image: Path) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
+    """Put back the original bytes of every recorded tweak and remove the record; return it and what was undone."""
+    root = ExtFs.partition(image, 2)
+    record = read_record(root)
+    if record is None:
+        log.info("%s: no %s: not prepared by pibake, no emulation tweaks to undo", image.name, RECORD)
+        return None, ()
+    boot = FatFs.partition(image, 1)
+    undone: list[str] = []
+    root_changes: list[Change] = []
+    for data in record.get("tweaks", []):
+        tweak = Tweak.from_json(data)
+        current = boot.read(tweak.path) if tweak.fs == "boot" else root.read(tweak.path)
+        if current == tweak.original:
+            continue
+        if current is None or hashlib.sha256(current).hexdigest() != tweak.tweaked_sha256:
+            raise PibakeError(
+                f"{image}: {tweak.fs}:{tweak.path} changed after prepare (by provisioning?), so pibake cannot tell "
+                f"which bytes the card should have. Put its original back by hand (it is base64 in {RECORD}) "
+                "and run finalize again"
+            )
+        if tweak.fs == "boot":
+            boot.write(tweak.path, tweak.original)
+        else:
+            root_changes.append(WriteFile(tweak.path, tweak.original))
+        undone.append(tweak.name)
+    root_changes.append(Remove(RECORD))
+    if record.get("created_record_dir") and {e.name for e in root.list_dir(RECORD_DIR) or []} <= {"emulation.json"}:
+        root_changes.append(Remove(RECORD_DIR))
+    root.apply(root_changes)
+    return record, tuple(undone)

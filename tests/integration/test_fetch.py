@@ -1,0 +1,308 @@
+"""`pibake image fetch` against a local HTTP server that serves a release shaped like Raspberry Pi's.
+
+The server speaks HTTP/1.1 with Range requests, and can cut a response mid-body, answer
+404, or answer with an HTML page, so that every failure a real download meets is met here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from pibake import fetch
+from pibake.cache import sha256_file
+from tests.conftest import run_cli
+from tests.integration import raspios
+
+RELEASE_DIR = "/raspios_oldstable_lite_armhf/images/raspios_oldstable_lite_armhf-2024-10-28"
+ARCHIVE = "2024-10-22-raspios-bullseye-armhf-lite.img.xz"
+HTML = b"<!DOCTYPE html>\n<html><head><title>Raspberry Pi</title></head><body>Please log in</body></html>\n"
+
+
+@dataclass
+class Route:
+    body: bytes
+    content_type: str = "application/x-xz"
+    status: int = 200
+    cut_after: int | None = None  # close the connection after this many bytes of the body...
+    cuts: int = 0  # ...in this many responses, then answer in full
+    ranges: bool = True  # honour Range requests
+
+
+@dataclass
+class Site:
+    url: str = ""
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def gets(self, path: str) -> list[str | None]:
+        """The Range header of every GET of PATH."""
+        return [rng for p, rng in self.requests if p == path]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:
+        site = self.server.site
+        rng = self.headers.get("Range")
+        site.requests.append((self.path, rng))
+        route = site.routes.get(self.path)
+        if route is None:
+            self._send(404, "text/html", b"<html><body><h1>404 Not Found</h1></body></html>")
+            return
+        body, start = route.body, 0
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if m and route.ranges:
+            start = int(m.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(route.status)
+        self.send_header("Content-Type", route.content_type)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.send_header("Accept-Ranges", "bytes" if route.ranges else "none")
+        self.end_headers()
+        payload = body[start:]
+        if route.cuts and route.cut_after is not None:
+            route.cuts -= 1
+            self.wfile.write(payload[: route.cut_after])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(payload)
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    site: Site
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> raspios.Release:
+    return raspios.build_release(tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture
+def site(release: raspios.Release, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = _Server(("127.0.0.1", 0), Handler)
+    server.site = Site(url=f"http://127.0.0.1:{server.server_address[1]}")
+    data = release.archive.read_bytes()
+    server.site.routes[f"{RELEASE_DIR}/{ARCHIVE}"] = Route(data)
+    server.site.routes[f"{RELEASE_DIR}/{ARCHIVE}.sha256"] = Route(
+        release.sha256_file_text.encode(), content_type="text/plain"
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.site
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def _url(site: Site, path: str = f"{RELEASE_DIR}/{ARCHIVE}") -> str:
+    return site.url + path
+
+
+def _published_sha256(site: Site) -> str:
+    """What a user copies from the .sha256 file next to the release."""
+    text = requests.get(_url(site) + ".sha256", timeout=10).text
+    return fetch.parse_sha256_file(text, ARCHIVE)
+
+
+def _leftovers(cache: Path) -> list[Path]:
+    """Anything a later run could take for a good download or image."""
+    return [p for p in cache.rglob("*") if p.is_file() and "ssh" not in p.parts]
+
+
+def test_happy_path_verifies_decompresses_and_caches(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "raspios.img"
+    res = run_cli(["image", "fetch", "--url", _url(site), "--sha256", _published_sha256(site), "-o", str(out)])
+    assert res.code == 0, res.err
+    assert "verified" in res.out
+    assert sha256_file(out) == release.image_sha256
+    assert out.stat().st_size == raspios.SIZE
+    assert raspios.allocated_bytes(out) < raspios.SIZE // 2  # decompressed sparse: holes stay holes
+    assert (tmp_path / "raspios.img.sha256").read_text() == f"{release.image_sha256}  raspios.img\n"
+    cached = fetch.image_cache_dir(release.archive_sha256)
+    assert (cached / "image.img").exists()
+    assert not list((isolated_cache / "downloads").glob("*.part"))
+
+    # The second time nothing is downloaded.
+    gets = len(site.requests)
+    res = run_cli(["image", "fetch", "--url", _url(site), "--sha256", release.archive_sha256, "-o", str(out)])
+    assert res.code == 0, res.err
+    assert "cached" in res.out
+    assert len(site.requests) == gets
+
+
+def test_catalogue_release_is_the_default(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = fetch.Release("test-bullseye", _url(site), release.archive_sha256, "the fixture release")
+    monkeypatch.setitem(fetch.CATALOGUE, entry.name, entry)
+    monkeypatch.setitem(fetch.ALIASES, fetch.DEFAULT_RELEASE, entry.name)
+    got = fetch.fetch(output=tmp_path / "default.img")
+    assert got.release == "test-bullseye" and got.verified and not got.cached
+    assert got.image_sha256 == release.image_sha256
+
+
+def test_catalogue_entry_without_a_digest_needs_the_user_to_confirm_one(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = fetch.Release("unpinned", _url(site), None, "a release whose digest pibake does not know")
+    monkeypatch.setitem(fetch.CATALOGUE, entry.name, entry)
+    res = run_cli(["image", "fetch", "--release", "unpinned", "-o", str(tmp_path / "x.img")])
+    assert res.code == 2
+    assert "--sha256" in res.err and f"{_url(site)}.sha256" in res.err
+    assert site.requests == []
+    res = run_cli(
+        ["image", "fetch", "--release", "unpinned", "--sha256", release.archive_sha256, "-o", str(tmp_path / "x.img")]
+    )
+    assert res.code == 0, res.err
+
+
+def test_a_cut_connection_is_resumed_with_a_range_request(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    path = f"{RELEASE_DIR}/{ARCHIVE}"
+    cut = len(site.routes[path].body) * 2 // 5
+    site.routes[path].cut_after, site.routes[path].cuts = cut, 1
+    got = fetch.fetch(url=_url(site), sha256=release.archive_sha256, output=tmp_path / "r.img")
+    assert got.image_sha256 == release.image_sha256
+    first, second = site.gets(path)
+    # It asks for what it lacks: from what reached the disk (the chunk being read when the
+    # connection broke is lost), not from zero.
+    assert first is None and second is not None
+    assert 0 < int(second.removeprefix("bytes=").rstrip("-")) <= cut
+
+
+def test_an_interrupted_run_is_resumed_by_the_next_run(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    path = f"{RELEASE_DIR}/{ARCHIVE}"
+    cut = len(site.routes[path].body) // 3
+    site.routes[path].cut_after, site.routes[path].cuts = cut, 1
+    args = ["image", "fetch", "--url", _url(site), "--sha256", release.archive_sha256, "-o", str(tmp_path / "i.img")]
+    res = run_cli([*args, "--retries", "0"])
+    assert res.code == 2
+    assert "run the same command again to resume" in res.err
+    (part,) = (isolated_cache / "downloads").glob("*.part")
+    kept = part.stat().st_size
+    assert 0 < kept <= cut
+    assert not (tmp_path / "i.img").exists()
+    res = run_cli(args)
+    assert res.code == 0, res.err
+    assert site.gets(path) == [None, f"bytes={kept}-"]
+    assert sha256_file(tmp_path / "i.img") == release.image_sha256
+
+
+def test_a_server_without_ranges_restarts_from_zero(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    path = f"{RELEASE_DIR}/{ARCHIVE}"
+    route = site.routes[path]
+    route.cut_after, route.cuts, route.ranges = len(route.body) // 5, 1, False
+    got = fetch.fetch(url=_url(site), sha256=release.archive_sha256, output=tmp_path / "n.img")
+    assert got.image_sha256 == release.image_sha256
+    first, second = site.gets(path)
+    # It asked to resume, got the whole file (200), and started over rather than append it.
+    assert first is None and second is not None and second.startswith("bytes=")
+
+
+def test_a_bad_checksum_leaves_nothing_behind(site: Site, isolated_cache: Path, tmp_path: Path) -> None:
+    wrong = "0" * 64
+    res = run_cli(["image", "fetch", "--url", _url(site), "--sha256", wrong, "-o", str(tmp_path / "b.img")])
+    assert res.code == 2
+    assert "sha256 mismatch" in res.err and wrong in res.err
+    assert _leftovers(isolated_cache) == []
+    assert not (tmp_path / "b.img").exists()
+
+
+def test_a_truncated_xz_is_refused_even_with_a_matching_checksum(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    data = release.archive.read_bytes()
+    truncated = data[: len(data) - 4096]
+    path = f"{RELEASE_DIR}/truncated.img.xz"
+    site.routes[path] = Route(truncated)
+    res = run_cli(
+        [
+            "image", "fetch", "--url", _url(site, path), "--sha256", hashlib.sha256(truncated).hexdigest(),
+            "-o", str(tmp_path / "t.img"),
+        ]
+    )  # fmt: skip
+    assert res.code == 2
+    assert "truncated" in res.err
+    assert _leftovers(isolated_cache) == []
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_404_is_a_clear_error(site: Site, isolated_cache: Path, tmp_path: Path) -> None:
+    res = run_cli(["image", "fetch", "--url", _url(site, "/gone.img.xz"), "--sha256", "1" * 64, "-o", str(tmp_path)])
+    assert res.code == 2
+    assert "HTTP 404" in res.err and "moved" in res.err
+    assert _leftovers(isolated_cache) == []
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
+def test_an_html_page_is_not_taken_for_the_image(
+    site: Site, isolated_cache: Path, tmp_path: Path, content_type: str
+) -> None:
+    # A captive portal or a login page answers 200, with or without saying it is HTML.
+    site.routes["/portal.img.xz"] = Route(HTML, content_type=content_type)
+    res = run_cli(["image", "fetch", "--url", _url(site, "/portal.img.xz"), "--sha256", "2" * 64, "-o", str(tmp_path)])
+    assert res.code == 2
+    assert "HTML page" in res.err
+    assert _leftovers(isolated_cache) == []
+
+
+def test_a_url_outside_the_catalogue_needs_a_digest(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    res = run_cli(["image", "fetch", "--url", _url(site), "-o", str(tmp_path / "u.img")])
+    assert res.code == 2
+    assert "--sha256" in res.err and "--insecure-no-verify" in res.err
+    assert site.requests == []
+    res = run_cli(["image", "fetch", "--url", _url(site), "--insecure-no-verify", "-o", str(tmp_path / "u.img")])
+    assert res.code == 0, res.err
+    assert "NOT VERIFIED" in res.out and release.archive_sha256 in res.out
+
+
+def test_the_catalogue_lists_the_legacy_bullseye_release() -> None:
+    res = run_cli(["image", "fetch", "--list"])
+    assert res.code == 0
+    assert "raspios-bullseye-armhf-lite-2024-10-22 (default)" in res.out
+    assert "2024-10-22-raspios-bullseye-armhf-lite.img.xz" in res.out

@@ -1,0 +1,167 @@
+"""The pure parts of image fetching: catalogue resolution, names, digests, decompression, sniffing."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pibake import fetch
+from pibake.errors import PibakeError
+
+MIB = 1 << 20
+
+
+def test_the_default_release_is_legacy_bullseye_lite_armhf() -> None:
+    src = fetch.resolve()
+    assert src.release == "raspios-bullseye-armhf-lite-2024-10-22"
+    assert src.url.startswith("https://downloads.raspberrypi.com/raspios_oldstable_lite_armhf/")
+    assert src.filename == "2024-10-22-raspios-bullseye-armhf-lite.img.xz"
+    assert src.kind == "xz"
+    assert src.sha256 is not None and len(src.sha256) == 64
+
+
+def test_every_catalogue_entry_is_a_bullseye_lite_armhf_xz_with_a_digest() -> None:
+    for name, rel in fetch.CATALOGUE.items():
+        assert rel.name == name
+        assert "bullseye-armhf-lite" in rel.filename and rel.filename.endswith(".img.xz")
+        assert rel.sha256 is None or fetch.normalise_sha256(rel.sha256) == rel.sha256
+    assert set(fetch.ALIASES.values()) <= set(fetch.CATALOGUE)
+
+
+def test_a_url_needs_a_digest_or_an_explicit_opt_out() -> None:
+    url = "https://example.invalid/images/x.img.xz"
+    with pytest.raises(PibakeError, match="--insecure-no-verify"):
+        fetch.resolve(url=url)
+    assert fetch.resolve(url=url, insecure_no_verify=True).sha256 is None
+    assert fetch.resolve(url=url, sha256="SHA256:" + "AB" * 32).sha256 == "ab" * 32
+    with pytest.raises(PibakeError, match="not both"):
+        fetch.resolve(url=url, release="bullseye-legacy", sha256="ab" * 32)
+    with pytest.raises(PibakeError, match="http"):
+        fetch.resolve(url="ftp://example.invalid/x.img.xz", sha256="ab" * 32)
+
+
+def test_catalogue_digest_wins_and_contradictions_are_errors() -> None:
+    catalogue = {
+        "pinned": fetch.Release("pinned", "https://example.invalid/a.img.xz", "aa" * 32, "pinned"),
+        "unpinned": fetch.Release("unpinned", "https://example.invalid/b.img.xz", None, "unpinned"),
+    }
+    assert fetch.resolve(release="pinned", catalogue=catalogue).sha256 == "aa" * 32
+    with pytest.raises(PibakeError, match="contradicts"):
+        fetch.resolve(release="pinned", sha256="bb" * 32, catalogue=catalogue)
+    with pytest.raises(PibakeError, match=r"b\.img\.xz\.sha256"):
+        fetch.resolve(release="unpinned", catalogue=catalogue)
+    assert fetch.resolve(release="unpinned", sha256="cc" * 32, catalogue=catalogue).sha256 == "cc" * 32
+    with pytest.raises(PibakeError, match="known releases: pinned"):
+        fetch.resolve(release="nope", catalogue=catalogue)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "image"),
+    [
+        ("2024-10-22-raspios-bullseye-armhf-lite.img.xz", "xz", "2024-10-22-raspios-bullseye-armhf-lite.img"),
+        ("2020-05-27-raspios-buster-lite-armhf.zip", "zip", "2020-05-27-raspios-buster-lite-armhf.img"),
+        ("x.img.gz", "gz", "x.img"),
+        ("x.img", "raw", "x.img"),
+    ],
+)
+def test_archive_kinds_and_image_names(name: str, kind: str, image: str) -> None:
+    assert fetch.archive_kind(name) == kind
+    assert fetch.image_name(name) == image
+
+
+def test_unknown_archive_kind_is_refused() -> None:
+    with pytest.raises(PibakeError, match=r"\.img\.xz"):
+        fetch.archive_kind("x.tar.bz2")
+
+
+def test_sha256_file_parsing() -> None:
+    digest = "45dd65d579ec2b106a1e3181032144406eab61df892fcd2da8d83382fa4f7e51"
+    assert fetch.parse_sha256_file(f"{digest}  a.img.xz\n", "a.img.xz") == digest
+    assert fetch.parse_sha256_file(f"{'0' * 64}  other\n{digest} *a.img.xz\n", "a.img.xz") == digest
+    with pytest.raises(PibakeError):
+        fetch.parse_sha256_file(f"{digest}  b.img.xz\n", "a.img.xz")
+    with pytest.raises(PibakeError, match="not a sha256"):
+        fetch.normalise_sha256("xyz")
+
+
+def test_html_and_wrong_magic_are_refused() -> None:
+    for page in (b"<!DOCTYPE html><html>", b"\n  <html lang=en>", b"<?xml version='1.0'?><html"):
+        with pytest.raises(PibakeError, match="HTML page"):
+            fetch.check_head(page, "xz", "http://x/a.img.xz")
+    with pytest.raises(PibakeError, match="not a xz archive"):
+        fetch.check_head(b"PK\x03\x04rest", "xz", "http://x/a.img.xz")
+    fetch.check_head(b"\xfd7zXZ\x00rest", "xz", "http://x/a.img.xz")
+    fetch.check_head(b"anything", None, "http://x/buildroot.tar.bz2")
+
+
+def _disk(size: int = 3 * MIB) -> bytes:
+    """A 'disk': an MBR signature, a block of data in the middle, zeros elsewhere."""
+    data = bytearray(size)
+    data[510:512] = b"\x55\xaa"
+    data[MIB : MIB + 4096] = os.urandom(4096)
+    return bytes(data)
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    if kind == "xz":
+        return lzma.compress(data, preset=0)
+    if kind == "gz":
+        return gzip.compress(data, compresslevel=1)
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("2020-05-27-raspios-buster-lite-armhf.img", data)
+        return buf.getvalue()
+    return data
+
+
+@pytest.mark.parametrize("kind", ["xz", "gz", "zip", "raw"])
+def test_decompression_streams_into_a_sparse_file(tmp_path: Path, kind: fetch.Kind) -> None:
+    disk = _disk()
+    archive = tmp_path / "a"
+    archive.write_bytes(_compress(kind, disk))
+    digest, size = fetch.decompress(archive, kind, tmp_path / "out.img")
+    assert (tmp_path / "out.img").read_bytes() == disk
+    assert (digest, size) == (hashlib.sha256(disk).hexdigest(), len(disk))
+    # Only the blocks with data take space; the zero chunks stay holes.
+    assert (tmp_path / "out.img").stat().st_blocks * 512 <= 2 * MIB
+
+
+@pytest.mark.parametrize("kind", ["xz", "gz", "zip"])
+def test_a_truncated_archive_is_an_error(tmp_path: Path, kind: fetch.Kind) -> None:
+    blob = _compress(kind, _disk())
+    archive = tmp_path / "a"
+    archive.write_bytes(blob[: len(blob) * 2 // 3])
+    with pytest.raises(PibakeError, match="truncated"):
+        fetch.decompress(archive, kind, tmp_path / "out.img")
+
+
+def test_corrupt_xz_is_an_error(tmp_path: Path) -> None:
+    blob = bytearray(_compress("xz", _disk()))
+    blob[len(blob) // 2] ^= 0xFF
+    archive = tmp_path / "a"
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(PibakeError, match="corrupt"):
+        fetch.decompress(archive, "xz", tmp_path / "out.img")
+
+
+def test_a_zip_without_exactly_one_image_is_refused(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("README.txt", "no image here")
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(PibakeError, match=r"expected one \.img"):
+        fetch.decompress(archive, "zip", tmp_path / "out.img")
+
+
+def test_download_refuses_to_run_without_a_digest() -> None:
+    with pytest.raises(PibakeError, match="without a sha256"):
+        fetch.download("https://example.invalid/buildroot-2026.08.tar.gz", sha256=None)

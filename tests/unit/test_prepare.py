@@ -1,0 +1,133 @@
+"""The pure parts of prepare and finalize: tweaks, account files, hosts, keys, sizes, parsers."""
+
+from __future__ import annotations
+
+import pytest
+
+from pibake import finalize, prepare
+from pibake.errors import PibakeError
+from pibake.imagefs import DirEntry, parse_ls_p
+
+RASPIOS_CMDLINE = (
+    "console=serial0,115200 console=tty1 root=PARTUUID=3a90e54f-02 rootfstype=ext4 fsck.repair=yes rootwait "
+    "quiet init=/usr/lib/raspi-config/init_resize.sh\n"
+)
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFq0XlJ2z1v2dYbW3TtuG2pQ9nqgk7vH0S2r0c3mCk7Q me@host"
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(1, 1), (2, 2), (3, 4), (2 << 30, 2 << 30), ((2 << 30) + 1, 4 << 30), (348127232, 512 << 20)],
+)
+def test_next_power_of_two(n: int, expected: int) -> None:
+    assert prepare.next_power_of_two(n) == expected
+
+
+def test_ld_so_preload_tweak_comments_out_libarmmem_only() -> None:
+    text = "/usr/lib/arm-linux-gnueabihf/libarmmem-${PLATFORM}.so\n/usr/lib/other.so\n"
+    assert prepare.tweak_ld_so_preload(text) == (
+        "#/usr/lib/arm-linux-gnueabihf/libarmmem-${PLATFORM}.so\n/usr/lib/other.so\n"
+    )
+    assert prepare.tweak_ld_so_preload("#/usr/lib/arm-linux-gnueabihf/libarmmem-v7l.so\n") is None
+    assert prepare.tweak_ld_so_preload("") is None
+
+
+def test_cmdline_tweak_for_a_direct_kernel_boot() -> None:
+    new = prepare.tweak_cmdline(RASPIOS_CMDLINE, "ttyAMA0")
+    assert new == (
+        "console=tty1 root=PARTUUID=3a90e54f-02 rootfstype=ext4 fsck.repair=yes rootwait quiet console=ttyAMA0,115200\n"
+    )
+    # The serial console last, so /dev/console is the serial line the emulator logs.
+    assert prepare.tweak_cmdline("console=ttyAMA0,115200 console=tty1 root=/dev/vda2\n", "ttyAMA0") == (
+        "console=tty1 root=/dev/vda2 console=ttyAMA0,115200\n"
+    )
+
+
+def test_cmdline_already_fit_for_emulation_is_left_alone() -> None:
+    debian = "console=ttyAMA0,115200 root=PARTUUID=1234abcd-02 rootfstype=ext4 fsck.repair=yes rootwait net.ifnames=0\n"
+    assert prepare.tweak_cmdline(debian, "ttyAMA0") is None
+
+
+def test_hosts_gets_the_hostname_on_127_0_1_1() -> None:
+    hosts = "127.0.0.1\tlocalhost\n::1\t\tlocalhost\n\n127.0.1.1\t\traspberrypi\n"
+    assert prepare.with_hostname(hosts, "pitest") == "127.0.0.1\tlocalhost\n::1\t\tlocalhost\n\n127.0.1.1\tpitest\n"
+    assert prepare.with_hostname("127.0.0.1 localhost\n", "pitest") == "127.0.0.1 localhost\n127.0.1.1\tpitest\n"
+
+
+def test_authorized_keys_are_appended_once() -> None:
+    assert prepare.with_authorized_key(None, KEY) == KEY + "\n"
+    assert prepare.with_authorized_key("ssh-ed25519 AAAAother pibake", KEY) == f"ssh-ed25519 AAAAother pibake\n{KEY}\n"
+    # The same key with another comment is the same key.
+    assert prepare.with_authorized_key(KEY.rsplit(" ", 1)[0] + " renamed\n", KEY) is None
+    with pytest.raises(PibakeError, match="not an OpenSSH public key"):
+        prepare.with_authorized_key(None, "hello world")
+    with pytest.raises(PibakeError, match="one line"):
+        prepare.with_authorized_key(None, KEY + "\n" + KEY)
+
+
+ACCOUNTS = prepare.Accounts(
+    passwd="root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n",
+    shadow="root:*:19653:0:99999:7:::\npi:*:19653:0:99999:7:::\n",
+    group="root:x:0:\nadm:x:4:pi\nsudo:x:27:\nvideo:x:44:pi\npi:x:1000:\n",
+    gshadow="root:*::\nadm:*::pi\nsudo:*::\nvideo:*::pi\npi:!::\n",
+)
+
+
+def test_add_user_like_useradd() -> None:
+    accounts, uid = prepare.add_user(ACCOUNTS, "bob", password_hash="*", groups=("adm", "sudo", "nonexistent"))
+    assert uid == 1001
+    assert accounts.passwd.endswith("bob:x:1001:1001:,,,:/home/bob:/bin/bash\n")
+    assert "\nbob:*:" in accounts.shadow
+    assert "adm:x:4:pi,bob\n" in accounts.group and "sudo:x:27:bob\n" in accounts.group
+    assert "video:x:44:pi\n" in accounts.group and accounts.group.endswith("bob:x:1001:\n")
+    assert accounts.gshadow is not None and "sudo:*::bob\n" in accounts.gshadow
+    with pytest.raises(PibakeError, match="exists already"):
+        prepare.add_user(accounts, "bob", password_hash="*", groups=())
+
+
+def test_set_password_hash() -> None:
+    shadow = prepare.set_password_hash(ACCOUNTS.shadow, "pi", "$6$salt$hash")
+    assert "pi:$6$salt$hash:19653:0:99999:7:::" in shadow
+    with pytest.raises(PibakeError, match="no line"):
+        prepare.set_password_hash(ACCOUNTS.shadow, "bob", "*")
+
+
+def test_user_names_follow_userconf_pi() -> None:
+    for good in ("pi", "alice", "a-1"):
+        assert prepare.USERNAME.match(good)
+    for bad in ("Alice", "1pi", "", "a" * 33, "bob smith"):
+        assert not prepare.USERNAME.match(bad)
+
+
+def test_ls_p_lines() -> None:
+    assert parse_ls_p("/14/100600/1000/0/x/12/") == DirEntry(14, 0o100600, 1000, 0, "x", 12)
+    entry = parse_ls_p("/17/040700/1000/1000/.ssh//")
+    assert entry is not None and entry.is_dir and entry.perm == 0o700 and entry.size is None
+    assert parse_ls_p("debugfs: ls -p /etc") is None
+    assert parse_ls_p("") is None
+
+
+def test_dpkg_status_keeps_installed_packages_only() -> None:
+    status = (
+        "Package: libc6\nStatus: install ok installed\nArchitecture: armhf\nVersion: 2.31-13\n"
+        "Description: C library\n Status: this line is a description, not a field\n\n"
+        "Package: gone\nStatus: deinstall ok config-files\nArchitecture: armhf\nVersion: 1\n\n"
+        "Package: adduser\nStatus: install ok installed\nArchitecture: all\nVersion: 3.118\n"
+    )
+    assert finalize.parse_dpkg_status(status) == [
+        {"name": "adduser", "version": "3.118", "architecture": "all"},
+        {"name": "libc6", "version": "2.31-13", "architecture": "armhf"},
+    ]
+
+
+def test_metadata_and_tree_digest() -> None:
+    meta = "Metadata-Version: 2.1\nName: tflite-runtime\nVersion: 2.11.0\n\nName: not this one\n"
+    assert finalize.parse_metadata(meta) == {"name": "tflite-runtime", "version": "2.11.0"}
+    a = finalize.tree_digest({"b.txt": "2" * 64, "a.tflite": "1" * 64})
+    assert a == finalize.tree_digest({"a.tflite": "1" * 64, "b.txt": "2" * 64})
+    assert a != finalize.tree_digest({"a.tflite": "1" * 64})
+
+
+def test_os_release_parsing() -> None:
+    text = 'PRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nID=raspbian\n# comment\n'
+    assert prepare.parse_os_release(text) == {"PRETTY_NAME": "Raspbian GNU/Linux 11 (bullseye)", "ID": "raspbian"}
