@@ -44,7 +44,9 @@ def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | No
     argv = [_tool("ansible-playbook"), str(project / "site.yml"), "-i", str(inventory)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
-    run(argv, cwd=project, env={"ANSIBLE_CONFIG": str(project / "ansible.cfg")}, stream=True)
+    # Unbuffered, so each task shows as it happens rather than in blocks.
+    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "PYTHONUNBUFFERED": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    run(argv, cwd=project, env=env, stream=True)
 
 
 def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:

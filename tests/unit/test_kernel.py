@@ -79,3 +79,11 @@ def test_cache_key_follows_the_fragment(tmp_path: Path, monkeypatch: pytest.Monk
 def test_buildroot_without_a_pinned_sha256_is_refused_before_downloading(isolated_cache: Path) -> None:
     with pytest.raises(PibakeError, match="--buildroot-sha256"):
         kernel.build("vexpress-a9", provider="buildroot")
+
+
+def test_buildroot_download_failure_is_clear_and_caches_nothing(isolated_cache: Path) -> None:
+    # These machines cannot reach buildroot.org; with a network, the made-up digest fails instead.
+    with pytest.raises(PibakeError, match=r"buildroot-2026\.08\.tar\.xz"):
+        kernel.build("vexpress-a9", provider="buildroot", buildroot_sha256="0" * 64)
+    kernels = isolated_cache / "kernels"
+    assert not kernels.exists() or not any(p.name.endswith(("zImage", "meta.json")) for p in kernels.rglob("*"))
