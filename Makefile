@@ -25,23 +25,23 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
+.PHONY: help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 deps: binfmt ## install the Debian packages the harness drives (apt, as root or with sudo)
 
-.deps-stamp:
+# Checked every time (a second): a package added here reaches machines that ran `make deps` before.
+apt-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		$(SUDO) $(APT_GET) update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
-	@touch $@
 
-binfmt: .deps-stamp ## register qemu-arm with binfmt_misc so armhf binaries run here
+binfmt: apt-packages ## register qemu-arm with binfmt_misc so armhf binaries run here
 	@if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-arm; then \
 		[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
 		$(SUDO) update-binfmts --enable qemu-arm; \
@@ -108,7 +108,7 @@ test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
 test-integration: deps kernel-deps venv image
-	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
+	PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
 
 molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, destroy
 	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test

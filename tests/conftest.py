@@ -42,3 +42,14 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         (cache / "ssh").symlink_to(real / "ssh")
     monkeypatch.setenv("PIBAKE_CACHE", str(cache))
     yield cache
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under `make test` (PIBAKE_NO_SKIP=1) a skipped test is a failure: make test installs every tool,
+    so a skip there means something is missing that CI would otherwise not notice."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("PIBAKE_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and `make test` allows no skips: {report.longrepr}"

@@ -1,0 +1,456 @@
+"""flash: the decisions (mounts, holders, sizes, thresholds) from fixture text, and writing into files.
+
+Nothing here needs root or a block device: the sysfs and /proc views are fixtures,
+and the writes go to regular files with --to-file. tests/integration/test_flash.py
+does the same against real loop devices.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pibake import bmap, flash
+from pibake.errors import PibakeError
+from pibake.flash import Disk, Holder, Mount, Partition
+from tests.conftest import run_cli
+
+MIB = 1 << 20
+GB = 1_000_000_000
+
+MOUNTINFO = r"""22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:2 / / rw,relatime shared:1 - ext4 /dev/sda2 rw,errors=remount-ro
+28 27 8:1 / /boot/efi rw,relatime shared:2 - vfat /dev/sda1 rw,fmask=0077
+40 27 8:17 / /media/pi/bootfs rw,nosuid,nodev,relatime shared:30 - vfat /dev/sdb1 rw,uid=1000
+41 27 8:18 / /media/pi/root\040fs rw,nosuid,nodev,relatime shared:31 - ext4 /dev/sdb2 rw
+42 41 8:18 /home /media/pi/root\040fs/home rw,relatime shared:32 - ext4 /dev/sdb2 rw
+50 27 0:45 / /srv/data rw,relatime shared:40 - btrfs /dev/sdc1 rw,space_cache=v2
+51 27 253:0 / /mnt/vault rw,relatime shared:41 - ext4 /dev/mapper/vault rw
+"""
+
+SWAPS = """Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority
+/dev/sda3                               partition\t8388604\t\t0\t\t-2
+/swap\\040file                           file\t\t1048572\t\t0\t\t-3
+"""
+
+
+def card(name: str = "sdb", *, size: int = 32 * GB, removable: bool = True, **kw: object) -> Disk:
+    major = {"sda": 8, "sdb": 8, "sdc": 8}.get(name, 7)
+    minor = {"sda": 0, "sdb": 16, "sdc": 32}.get(name, 0)
+    parts = tuple(Partition(f"{name}{i}", f"{major}:{minor + i}", 256 * MIB) for i in (1, 2))
+    fields: dict[str, object] = {"partitions": parts, "model": "SD/MMC", "serial": "0123"}
+    fields.update(kw)
+    return Disk(Path(f"/dev/{name}"), name, f"{major}:{minor}", size, removable, **fields)  # type: ignore[arg-type]
+
+
+def decide(disk: Disk, **kw: object) -> flash.Assessment:
+    options: dict[str, object] = {
+        "image": Path("/home/pi/pibake-demo.img"),
+        "image_size": 2 << 30,
+        "image_devno": "8:2",
+        "mounts": flash.parse_mountinfo(MOUNTINFO),
+        "swaps": set(),
+        "unmount": False,
+        "allow_non_removable": False,
+    }
+    options.update(kw)
+    return flash.assess(disk, **options)  # type: ignore[arg-type]
+
+
+# --- /proc parsers ---------------------------------------------------------------------------------
+
+
+def test_mountinfo_gives_device_numbers_and_unescaped_mount_points() -> None:
+    mounts = flash.parse_mountinfo(MOUNTINFO)
+    assert Mount("8:2", "/", "ext4", "/dev/sda2") in mounts
+    assert Mount("8:18", "/media/pi/root fs", "ext4", "/dev/sdb2") in mounts
+    assert Mount("0:45", "/srv/data", "btrfs", "/dev/sdc1") in mounts
+    assert len(mounts) == 8
+
+
+def test_swaps_are_unescaped() -> None:
+    assert flash.parse_swaps(SWAPS) == ["/dev/sda3", "/swap file"]
+
+
+def test_swap_devnos_of_a_swap_file_is_its_filesystem(tmp_path: Path) -> None:
+    swapfile = tmp_path / "swap file"
+    swapfile.touch()
+    st = swapfile.stat()
+    assert flash.swap_devnos([str(swapfile), "/nonexistent"]) == {f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"}
+
+
+# --- the decisions ---------------------------------------------------------------------------------
+
+
+def test_a_plain_card_is_fine() -> None:
+    res = decide(card(), mounts=[])
+    assert res.refusals == () and res.warnings == () and res.to_unmount == ()
+
+
+def test_the_disk_holding_root_is_refused_even_with_unmount() -> None:
+    sda = card("sda", removable=False)
+    res = decide(sda, unmount=True, allow_non_removable=True)
+    assert any("holds / (from /dev/sda2), /boot/efi (from /dev/sda1) of the running system" in r for r in res.refusals)
+    assert res.to_unmount == ()  # never unmounted
+
+
+def test_automounts_of_the_card_are_refused_without_unmount() -> None:
+    res = decide(card())
+    (refusal,) = res.refusals
+    assert "/dev/sdb1 on /media/pi/bootfs" in refusal and "/dev/sdb2 on /media/pi/root fs" in refusal
+    assert "pass --unmount" in refusal
+
+
+def test_unmount_lists_the_mounts_deepest_first() -> None:
+    res = decide(card(), unmount=True)
+    assert res.refusals == ()
+    assert [m.mount_point for m in res.to_unmount] == [
+        "/media/pi/root fs/home",
+        "/media/pi/bootfs",
+        "/media/pi/root fs",
+    ]
+
+
+def test_a_mount_is_matched_by_source_when_its_device_number_is_anonymous() -> None:
+    # btrfs shows 0:NN in mountinfo: the source path still gives it away.
+    res = decide(card("sdc", partitions=(Partition("sdc1", "8:33", 32 * GB),)))
+    assert any("/dev/sdc1 on /srv/data" in r for r in res.refusals)
+
+
+def test_swap_on_the_card_is_refused() -> None:
+    res = decide(card(), mounts=[], swaps={"8:18"})
+    assert res.refusals == ("/dev/sdb is in use as swap (sdb2): `swapoff` it first if it really is the card",)
+
+
+def test_device_mapper_holders_are_refused_and_their_mounts_found() -> None:
+    disk = card(holders=(Holder("dm-0", "253:0", "vault", "sdb2"),))
+    res = decide(disk, mounts=[m for m in flash.parse_mountinfo(MOUNTINFO) if m.mount_point == "/mnt/vault"])
+    text = "\n".join(res.refusals)
+    assert "in use by dm-0 (vault) on sdb2" in text and "cryptsetup close" in text
+    assert "/dev/mapper/vault on /mnt/vault" in text
+
+
+def test_non_removable_needs_the_flag() -> None:
+    res = decide(card(removable=False), mounts=[])
+    (refusal,) = res.refusals
+    assert "is not a removable device" in refusal and "--allow-non-removable" in refusal
+    assert decide(card(removable=False), mounts=[], allow_non_removable=True).refusals == ()
+
+
+def test_an_image_larger_than_the_device_is_refused() -> None:
+    res = decide(card(size=2 * GB), mounts=[], image_size=2 * GB + 512)
+    assert res.refusals == ("the image (2.0 GB (1.9 GiB)) does not fit on /dev/sdb (2.0 GB (1.9 GiB))",)
+    assert decide(card(size=2 * GB), mounts=[], image_size=2 * GB).refusals == ()
+
+
+def test_an_empty_reader_is_refused() -> None:
+    res = decide(card(size=0), mounts=[])
+    assert res.refusals == ("/dev/sdb has a size of 0: is there a card in the reader?",)
+
+
+@pytest.mark.parametrize(
+    ("size", "threshold", "warned"),
+    [
+        (64 * GB, 64e9, False),  # at the threshold: no warning
+        (64 * GB + 512, 64e9, True),
+        (128 * GB, 64e9, True),
+        (128 * GB, 256e9, False),
+        (16 * GB, 8e9, True),
+    ],
+)
+def test_large_device_threshold(size: int, threshold: float, warned: bool) -> None:
+    res = decide(card(size=size), mounts=[], large_device_threshold=threshold)
+    assert res.refusals == ()
+    assert bool(res.warnings) is warned
+    if warned:
+        assert f"larger than {threshold / 1e9:.0f} GB" in res.warnings[0]
+
+
+def test_the_image_stored_on_the_card_is_refused() -> None:
+    res = decide(card(), mounts=[], image_devno="8:17")
+    assert res.refusals == (
+        "the image /home/pi/pibake-demo.img is stored on /dev/sdb itself: copy it to another disk first",
+    )
+
+
+def test_the_loop_device_of_the_image_itself_is_refused(tmp_path: Path) -> None:
+    img = tmp_path / "x.img"
+    img.touch()
+    loop = card("loop3", backing_file=img, partitions=())
+    res = decide(loop, mounts=[], image=img)
+    assert res.refusals == (f"/dev/loop3 is the loop device of the image {img} itself",)
+
+
+def test_the_description_shows_what_is_about_to_be_lost() -> None:
+    text = flash.describe(
+        card(), image=Path("x.img"), to_unmount=[Mount("8:17", "/media/b", "vfat", "/dev/sdb1")], plan="2 GiB"
+    )
+    for part in ("/dev/sdb will be overwritten with x.img", "SD/MMC", "0123", "32.0 GB (29.8 GiB), removable"):
+        assert part in text
+    assert "sdb1 256.0 MiB" in text and "sdb2 256.0 MiB" in text
+    assert "/media/b (will be unmounted)" in text
+
+
+# --- sysfs -----------------------------------------------------------------------------------------
+
+
+def _sysfs(root: Path) -> Path:
+    """A small /sys: card sdb (removable, two partitions, dm-0 on sdb2) and disk sda."""
+
+    def write(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+    devices = root / "devices" / "usb1" / "block"
+    for disk, devno, removable, parts in (("sdb", (8, 16), "1", 2), ("sda", (8, 0), "0", 0)):
+        node = devices / disk
+        write(node / "dev", f"{devno[0]}:{devno[1]}")
+        write(node / "size", str(62333952))
+        write(node / "removable", removable)
+        write(node / "device" / "vendor", "Generic-")
+        write(node / "device" / "model", "SD/MMC")
+        write(node / "device" / "serial", "20120501030900000")
+        (root / "class" / "block").mkdir(parents=True, exist_ok=True)
+        (root / "dev" / "block").mkdir(parents=True, exist_ok=True)
+        (root / "class" / "block" / disk).symlink_to(node)
+        (root / "dev" / "block" / f"{devno[0]}:{devno[1]}").symlink_to(node)
+        for i in range(1, parts + 1):
+            part = node / f"{disk}{i}"
+            write(part / "partition", str(i))
+            write(part / "dev", f"{devno[0]}:{devno[1] + i}")
+            write(part / "size", str(524288))
+            (root / "class" / "block" / part.name).symlink_to(part)
+            (root / "dev" / "block" / f"{devno[0]}:{devno[1] + i}").symlink_to(part)
+    dm = root / "devices" / "virtual" / "block" / "dm-0"
+    write(dm / "dev", "253:0")
+    write(dm / "dm" / "name", "vault")
+    (dm / "slaves").mkdir()
+    (dm / "slaves" / "sdb2").symlink_to(devices / "sdb" / "sdb2")
+    (root / "class" / "block" / "dm-0").symlink_to(dm)
+    return root
+
+
+def test_sysfs_gives_the_whole_disk_with_partitions_and_holders(tmp_path: Path) -> None:
+    disk = flash.disk_from_sysfs("8:16", path=Path("/dev/sdb"), sys_root=_sysfs(tmp_path))
+    assert disk.name == "sdb" and disk.removable and disk.size == 62333952 * 512
+    assert (disk.model, disk.serial) == ("Generic- SD/MMC", "20120501030900000")
+    assert [p.name for p in disk.partitions] == ["sdb1", "sdb2"]
+    assert disk.holders == (Holder("dm-0", "253:0", "vault", "sdb2"),)
+    assert disk.members() == {"sdb": "8:16", "sdb1": "8:17", "sdb2": "8:18", "dm-0": "253:0"}
+
+
+def test_sysfs_refuses_a_partition_and_names_the_disk(tmp_path: Path) -> None:
+    with pytest.raises(PibakeError, match=r"/dev/sdb1 is partition 1 of /dev/sdb, not a whole disk.*e\.g\. /dev/sdb"):
+        flash.disk_from_sysfs("8:17", path=Path("/dev/sdb1"), sys_root=_sysfs(tmp_path))
+
+
+def test_sysfs_non_removable_disk(tmp_path: Path) -> None:
+    disk = flash.disk_from_sysfs("8:0", path=Path("/dev/sda"), sys_root=_sysfs(tmp_path))
+    assert not disk.removable and disk.partitions == () and disk.holders == ()
+
+
+# --- progress and write planning -------------------------------------------------------------------
+
+
+def test_progress_rate_and_time_left() -> None:
+    p = flash.Progress("write", 100 * MIB, 400 * MIB, 10.0)
+    assert p.rate == pytest.approx(100 * MIB / 10)
+    assert p.eta == pytest.approx(30.0)
+    assert p.describe() == "write: 100/400 MiB (25%), 10.5 MB/s, 0:30 left"
+    assert flash.Progress("write", 0, 10, 0.0).eta is None
+
+
+def test_pieces_are_chunk_aligned_and_cut_at_the_head() -> None:
+    chunk = flash.CHUNK
+    extent = bmap.Extent(4096, 3 * chunk, None)
+    pieces = list(flash._pieces(extent, chunk))
+    assert pieces[0] == (4096, chunk - 4096)
+    assert all(offset % chunk == 0 for offset, _ in pieces[1:])
+    assert sum(n for _, n in pieces) == 3 * chunk
+    assert list(flash._pieces(bmap.Extent(0, 100, None), 50)) == [(0, 50), (50, 50)]
+
+
+# --- writing into files (--to-file): the whole path, without a block device ------------------------
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """A 48 MiB sparse image: an MBR-ish first sector, data at 4 MiB and at 30 MiB + 1234."""
+    rnd = random.Random(6)
+    img = tmp_path / "card.img"
+    with img.open("wb") as f:
+        f.truncate(48 * MIB)
+        f.write(rnd.randbytes(512))
+        f.seek(4 * MIB)
+        f.write(rnd.randbytes(5 * MIB))
+        f.seek(30 * MIB + 1234)
+        f.write(rnd.randbytes(MIB))
+    return img
+
+
+def test_a_regular_file_needs_to_file(image: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "existing.img"
+    existing.write_bytes(b"keep me")
+    res = run_cli(["flash", str(image), str(existing)])
+    assert res.code == 2
+    assert "is not a block device" in res.err and "--to-file" in res.err
+    assert existing.read_bytes() == b"keep me"
+    res = run_cli(["flash", str(image), str(tmp_path / "sdz")])
+    assert res.code == 2 and "does not exist" in res.err and "lsblk" in res.err
+    assert not (tmp_path / "sdz").exists()
+
+
+def test_the_image_is_not_written_onto_itself(image: Path) -> None:
+    before = image.read_bytes()
+    res = run_cli(["flash", str(image), str(image), "--to-file"])
+    assert res.code == 2 and "is the image itself" in res.err
+    assert image.read_bytes() == before
+
+
+def test_missing_image_and_swapped_arguments(tmp_path: Path) -> None:
+    res = run_cli(["flash", str(tmp_path / "nope.img"), str(tmp_path / "out.img"), "--to-file"])
+    assert res.code == 2 and "does not exist: build it first" in res.err
+    res = run_cli(["flash", "/dev/null", str(tmp_path / "out.img"), "--to-file"])
+    assert res.code == 2 and "is not a regular file (the image comes first, the device second)" in res.err
+
+
+@pytest.mark.parametrize("with_bmap", [False, True])
+def test_write_into_a_file_and_verify(image: Path, tmp_path: Path, with_bmap: bool) -> None:
+    if with_bmap:
+        bmap.create(image, bmap.default_path(image))
+    out = tmp_path / "out.img"
+    res = run_cli(["flash", str(image), str(out), "--to-file"])
+    assert res.code == 0, res.err
+    assert out.read_bytes() == image.read_bytes()
+    assert "verified" in res.out
+    assert ("bmap card.img.bmap" in res.out) is with_bmap
+    written = int(res.out.split("wrote ")[1].split(" MiB")[0])
+    assert written == (6 if with_bmap else 48)  # 512 bytes + 5 MiB + 1 MiB, in whole blocks
+
+
+def test_the_sidecar_sha256_is_checked(image: Path, tmp_path: Path) -> None:
+    (tmp_path / "card.img.sha256").write_text(f"{'0' * 64}  card.img\n")
+    res = run_cli(["flash", str(image), str(tmp_path / "out.img"), "--to-file"])
+    assert res.code == 2 and "does not match card.img.sha256" in res.err and "rebuild it" in res.err
+
+
+def test_an_image_that_changed_after_its_bmap_is_caught_while_writing(image: Path, tmp_path: Path) -> None:
+    bmap.create(image, bmap.default_path(image))
+    with image.open("r+b") as f:
+        f.seek(5 * MIB)
+        f.write(b"changed")
+    res = run_cli(["flash", str(image), str(tmp_path / "out.img"), "--to-file"])
+    assert res.code == 2
+    assert "does not match its bmap" in res.err and "INCOMPLETE" in res.err
+
+
+def test_a_malformed_bmap_writes_nothing(image: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.bmap"
+    bad.write_text("<bmap version='2.0'><ImageSize>1</ImageSize></bmap>")
+    out = tmp_path / "out.img"
+    res = run_cli(["flash", str(image), str(out), "--to-file", "--bmap", str(bad)])
+    assert res.code == 2 and "bad.bmap is not a usable bmap" in res.err
+    assert not out.exists()
+
+
+def test_verification_catches_a_target_changed_after_writing(image: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.img"
+
+    def corrupt(p: flash.Progress) -> None:
+        if p.phase == "verify" and p.done == 0:
+            with out.open("r+b") as f:
+                f.seek(4 * MIB + 77)
+                f.write(b"\xff" * 3)
+
+    with pytest.raises(PibakeError, match=r"verification failed: .* first at byte 4194381 \(sector 8192\)"):
+        flash.flash(image, out, to_file=True, progress=corrupt)
+
+
+def _answer(typed: str) -> Callable[[str], str]:
+    return lambda prompt: typed
+
+
+def test_confirmation_is_required_for_a_device_unless_yes() -> None:
+    disk = card()
+    with pytest.raises(PibakeError, match="needs a confirmation: pass --yes"):
+        flash._confirm(disk, disk.path, "text", (), None)
+    with pytest.raises(PibakeError, match="you typed 'sdc', not 'sdb': nothing was written"):
+        flash._confirm(disk, disk.path, "text", (), lambda prompt: "sdc\n")
+    for typed in ("sdb", "/dev/sdb\n", " sdb "):
+        flash._confirm(disk, disk.path, "text", (), _answer(typed))
+
+
+def test_cli_reads_the_confirmation_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibake import cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("sdb\n"))
+    assert cli._ask("Type it: ") == "sdb\n"
+
+
+def test_help_explains_every_safety_rule() -> None:
+    res = run_cli(["flash", "--help"])
+    assert res.code == 0
+    for rule in (
+        "whole block device",
+        "not a partition",
+        "--to-file",
+        "holds /, /boot, /boot/firmware",
+        "swap",
+        "--unmount",
+        "--allow-non-removable",
+        "--large-device-gb",
+        "must fit",
+        "type its name",
+        "--yes",
+        "O_EXCL",
+        ".bmap",
+        "--no-verify",
+        "eject",
+    ):
+        assert rule in res.out, rule
+
+
+def test_default_image_is_the_demo_image() -> None:
+    from pibake import cli
+
+    args = cli.build_parser().parse_args(["flash", "/dev/sdx"])
+    assert (args.image, args.device) == (Path("build/pibake-demo.img"), Path("/dev/sdx"))
+    args = cli.build_parser().parse_args(["flash", "other.img", "/dev/sdx"])
+    assert (args.image, args.device) == (Path("other.img"), Path("/dev/sdx"))
+
+
+def test_without_sync_file_range_writes_fall_back_to_fdatasync(
+    image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+
+    def refused(fd: int, offset: int, nbytes: int, flags: int) -> None:
+        calls.append(flags)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(flash, "_sync_file_range", refused)
+    out = tmp_path / "out.img"
+    res = flash.flash(image, out, to_file=True)
+    assert res.verified and out.read_bytes() == image.read_bytes()
+    assert calls == [flash.SYNC_FILE_RANGE_WRITE]  # tried once, then fdatasync only
+
+
+def test_the_script_flashes_the_demo_image_by_default(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[2] / "scripts" / "flash.py"
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "card.img"), "--to-file"],
+        cwd=tmp_path,  # no build/ here: the default image is missing
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert "image build/pibake-demo.img does not exist: build it first (`make demo`)" in res.stderr
+    assert "Traceback" not in res.stderr
