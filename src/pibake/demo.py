@@ -39,14 +39,14 @@ def _tool(name: str) -> str:
     return found
 
 
-def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | None = None) -> None:
-    """Run site.yml against INVENTORY, streaming Ansible's output."""
+def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | None = None) -> str:
+    """Run site.yml against INVENTORY, streaming Ansible's output; return that output."""
     argv = [_tool("ansible-playbook"), str(project / "site.yml"), "-i", str(inventory)]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
     # Unbuffered, so each task shows as it happens rather than in blocks.
     env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "PYTHONUNBUFFERED": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    run(argv, cwd=project, env=env, stream=True)
+    return run(argv, cwd=project, env=env, stream=True)
 
 
 def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:
