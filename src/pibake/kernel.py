@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.cache import cache_root, recipe_hash
+from pibake.cache import cache_root, locked, recipe_hash
 from pibake.errors import PibakeError
 from pibake.proc import run
 
@@ -160,22 +160,25 @@ def build(
         versions = {"buildroot": buildroot_lock()["version"]}
     key = cache_key(profile, provider, versions=versions)
     top = cache_root() / "kernels" / key
-    cached = (top / "meta.json").exists()
-    if not cached:
-        tmp = top.with_name(key + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            if provider == "debian-source":
-                _build_debian_source(tmp)
-            else:
-                _build_buildroot(profile, tmp, sha256=buildroot_sha256)
-            (tmp / "meta.json").write_text(json.dumps({"profile": profile, "provider": provider, "versions": versions}))
-            shutil.rmtree(top, ignore_errors=True)
-            tmp.rename(top)
-        except BaseException:
+    with locked(top.with_name(key + ".lock"), f"kernel {key[:12]}"):
+        cached = (top / "meta.json").exists()
+        if not cached:
+            tmp = top.with_name(key + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            tmp.mkdir(parents=True)
+            try:
+                if provider == "debian-source":
+                    _build_debian_source(tmp)
+                else:
+                    _build_buildroot(profile, tmp, sha256=buildroot_sha256)
+                (tmp / "meta.json").write_text(
+                    json.dumps({"profile": profile, "provider": provider, "versions": versions})
+                )
+                shutil.rmtree(top, ignore_errors=True)
+                tmp.rename(top)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     dtb = top / f"{dts}.dtb" if dts else None
     if dtb is not None and not dtb.exists():
         raise PibakeError(f"the kernel build in {top} has no {dtb.name}")
