@@ -104,6 +104,13 @@ flash: venv ## write the finished image to a card: make flash DEVICE=/dev/sdX [I
 bench-flash: venv ## throughput of flash against dd, and of a bmap write against a full one (loop device, root)
 	$(SUDO) $(BIN)/python scripts/bench_flash.py $(BENCH_ARGS)
 
+.PHONY: bench
+REPEAT ?= 3
+BENCH_FLAGS ?=
+
+bench: deps venv ## time image, boots, converge, inference, serving, flashing (REPEAT=3): build/bench/bench.{json,png,md}
+	$(PIBAKE) bench --repeat $(REPEAT) --output-dir build/bench $(BENCH_FLAGS)
+
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 

@@ -797,7 +797,8 @@ def run_bench(
             rec.fail("flash", "flash", e)
 
     shutil.rmtree(work, ignore_errors=True)
-    all_steps = tuple(rec.steps.values())
+    # Grouped as the pipeline runs (inference on the host, qemu-user and the guest side by side).
+    all_steps = tuple(sorted(rec.steps.values(), key=lambda s: GROUPS.index(s.group)))
     data = to_json(machine, all_steps, repeat=repeat, quick=quick)
     validate(data)
     json_path = output_dir / "bench.json"

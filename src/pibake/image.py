@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pibake import sshkey
-from pibake.cache import cache_root, recipe_hash, sha256_file
+from pibake.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.errors import PibakeError
 from pibake.layout import MIB, Layout, partuuid, read_mbr
 from pibake.proc import run
@@ -151,8 +151,16 @@ def build_rootfs(base: DebianBase) -> Path:
     """Debootstrap the base into the cache (or return the cached tree)."""
     key = recipe_hash(base.key())
     top = cache_root() / "rootfs" / key
-    root = top / "root"
     if (top / "complete").exists():
+        log.info("rootfs %s: cached", key[:12])
+        return top / "root"
+    with locked(top.with_name(key + ".lock"), f"rootfs {key[:12]}"):
+        return _build_rootfs_locked(base, key, top)
+
+
+def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
+    root = top / "root"
+    if (top / "complete").exists():  # built by the process we waited for
         log.info("rootfs %s: cached", key[:12])
         return root
     if os.geteuid() != 0:
@@ -348,9 +356,15 @@ def assemble(out: Path, layout: Layout, disk_id: int, root: Path, boot: Path, wo
 
 def build_image(spec: ImageSpec, *, output: Path | None = None, rebuild: bool = False) -> BuiltImage:
     """Build (or take from the cache) the base image for SPEC; copy it to OUTPUT if given."""
-    start = time.monotonic()
-    layout = spec.layout  # validates sizes before any work
+    spec.layout  # noqa: B018 - validates sizes before any work or lock
     key = recipe_hash(spec.key())
+    with locked(cache_root() / "images" / f"{key}.lock", f"image {key[:12]}"):
+        return _build_image_locked(spec, key, output=output, rebuild=rebuild)
+
+
+def _build_image_locked(spec: ImageSpec, key: str, *, output: Path | None, rebuild: bool) -> BuiltImage:
+    start = time.monotonic()
+    layout = spec.layout
     top = cache_root() / "images" / key
     image = top / "image.img"
     cached = (top / "meta.json").exists() and not rebuild

@@ -1,0 +1,59 @@
+"""The smoke run of `pibake bench --quick`, so the bench cannot rot: cached image, host and qemu-user
+inference, and a small flash to a loop device. No emulated boot (those steps are `make bench`'s)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pibake import bench
+from tests.conftest import REPO, run_cli
+
+# Loop devices for the flash step, chroot and binfmt for qemu-user.
+pytestmark = pytest.mark.root
+
+
+def test_quick_bench_writes_numbers_a_chart_and_the_reasons(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    res = run_cli(["bench", "--quick", "--output-dir", str(out), "--project", str(REPO)])
+    assert res.code == 0, res.err[-3000:]
+
+    data = json.loads((out / "bench.json").read_text())
+    bench.validate(data)
+    assert data["repeat"] == 1 and data["quick"] is True
+    assert data["machine"]["cores"] >= 1 and data["machine"]["qemu_version"].startswith("QEMU")
+    steps = {s["name"]: s for s in data["steps"]}
+    for name in (
+        "image-cached",
+        "infer-host",
+        "infer-qemu-user-cortex-a15",
+        "infer-qemu-user-cortex-a7",
+        "flash-dd",
+        "flash-pibake",
+        "flash-bmap-30pct",
+    ):
+        step = steps[name]
+        assert step["status"] == "ok", (name, step["reason"])
+        assert step["n"] >= 1 and 0 < step["min"] <= step["median"] <= step["max"], name
+    # The emulated CPU is far slower than the host, and says how much.
+    assert steps["infer-qemu-user-cortex-a15"]["ratio"] > 1
+    assert steps["flash-pibake"]["ratio_to"] == "flash-dd" and steps["flash-pibake"]["ratio"] > 0
+    # The classic setup cannot run the model, and says why instead of vanishing.
+    a9 = steps["infer-qemu-user-cortex-a9"]
+    assert a9["status"] == "cannot run" and "Illegal instruction" in a9["reason"]
+    # Only the cheap steps ran.
+    assert not any(name.startswith(("boot-", "converge", "infer-guest", "image-cold")) for name in steps)
+
+    png = out / "bench.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as img:
+        img.verify()
+    with Image.open(png) as img:
+        assert img.size[0] > 400 and img.size[1] > 300
+
+    assert "| infer-host |" in res.out and "cannot run:" in res.out
+    assert (out / "bench.md").read_text().count("\n|") >= len(steps)
+    assert not (out / "work").exists()

@@ -1,0 +1,149 @@
+"""The pure parts of `pibake bench`: statistics, ratios, the table, the JSON schema, the reasons a step cannot run."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pibake import bench
+from pibake.bench import Step
+from pibake.errors import PibakeError
+from tests.wheels import TAG_ADVANCED_SIMD_ARCH, TAG_CPU_ARCH, TAG_FP_ARCH, elf32, make_wheel
+
+# What the tflite-runtime 2.11.0 armv7l wheel's .so says: ARMv7, VFPv4, NEON with FMA.
+VFPV4_NEON_FMA = {TAG_CPU_ARCH: 10, TAG_FP_ARCH: 5, TAG_ADVANCED_SIMD_ARCH: 2}
+
+MACHINE = {
+    "cpu_model": "Test CPU",
+    "cores": 2,
+    "ram_gib": 8.0,
+    "qemu_version": "QEMU emulator version 7.2.0",
+    "kernel": "6.1.0",
+    "pibake_version": "0.1.0",
+    "date": "2026-01-01T00:00:00+00:00",
+    "load_average_at_start": [0.5, 0.4, 0.3],
+}
+
+
+def steps() -> list[Step]:
+    return [
+        Step("infer-host", "inference", [0.001, 0.003, 0.002]),
+        Step("infer-qemu-user-cortex-a15", "inference", [0.1, 0.3], ratio_to="infer-host", note="QEMU_CPU=cortex-a15"),
+        Step("infer-qemu-user-cortex-a9", "inference", status="cannot run", reason="needs VFPv4 | NEON"),
+        Step("boot-virt", "boot", [28.0]),
+    ]
+
+
+def test_summarize_gives_median_min_max() -> None:
+    assert bench.summarize([3.0, 1.0, 2.0]) == bench.Summary(3, 2.0, 1.0, 3.0)
+    assert bench.summarize([4.0, 1.0]) == bench.Summary(2, 2.5, 1.0, 4.0)
+    with pytest.raises(PibakeError):
+        bench.summarize([])
+
+
+def test_a_step_that_did_not_run_has_no_summary_even_with_samples() -> None:
+    assert Step("x", "boot", [1.0], status="failed", reason="boom").summary is None
+
+
+def test_ratio_is_median_over_the_references_median() -> None:
+    all_steps = steps()
+    assert bench.ratio(all_steps[1], all_steps) == pytest.approx(0.2 / 0.002)
+    assert bench.ratio(all_steps[0], all_steps) is None
+    assert bench.ratio(all_steps[2], all_steps) is None
+    orphan = Step("y", "inference", [1.0], ratio_to="missing")
+    assert bench.ratio(orphan, [orphan]) is None
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.000306, "306 µs"), (0.1201, "120.1 ms"), (28.04, "28.0 s"), (300.0, "5.0 min")],
+)
+def test_durations_read_in_the_right_unit(seconds: float, text: str) -> None:
+    assert bench.format_seconds(seconds) == text
+
+
+def test_table_has_a_row_per_step_with_numbers_ratio_or_reason() -> None:
+    table = bench.format_table(steps())
+    lines = table.splitlines()
+    assert lines[0].startswith("| step | n | median | min | max | ratio |")
+    assert len(lines) == 2 + 4
+    assert lines[2] == "| infer-host | 3 | 2.0 ms | 1.0 ms | 3.0 ms |  |  |"
+    assert "| 2 | 200.0 ms | 100.0 ms | 300.0 ms | 100.00x infer-host | QEMU_CPU=cortex-a15 |" in lines[3]
+    # A pipe in a reason must not break the Markdown row.
+    assert lines[4] == "| infer-qemu-user-cortex-a9 | 0 | - | - | - | - | cannot run: needs VFPv4 / NEON |"
+    assert all(line.count("|") == 8 for line in lines)
+
+
+def test_json_round_trips_and_validates() -> None:
+    data = bench.to_json(MACHINE, steps(), repeat=3, quick=False)
+    again = json.loads(json.dumps(data))
+    bench.validate(again)
+    by_name = {s["name"]: s for s in again["steps"]}
+    assert by_name["infer-host"]["median"] == 0.002 and by_name["infer-host"]["n"] == 3
+    assert by_name["infer-qemu-user-cortex-a15"]["ratio"] == pytest.approx(100.0)
+    assert by_name["infer-qemu-user-cortex-a9"]["status"] == "cannot run"
+    assert by_name["infer-qemu-user-cortex-a9"]["median"] is None
+
+
+@pytest.mark.parametrize(
+    ("damage", "complaint"),
+    [
+        (lambda d: d.update(schema="other/1"), "schema"),
+        (lambda d: d["machine"].pop("qemu_version"), "machine.qemu_version missing"),
+        (lambda d: d.update(repeat=0), "repeat"),
+        (lambda d: d.update(steps=[]), "no steps"),
+        (lambda d: d["steps"][0].update(median=None), "needs samples, median, min and max"),
+        (lambda d: d["steps"][0].update(min=1.0), "min <= median <= max"),
+        (lambda d: d["steps"][2].update(reason=""), "needs its reason"),
+        (lambda d: d["steps"][0].update(status="skipped"), "status must be one of"),
+        (lambda d: d["steps"][0].update(group="misc"), "group"),
+    ],
+)
+def test_validate_names_what_is_wrong(damage: Any, complaint: str) -> None:
+    data = copy.deepcopy(bench.to_json(MACHINE, steps(), repeat=1, quick=True))
+    damage(data)
+    with pytest.raises(PibakeError, match=complaint):
+        bench.validate(data)
+
+
+def test_step_selection() -> None:
+    assert bench._pick(None, quick=True) == list(bench.QUICK_STEPS)
+    assert bench._pick(None, quick=False) == list(bench.STEPS)
+    assert bench._pick(["flash", "image-cached"], quick=False) == ["image-cached", "flash"]
+    with pytest.raises(PibakeError, match="unknown bench step"):
+        bench._pick(["warp"], quick=False)
+
+
+def test_serving_reports_the_missing_role_then_the_missing_port(tmp_path: Path) -> None:
+    reason = bench.serving_unavailable(tmp_path)
+    assert reason is not None and "no inference_service role yet (issue 5)" in reason
+    (tmp_path / "roles" / "inference_service" / "tasks").mkdir(parents=True)
+    reason = bench.serving_unavailable(tmp_path)
+    assert reason is not None and "issue 5" not in reason and "forward" in reason
+
+
+def test_the_model_cannot_run_where_preflight_says_so(tmp_path: Path) -> None:
+    wheel = make_wheel(
+        tmp_path / "tflite_runtime-2.11.0-cp39-cp39-manylinux2014_armv7l.whl",
+        {"tflite_runtime/_wrapper.so": elf32(VFPV4_NEON_FMA)},
+    )
+    reason = bench.cannot_run_model(wheel, "vexpress-a9")
+    assert reason is not None
+    assert "cortex-a9" in reason and "VFPv4" in reason and "Illegal instruction" in reason
+    assert bench.cannot_run_model(wheel, "virt") is None
+    assert bench.cannot_run_model(wheel, "raspi2b") is None
+
+
+def test_changed_count_from_the_recap() -> None:
+    recap = "PLAY RECAP\npi : ok=12 changed=3 unreachable=0\nother : ok=1 changed=0\n"
+    assert bench._changed(recap) == 3
+    assert bench._changed("no recap") is None
+
+
+def test_chart_is_a_png(tmp_path: Path) -> None:
+    path = bench.render_chart(steps(), MACHINE, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
