@@ -13,7 +13,6 @@ Results are cached under cache/kernels/<hash of provider, versions, defconfig, f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.cache import cache_root, locked, recipe_hash
+from pibake.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.errors import PibakeError
 from pibake.proc import run
 
@@ -116,10 +115,6 @@ def buildroot_lock() -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _dpkg_version(package: str) -> str:
     out = run(["dpkg-query", "-W", "-f=${Status} ${Version}", package]).strip()
     if not out.startswith("install ok installed"):
@@ -133,11 +128,11 @@ def cache_key(profile: str, provider: str, *, versions: dict[str, str]) -> str:
         "format": KERNEL_FORMAT,
         "provider": provider,
         "versions": versions,
-        "fragment": _sha256(fragment()),
+        "fragment": sha256_file(fragment()),
     }
     if provider == "buildroot":
         # Buildroot builds one kernel per defconfig (CPU and DTS are in it).
-        recipe["defconfig"] = _sha256(tree() / "configs" / defconfig)
+        recipe["defconfig"] = sha256_file(tree() / "configs" / defconfig)
     else:
         # Debian's source builds one kernel for all three boards; DTBs for both vexpress.
         recipe["defconfig"] = LINUX_DEFCONFIG
