@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pibake import __version__
+from pibake import __version__, boards
 from pibake.errors import PibakeError
 
 log = logging.getLogger("pibake")
@@ -20,14 +20,13 @@ DEFAULT_IMAGE = Path("build/pibake-bullseye.img")
 def _cmd_image_build(a: argparse.Namespace) -> int:
     from pibake import image
 
-    spec = image.default_spec(base=a.base, size_mb=a.size, mirror=a.mirror)
+    spec = image.default_spec(base=a.base, size_mb=a.size, mirror=a.mirror, board=a.board)
     built = image.build_image(spec, output=a.output, rebuild=a.rebuild)
     print(f"{built.path}  sha256 {built.sha256}  ({'cached, ' if built.cached else ''}{built.seconds:.1f} s)")
     return 0
 
 
 def _emulation(a: argparse.Namespace) -> tuple[str, str | None]:
-    from pibake import boards
 
     return boards.emulation(boards.get(a.board), profile=a.profile, cpu=a.cpu)
 
@@ -91,10 +90,19 @@ def _cmd_image_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image_check(a: argparse.Namespace) -> int:
+    from pibake import bootcheck
+
+    res = bootcheck.check_boot(a.image, board=a.board)
+    print(f"{res.image}: boot partition ready for {res.board}")
+    print(f"  kernel {res.kernel}, initramfs {res.initrd or '(none)'}, device tree {res.dtb}, root={res.root}")
+    return 0
+
+
 def _cmd_image_finalize(a: argparse.Namespace) -> int:
     from pibake import finalize
 
-    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest)
+    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest, board=a.board)
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
     if res.undone:
         print(f"  undone: {', '.join(res.undone)}")
@@ -272,7 +280,31 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)"
     )
     p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
+    p.add_argument(
+        "--board",
+        default=boards.DEFAULT_BOARD,
+        choices=boards.names(),
+        help="board config.txt and cmdline.txt are written for; Debian armhf is ARMv7, so the ARMv6 pi1 and "
+        "pi-zero are refused (they need Raspberry Pi OS) (default: %(default)s)",
+    )
     p.set_defaults(func=_cmd_image_build)
+
+    p = image_sub.add_parser(
+        "check",
+        help="check an image's boot partition for a board: firmware, kernel, initramfs, device tree, root=",
+        description="Reads the FAT partition with mtools (no mounts): the board's GPU firmware files are there, "
+        "config.txt's kernel= and initramfs name files that exist, the board's device tree is there and "
+        "cmdline.txt's root= names the root partition. Lists every problem found. This is the firmware stage "
+        "that QEMU does not emulate.",
+    )
+    p.add_argument("image", type=Path, help="raw image")
+    p.add_argument(
+        "--board",
+        default=None,
+        choices=boards.names(),
+        help="board to check for (default: the one pibake recorded in config.txt)",
+    )
+    p.set_defaults(func=_cmd_image_check)
 
     p = image_sub.add_parser(
         "fetch",
@@ -339,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, help="prepared (and provisioned) raw image")
     p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
     p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
+    p.add_argument(
+        "--board",
+        default=None,
+        choices=boards.names(),
+        help="check the boot partition for this board (default: the one recorded in config.txt; "
+        "images without one, such as Raspberry Pi OS, are not checked)",
+    )
     p.set_defaults(func=_cmd_image_finalize)
 
     p_kernel = sub.add_parser("kernel", help="build no-initrd kernels for the emulated boards")
@@ -437,7 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
         "model on the emulated Pi and print its predictions for the bundled samples, shut the guest down "
         "cleanly and leave the finished image and its .sha256 in build/.",
     )
-    p.add_argument("--board", default="pi3b-plus", help="target board (default: %(default)s)")
+    p.add_argument(
+        "--board",
+        default=boards.DEFAULT_BOARD,
+        choices=boards.names(),
+        help="target board: the image's config.txt and cmdline.txt are written for it and the guest emulates it; "
+        "boards the Debian base cannot boot are refused (default: %(default)s)",
+    )
     p.add_argument("--profile", default=None, help="machine profile (default: the board's)")
     p.add_argument("--cpu", default=None, help="emulated CPU (default: the board's)")
     p.add_argument(
@@ -447,8 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)"
     )
     p.set_defaults(func=_cmd_demo)
-
-    from pibake import boards
 
     p = sub.add_parser(
         "preflight",

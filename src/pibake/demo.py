@@ -75,10 +75,11 @@ def demo(
 ) -> DemoResult:
     if not (project / "site.yml").is_file():
         raise PibakeError(f"no site.yml in {project}: run `pibake demo` from the pibake checkout (or pass --project)")
+    spec = image.default_spec(board=board)  # refuses boards the Debian base cannot boot, before any work
     profile, cpu = boards.emulation(boards.get(board), profile=profile, cpu=cpu)
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    built = image.build_image(image.default_spec(), output=project / "build" / "pibake-bullseye.img")
+    built = image.build_image(spec, output=project / "build" / "pibake-bullseye.img")
     timings["image"] = time.monotonic() - t0
 
     # The guest writes straight into a copy of the base image: that copy is the finished

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pibake import __version__, bmap
+from pibake import __version__, bmap, bootcheck
 from pibake.cache import sha256_file
 from pibake.errors import PibakeError
 from pibake.image import check_filesystems, write_sha256
@@ -190,8 +190,15 @@ def _earlier_base(manifest: Path) -> dict[str, Any] | None:
     return dict(base) if isinstance(base, dict) else None
 
 
-def finalize(image: Path, *, write_bmap: bool = True, manifest: Path | None = None) -> FinalizedImage:
-    """Undo the emulation tweaks, fsck both filesystems, write IMAGE.sha256, IMAGE.bmap and the manifest."""
+def finalize(
+    image: Path, *, write_bmap: bool = True, manifest: Path | None = None, board: str | None = None
+) -> FinalizedImage:
+    """Undo the emulation tweaks, fsck both filesystems, check the boot partition for BOARD,
+    write IMAGE.sha256, IMAGE.bmap and the manifest.
+
+    BOARD defaults to the board pibake recorded in config.txt; an image with none (Raspberry
+    Pi OS) gets its boot partition checked only when BOARD is given.
+    """
     t0 = time.monotonic()
     if not image.is_file():
         raise PibakeError(f"no image at {image}")
@@ -214,6 +221,13 @@ def finalize(image: Path, *, write_bmap: bool = True, manifest: Path | None = No
                 )
         log.info("%s: checking both filesystems", image.name)
         check_filesystems(image, work)
+        board = board or bootcheck.board_recorded_in(image)
+        if board:
+            bootcheck.check_boot(image, board=board)
+        else:
+            log.info(
+                "%s: config.txt records no board: boot partition not checked (pass a board to check it)", image.name
+            )
         root = ExtFs.partition(image, 2)
         os_release = root.read("/etc/os-release") or root.read("/usr/lib/os-release") or b""
         packages = installed_packages(root, work)

@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pibake import sshkey
+from pibake import piboot, sshkey
+from pibake.boards import DEFAULT_BOARD
 from pibake.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.errors import PibakeError
 from pibake.layout import MIB, Layout, partuuid, read_mbr
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the way a stage turns its recipe into bytes changes, so caches rebuild.
 ROOTFS_FORMAT = 1
-IMAGE_FORMAT = 3
+IMAGE_FORMAT = 4
 
 BASE_PACKAGES = (
     "systemd-sysv",
@@ -46,9 +47,14 @@ BASE_PACKAGES = (
     "python3-pip",
     "linux-image-armmp",
     "initramfs-tools",
+    # The Pi's GPU firmware (bootcode.bin, start*.elf, fixup*.dat), from non-free: its
+    # kernel hooks copy the kernel, initrd and Pi device trees to /boot/firmware.
+    "raspi-firmware",
 )
 
 BASES = {"debian-bullseye": "bullseye"}
+
+FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat")
 
 DTB_PATTERNS = (
     "bcm2835-rpi-*.dtb",
@@ -66,7 +72,7 @@ class DebianBase:
     suite: str = "bullseye"
     arch: str = "armhf"
     packages: tuple[str, ...] = BASE_PACKAGES
-    components: tuple[str, ...] = ("main",)
+    components: tuple[str, ...] = ("main", "non-free")
     # None: debootstrap's own default mirror. Set with --mirror or $PIBAKE_DEBIAN_MIRROR.
     mirror: str | None = None
 
@@ -84,6 +90,11 @@ class ImageSpec:
     hostname: str = "raspberrypi"
     user: str = "pi"
     ssh_pubkey: str = ""
+    # The board config.txt and cmdline.txt are written for (the FAT holds every Pi DTB anyway).
+    board: str = DEFAULT_BOARD
+
+    def __post_init__(self) -> None:
+        piboot.require_debian_board(self.board)
 
     @property
     def layout(self) -> Layout:
@@ -98,6 +109,7 @@ class ImageSpec:
             "hostname": self.hostname,
             "user": self.user,
             "ssh_pubkey": self.ssh_pubkey,
+            "board": self.board,
         }
 
     @property
@@ -116,7 +128,10 @@ class BuiltImage:
     seconds: float
 
 
-def default_spec(*, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None) -> ImageSpec:
+def default_spec(
+    *, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
+) -> ImageSpec:
+    piboot.require_debian_board(board)  # before anything else: no key made, nothing downloaded
     if base not in BASES:
         raise PibakeError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
     mirror = mirror or os.environ.get("PIBAKE_DEBIAN_MIRROR") or None
@@ -124,6 +139,7 @@ def default_spec(*, base: str = "debian-bullseye", size_mb: int = 2048, mirror: 
         base=DebianBase(suite=BASES[base], mirror=mirror),
         size_mb=size_mb,
         ssh_pubkey=sshkey.ensure_keypair().public_key,
+        board=board,
     )
 
 
@@ -222,9 +238,19 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def kernel_cmdline(disk_id: int) -> str:
-    root = partuuid(disk_id, 2)
-    return f"console=ttyAMA0,115200 root=PARTUUID={root} rootfstype=ext4 fsck.repair=yes rootwait net.ifnames=0"
+def kernel_cmdline(disk_id: int, *, board: str = DEFAULT_BOARD) -> str:
+    return piboot.kernel_cmdline(f"PARTUUID={partuuid(disk_id, 2)}", board)
+
+
+def raspi_firmware_defaults(disk_id: int, *, board: str = DEFAULT_BOARD) -> str:
+    """Lines for /etc/default/raspi-firmware: when a kernel upgrade on the Pi makes raspi-firmware's
+    hooks rewrite config.txt and cmdline.txt, they keep pibake's root= and consoles."""
+    consoles = [t.removeprefix("console=") for t in kernel_cmdline(disk_id, board=board).split() if "console=" in t]
+    return (
+        "\n# Added by pibake: the root partition and consoles of the image's own cmdline.txt.\n"
+        f"ROOTPART=PARTUUID={partuuid(disk_id, 2)}\n"
+        f'CONSOLES="{" ".join(consoles)}"\n'
+    )
 
 
 def fstab(disk_id: int) -> str:
@@ -244,7 +270,18 @@ def customise(root: Path, spec: ImageSpec) -> None:
         f"127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{spec.hostname}\n",
     )
     _write(root / "etc/fstab", fstab(disk_id))
-    (root / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    # /boot/firmware is the FAT partition's mount point: what raspi-firmware's hooks put
+    # there at build time goes to the FAT (boot_files), not under the mount point.
+    firmware_dir = root / "boot/firmware"
+    shutil.rmtree(firmware_dir, ignore_errors=True)
+    firmware_dir.mkdir(parents=True)
+    defaults = root / "etc/default/raspi-firmware"
+    _write(
+        defaults,
+        (defaults.read_text() if defaults.exists() else "") + raspi_firmware_defaults(disk_id, board=spec.board),
+    )
+    # raspi-firmware appends this file to the config.txt it writes: the board mark survives kernel upgrades.
+    _write(root / "etc/default/raspi-firmware-custom", f"{piboot.BOARD_MARK} {spec.board}\narm_64bit=0\n")
     # eth0 on virt/vexpress, usb0 (cdc_ether) on raspi2b.
     _write(
         root / "etc/network/interfaces.d/pibake",
@@ -297,24 +334,39 @@ def customise(root: Path, spec: ImageSpec) -> None:
     )
 
 
-def boot_files(root: Path, boot: Path, disk_id: int) -> str:
-    """Fill the FAT partition's staging dir; return the kernel version."""
+def _firmware_files(root: Path) -> list[Path]:
+    """The GPU firmware raspi-firmware's kernel hooks put in /boot/firmware (else the package's own copy)."""
+    for where in (root / "boot/firmware", root / "usr/lib/raspi-firmware"):
+        found = sorted(p for pattern in FIRMWARE_PATTERNS for p in where.glob(pattern))
+        if found:
+            return found
+    raise PibakeError(
+        f"no Raspberry Pi firmware (bootcode.bin, start*.elf) in {root / 'boot/firmware'}: "
+        "is raspi-firmware in the package list and non-free in the components?"
+    )
+
+
+def boot_files(root: Path, boot: Path, disk_id: int, *, board: str = DEFAULT_BOARD) -> str:
+    """Fill the FAT partition's staging dir as Debian's raspi images have it; return the kernel version.
+
+    Call before customise() empties the rootfs's /boot/firmware.
+    """
     kernel, initrd, version = _kernel_files(root)
     boot.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(kernel, boot / "vmlinuz")
-    shutil.copyfile(initrd, boot / "initrd.img")
-    # Device trees: the Pi boards' (where their firmware looks for them) and the
-    # emulated vexpress boards'.
+    for blob in _firmware_files(root):
+        shutil.copyfile(blob, boot / blob.name)
+    # Versioned names, as raspi-firmware's hooks write them, so a kernel upgrade on the Pi
+    # replaces them the same way.
+    shutil.copyfile(kernel, boot / kernel.name)
+    shutil.copyfile(initrd, boot / initrd.name)
+    # Device trees: every Pi board's (the firmware picks the one of the board it runs on)
+    # and the emulated vexpress boards'.
     dtb_dir = root / "usr/lib" / f"linux-image-{version}"
     for pattern in DTB_PATTERNS:
         for dtb in sorted(dtb_dir.glob(pattern)):
             shutil.copyfile(dtb, boot / dtb.name)
-    _write(boot / "cmdline.txt", kernel_cmdline(disk_id) + "\n")
-    _write(
-        boot / "config.txt",
-        "# Written by pibake. The Debian armmp kernel and its initrd.\n"
-        "arm_64bit=0\nenable_uart=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n",
-    )
+    _write(boot / "cmdline.txt", kernel_cmdline(disk_id, board=board) + "\n")
+    _write(boot / "config.txt", piboot.config_txt(board, kernel=kernel.name, initrd=initrd.name))
     return version
 
 
@@ -377,8 +429,8 @@ def _build_image_locked(spec: ImageSpec, key: str, *, output: Path | None, rebui
             log.info("image %s: customising a copy of the rootfs", key[:12])
             root = tmp / "root"
             run(["cp", "-a", str(root_src), str(root)])
+            version = boot_files(root, tmp / "boot", spec.disk_id, board=spec.board)
             customise(root, spec)
-            version = boot_files(root, tmp / "boot", spec.disk_id)
             log.info(
                 "image %s: assembling %d MiB (bootfs %d MiB, rootfs %d MiB)",
                 key[:12],

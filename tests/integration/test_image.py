@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pibake import sshkey
+from pibake.emulator import parse_config_txt
 from pibake.layout import partuuid, read_mbr
 from tests.conftest import run_cli
 
@@ -56,12 +57,36 @@ def test_boot_partition_boots_the_armmp_kernel_by_partuuid(base_image: Path) -> 
     off = mbr.partition(1).start * 512
     cmdline = _mtype(base_image, off, "cmdline.txt")
     assert f"root=PARTUUID={partuuid(mbr.disk_id, 2)}" in cmdline
-    assert "console=ttyAMA0" in cmdline
+    assert cmdline.split()[:3] == ["console=tty1", "console=ttyS1,115200", "console=ttyAMA0,115200"]
     listing = subprocess.run(
         ["mdir", "-b", "-i", f"{base_image}@@{off}", "::/"], capture_output=True, text=True, check=True
     ).stdout
-    for name in ("vmlinuz", "initrd.img", "config.txt", "cmdline.txt"):
-        assert f"::/{name}" in listing
+    config = parse_config_txt(_mtype(base_image, off, "config.txt"))
+    assert config["kernel"].startswith("vmlinuz-") and config["kernel"].endswith("-armmp")
+    assert config["initramfs"] == config["kernel"].replace("vmlinuz-", "initrd.img-")
+    assert config["upstream_kernel"] == "1"
+    # What the Pi's GPU firmware needs (raspi-firmware), the kernel and initrd config.txt
+    # names, the Pi device trees and the vexpress ones the emulated boards read.
+    for name in (
+        "bootcode.bin",
+        "start.elf",
+        "fixup.dat",
+        "start4.elf",
+        "fixup4.dat",
+        config["kernel"],
+        config["initramfs"],
+        "bcm2836-rpi-2-b.dtb",
+        "bcm2837-rpi-3-b-plus.dtb",
+        "bcm2711-rpi-4-b.dtb",
+        "vexpress-v2p-ca9.dtb",
+        "vexpress-v2p-ca15-tc1.dtb",
+        "config.txt",
+        "cmdline.txt",
+    ):
+        assert f"::/{name}" in listing, name
+    # /boot/firmware in the root filesystem is the FAT's mount point: empty.
+    firmware_dir = _debugfs(base_image, mbr.partition(2).start * 512, "ls /boot/firmware")
+    assert "start.elf" not in firmware_dir and "vmlinuz" not in firmware_dir
     fstab = _debugfs(base_image, mbr.partition(2).start * 512, "cat /etc/fstab")
     assert f"PARTUUID={partuuid(mbr.disk_id, 1)}  /boot/firmware  vfat" in fstab
     assert f"PARTUUID={partuuid(mbr.disk_id, 2)}  /               ext4" in fstab

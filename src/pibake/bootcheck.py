@@ -1,0 +1,203 @@
+"""Static check of an image's boot partition: will the Pi's firmware find what it needs?
+
+QEMU loads the kernel, initrd and device tree itself: the GPU firmware stage (bootcode.bin,
+start.elf reading config.txt) is not emulated. This check covers that stage without
+booting: it reads the FAT partition with mtools (no mounts, no root) and lists every
+problem at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pibake import piboot
+from pibake.emulator import parse_config_txt
+from pibake.errors import PibakeError
+from pibake.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
+from pibake.proc import run
+
+log = logging.getLogger(__name__)
+
+LINUX_PARTITION = 0x83
+EXT4_MAGIC = 0xEF53
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the firmware and kernel would load for a board, and every problem on the way."""
+
+    board: str
+    kernel: str
+    initrd: str | None
+    dtb: str
+    root: str
+    checked: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    image: Path
+    board: str
+    kernel: str
+    initrd: str | None
+    dtb: str
+    root: str
+    checked: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BootPartition:
+    """What the check reads from the FAT partition: its file names and the two text files."""
+
+    files: frozenset[str]  # lower case: FAT names are case-insensitive, and so is the firmware
+    config_txt: str | None
+    cmdline_txt: str | None
+
+
+@dataclass(frozen=True)
+class RootPartition:
+    number: int
+    partuuid: str
+    label: str | None
+    uuid: str | None
+
+
+# ---------------------------------------------------------------- the pure part
+
+
+def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
+    """What booting BOARD from BOOT and ROOT would load, and every problem the firmware or the kernel would meet."""
+    spec = piboot.boot_of(board)
+    found: list[str] = []
+    checked: list[str] = []
+
+    def need(name: str, why: str) -> None:
+        checked.append(name)
+        if name.lower() not in boot.files:
+            found.append(f"{name} is missing ({why})")
+
+    for blob in spec.firmware:
+        need(blob, f"the {board}'s GPU firmware")
+
+    config = parse_config_txt(boot.config_txt) if boot.config_txt is not None else {}
+    if boot.config_txt is None:
+        found.append("config.txt is missing: the firmware would look for its default kernel and no initramfs")
+    kernel = config.get("kernel", spec.default_kernel)
+    need(kernel, "config.txt's kernel=" if "kernel" in config else f"the firmware's default kernel for {board}")
+    initrd = config.get("initramfs")
+    if initrd:
+        need(initrd, "config.txt's initramfs line")
+    if "device_tree" in config:
+        dtb, why = config["device_tree"], "config.txt's device_tree="
+    elif config.get("upstream_kernel") == "1":
+        dtb, why = spec.upstream_dtb, f"the {board}'s device tree under upstream_kernel=1"
+    else:
+        dtb, why = spec.downstream_dtb, f"the {board}'s device tree (Raspberry Pi kernel names)"
+    need(dtb, why)
+
+    root_arg = ""
+    if boot.cmdline_txt is None:
+        found.append("cmdline.txt is missing: the kernel would get no root=")
+    else:
+        checked.append("cmdline.txt")
+        roots = [t.removeprefix("root=") for t in boot.cmdline_txt.split() if t.startswith("root=")]
+        if not roots:
+            found.append("cmdline.txt has no root=: the kernel would not find the root filesystem")
+        else:
+            root_arg = roots[-1]  # the kernel takes the last one
+            mismatch = root_mismatch(root_arg, root)
+            if mismatch:
+                found.append(mismatch)
+    return Inspection(board, kernel, initrd, dtb, root_arg, tuple(checked), tuple(found))
+
+
+def root_mismatch(root_arg: str, root: RootPartition) -> str | None:
+    """Why cmdline.txt's root= ROOT_ARG does not name ROOT, or None if it does."""
+    where = f"the root filesystem is partition {root.number}"
+    if root_arg.startswith("PARTUUID="):
+        if root_arg.removeprefix("PARTUUID=").lower() != root.partuuid:
+            return f"cmdline.txt has root={root_arg} but {where}, PARTUUID={root.partuuid}"
+    elif root_arg.startswith("LABEL="):
+        if root_arg.removeprefix("LABEL=") != root.label:
+            return f"cmdline.txt has root={root_arg} but {where}, labelled {root.label!r}"
+    elif root_arg.startswith("UUID="):
+        if root_arg.removeprefix("UUID=").lower() != root.uuid:
+            return f"cmdline.txt has root={root_arg} but {where}, UUID={root.uuid}"
+    elif root_arg.startswith("/dev/mmcblk0p"):
+        if root_arg != f"/dev/mmcblk0p{root.number}":
+            return f"cmdline.txt has root={root_arg} but {where}, /dev/mmcblk0p{root.number}"
+    else:
+        return f"cmdline.txt has root={root_arg}, which pibake cannot match to a partition (use PARTUUID= or LABEL=)"
+    return None
+
+
+def parse_ext_superblock(block: bytes) -> tuple[str | None, str | None]:
+    """(volume label, UUID) from the 1024 bytes of an ext2/3/4 superblock; (None, None) if it is none."""
+    if len(block) < 136 or struct.unpack_from("<H", block, 56)[0] != EXT4_MAGIC:
+        return None, None
+    label = block[120:136].split(b"\0", 1)[0].decode(errors="replace")
+    return label, str(uuid.UUID(bytes=bytes(block[104:120])))
+
+
+# ---------------------------------------------------------------- reading the image
+
+
+def _root_entry(mbr: Mbr) -> MbrEntry:
+    for p in mbr.partitions:
+        if p.type_code == LINUX_PARTITION:
+            return p
+    return mbr.partition(2)
+
+
+def read_root(image: Path, mbr: Mbr) -> RootPartition:
+    entry = _root_entry(mbr)
+    with image.open("rb") as f:
+        f.seek(entry.start * SECTOR + 1024)
+        label, fs_uuid = parse_ext_superblock(f.read(1024))
+    return RootPartition(entry.number, partuuid(mbr.disk_id, entry.number), label, fs_uuid)
+
+
+def read_boot(image: Path, mbr: Mbr) -> BootPartition:
+    target = f"{image}@@{mbr.partition(1).start * SECTOR}"
+    listing = run(["mdir", "-b", "-i", target, "::/"])
+    files = frozenset(line.removeprefix("::/").lower() for line in listing.splitlines() if line.startswith("::/"))
+
+    def text(name: str) -> str | None:
+        return run(["mtype", "-i", target, f"::/{name}"]) if name in files else None
+
+    return BootPartition(files, text("config.txt"), text("cmdline.txt"))
+
+
+def board_recorded_in(image: Path) -> str | None:
+    """The board pibake wrote the image's config.txt for (its `# pibake board:` line), or None."""
+    boot = read_boot(image, read_mbr(image))
+    return piboot.recorded_board(boot.config_txt) if boot.config_txt else None
+
+
+def check_boot(image: Path, *, board: str | None = None) -> BootCheck:
+    """Check IMAGE's boot partition for BOARD (default: the board recorded in its config.txt).
+
+    Raises PibakeError listing every problem found.
+    """
+    if not image.is_file():
+        raise PibakeError(f"no image at {image}")
+    mbr = read_mbr(image)
+    boot = read_boot(image, mbr)
+    if board is None:
+        board = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
+        if board is None:
+            raise PibakeError(f"{image}: its config.txt records no board (not built by pibake): name one with --board")
+    found = inspect(boot, read_root(image, mbr), board)
+    if found.problems:
+        raise PibakeError(
+            f"{image} would not boot a {board}:\n  - "
+            + "\n  - ".join(found.problems)
+            + "\nRebuild it (`pibake image build --board BOARD`) or restore the files on its boot partition."
+        )
+    log.info("%s: boot partition ready for %s (%s)", image.name, board, ", ".join(found.checked))
+    return BootCheck(image, board, found.kernel, found.initrd, found.dtb, found.root, found.checked)

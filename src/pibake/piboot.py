@@ -1,0 +1,130 @@
+"""What a Raspberry Pi's boot partition must hold, per board: pure functions, no tools.
+
+The Pi boots in two stages before Linux: the GPU's boot ROM loads bootcode.bin (on the
+Pi 4 it lives in the EEPROM instead), which loads start*.elf and fixup*.dat; start.elf
+reads config.txt, loads the kernel, the initramfs and the device tree it names (or
+chooses), and passes cmdline.txt to the kernel. With ``upstream_kernel=1`` (Debian's
+armmp kernel) the firmware looks for the mainline device tree names (bcm2837-rpi-3-b-plus.dtb);
+without it, for Raspberry Pi OS's own (bcm2710-rpi-3-b-plus.dtb).
+
+The Debian armhf base is ARMv7: it is for the Pi 2, 3, 3B+, Zero 2 and 4 (32-bit), not
+the ARMv6 Pi 1 and Zero, which need Raspberry Pi OS. (Bullseye's 5.10 kernel has no
+device tree for the Zero 2 yet, so an image for it is refused too.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pibake import boards
+from pibake.errors import PibakeError
+from pibake.isa import Arch
+
+# A line of config.txt that says which board pibake wrote it for (read back by `image check`).
+BOARD_MARK = "# pibake board:"
+
+
+@dataclass(frozen=True)
+class BoardBoot:
+    """How the firmware boots one board."""
+
+    # The device tree the firmware picks with upstream_kernel=1 (mainline name), and without it.
+    upstream_dtb: str
+    downstream_dtb: str
+    # GPU firmware files that must be on the FAT partition.
+    firmware: tuple[str, ...]
+    # The kernel the firmware loads when config.txt names none (32-bit).
+    default_kernel: str
+    # The mainline kernel's name for the UART on the GPIO header ("serial0" on Raspberry Pi OS).
+    serial_console: str
+
+
+_PI123 = ("bootcode.bin", "start.elf", "fixup.dat")
+_PI4 = ("start4.elf", "fixup4.dat")
+
+BOARD_BOOT: dict[str, BoardBoot] = {
+    "pi1": BoardBoot("bcm2835-rpi-b-plus.dtb", "bcm2708-rpi-b-plus.dtb", _PI123, "kernel.img", "ttyAMA0"),
+    "pi-zero": BoardBoot("bcm2835-rpi-zero-w.dtb", "bcm2708-rpi-zero-w.dtb", _PI123, "kernel.img", "ttyS1"),
+    "pi2": BoardBoot("bcm2836-rpi-2-b.dtb", "bcm2709-rpi-2-b.dtb", _PI123, "kernel7.img", "ttyAMA0"),
+    # On the Pi 3 family and the Pi 4 the PL011 (ttyAMA0) drives Bluetooth; the header's
+    # UART is the mini UART, ttyS1 under the mainline device trees.
+    "pi3": BoardBoot("bcm2837-rpi-3-b.dtb", "bcm2710-rpi-3-b.dtb", _PI123, "kernel7.img", "ttyS1"),
+    "pi3b-plus": BoardBoot("bcm2837-rpi-3-b-plus.dtb", "bcm2710-rpi-3-b-plus.dtb", _PI123, "kernel7.img", "ttyS1"),
+    "pi-zero-2": BoardBoot("bcm2837-rpi-zero-2-w.dtb", "bcm2710-rpi-zero-2-w.dtb", _PI123, "kernel7.img", "ttyS1"),
+    "pi4": BoardBoot("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-4-b.dtb", _PI4, "kernel7l.img", "ttyS1"),
+}
+
+# ARMv7 boards whose device tree is not in bullseye's 5.10 armmp kernel (it arrived in Linux 5.16).
+NO_DEBIAN_DTB = {"pi-zero-2": "Linux 5.16"}
+
+# The emulated boards' serial line: QEMU's raspi2b, virt and vexpress all have a PL011 there.
+QEMU_CONSOLE = "ttyAMA0"
+
+
+def boot_of(board: str) -> BoardBoot:
+    boards.get(board)  # unknown names fail with the list of known boards
+    return BOARD_BOOT[board]
+
+
+def require_debian_board(name: str) -> boards.Board:
+    """The board, if the Debian armhf base can boot it; else a PibakeError saying what to use."""
+    board = boards.get(name)
+    if board.isa.arch < Arch.ARMV7:
+        raise PibakeError(
+            f"board {name} ({board.model}) has an {board.core} (ARMv6): Debian's armhf port is built for ARMv7, "
+            "so an image built from Debian cannot boot it. Use Raspberry Pi OS for this board "
+            "(`pibake image fetch`, then `pibake image prepare`), or build for " + ", ".join(debian_boards())
+        )
+    if name in NO_DEBIAN_DTB:
+        raise PibakeError(
+            f"board {name} ({board.model}) needs {boot_of(name).upstream_dtb}, which Debian bullseye's 5.10 armmp "
+            f"kernel does not ship (it arrived in {NO_DEBIAN_DTB[name]}): the firmware would find no device tree. "
+            "Use Raspberry Pi OS for this board (`pibake image fetch`, then `pibake image prepare`), or build for "
+            + ", ".join(debian_boards())
+        )
+    return board
+
+
+def debian_boards() -> list[str]:
+    """The boards an image built from the Debian armhf base boots."""
+    return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV7 and b not in NO_DEBIAN_DTB]
+
+
+def kernel_cmdline(root: str, board: str) -> str:
+    """cmdline.txt for BOARD, root= ROOT (e.g. PARTUUID=1234abcd-02).
+
+    Consoles: tty1 (HDMI) and the board's header UART on the real Pi, and ttyAMA0 last so
+    that /dev/console is the serial line QEMU logs. (On the Pi 3 and 4 ttyAMA0 is the
+    Bluetooth UART: kernel messages go there too, harmless without Bluetooth firmware.)
+    """
+    serial = boot_of(board).serial_console
+    consoles = ["console=tty1"]
+    if serial != QEMU_CONSOLE:
+        consoles.append(f"console={serial},115200")
+    consoles.append(f"console={QEMU_CONSOLE},115200")
+    return " ".join([*consoles, f"root={root}", "rootfstype=ext4", "fsck.repair=yes", "rootwait", "net.ifnames=0"])
+
+
+def config_txt(board: str, *, kernel: str, initrd: str) -> str:
+    """config.txt for the Debian armmp kernel on BOARD, as Debian's raspi-firmware writes it, plus the board mark."""
+    require_debian_board(board)
+    return (
+        "# Written by pibake for the Debian armmp kernel, as Debian's raspi-firmware does.\n"
+        f"{BOARD_MARK} {board}\n"
+        "# 32-bit kernel, even on a Pi 4 whose firmware would prefer a 64-bit one.\n"
+        "arm_64bit=0\n"
+        "# Mainline device tree names (bcm2837-rpi-3-b-plus.dtb, ...), as the armmp kernel ships them.\n"
+        "upstream_kernel=1\n"
+        "# The header UART at a fixed clock, so the serial console works.\n"
+        "enable_uart=1\n"
+        f"kernel={kernel}\n"
+        f"initramfs {initrd} followkernel\n"
+    )
+
+
+def recorded_board(config: str) -> str | None:
+    """The board pibake wrote CONFIG (a config.txt) for, or None."""
+    for line in config.splitlines():
+        if line.startswith(BOARD_MARK):
+            return line.removeprefix(BOARD_MARK).strip() or None
+    return None
