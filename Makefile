@@ -48,12 +48,12 @@ binfmt: apt-packages ## register qemu-arm with binfmt_misc so armhf binaries run
 	fi
 	@grep -q enabled /proc/sys/fs/binfmt_misc/qemu-arm
 
-venv: $(VENV)/.installed ## the Python venv with pibake and its test and dev tools
+venv: $(VENV)/.installed ## the Python venv with pibake, its test and dev tools, and TensorFlow (host-only model conversion)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,convert]'
 	@touch $@
 
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)

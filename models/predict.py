@@ -7,12 +7,12 @@ and on the Raspberry Pi guest (Debian bullseye: Python 3.9, numpy 1.19, Pillow
 and the TFLite interpreter.
 
 Usage:
-    python3 predict.py --model demo.tflite --labels labels.txt IMAGE [IMAGE...]
+    python3 predict.py --model car.tflite --labels labels.txt IMAGE [IMAGE...]
 
 Output (stdout, one line):
     {"runtime": "tflite_runtime 2.11.0",
-     "results": [{"image": "circle_1.png", "label": "circle",
-                  "probability": 0.99, "probabilities": [0.99, 0.005, 0.005]}]}
+     "results": [{"image": "car_1.png", "label": "car",
+                  "probability": 0.99, "probabilities": [0.99, 0.01]}]}
 
 Preprocessing (must match training): open, convert to RGB, resize to the
 model's input height x width with PIL's BILINEAR filter (skipped by Pillow

@@ -8,9 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pibake import __version__, boards
 from pibake.errors import PibakeError
+
+if TYPE_CHECKING:
+    from pibake.emulator import Guest
 
 log = logging.getLogger("pibake")
 
@@ -130,8 +134,28 @@ def _cmd_emulate_start(a: argparse.Namespace) -> int:
         inventory=None if a.no_inventory else a.inventory,
         kernel=a.kernel,
         dtb=a.dtb,
+        forward=_forwards(a),
     )
+    _print_guest(guest)
+    return 0
+
+
+def _forwards(a: argparse.Namespace) -> tuple[int, ...]:
+    from pibake import emulator
+
+    return emulator.DEFAULT_FORWARDS if a.forward is None else tuple(a.forward)
+
+
+def _print_guest(guest: Guest) -> None:
     print(f"{guest.name}: ssh -p {guest.ssh_port} {guest.user}@127.0.0.1 (booted in {guest.boot_seconds:.1f} s)")
+    for gp, hp in sorted(guest.forwards.items()):
+        print(f"  guest port {gp}: 127.0.0.1:{hp}")
+
+
+def _cmd_emulate_reboot(a: argparse.Namespace) -> int:
+    from pibake import emulator
+
+    _print_guest(emulator.reboot(a.name, timeout=a.timeout))
     return 0
 
 
@@ -162,7 +186,15 @@ def _cmd_emulate_run(a: argparse.Namespace) -> int:
 
     profile, cpu = _emulation(a)
     return emulator.run_foreground(
-        a.image, profile=profile, cpu=cpu, board=a.board, name=a.name, persist=a.persist, kernel=a.kernel, dtb=a.dtb
+        a.image,
+        profile=profile,
+        cpu=cpu,
+        board=a.board,
+        name=a.name,
+        persist=a.persist,
+        kernel=a.kernel,
+        dtb=a.dtb,
+        forward=_forwards(a),
     )
 
 
@@ -170,9 +202,14 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from pibake import demo
 
     res = demo.demo(project=a.project, board=a.board, profile=a.profile, cpu=a.cpu, output=a.output)
-    print("\nPredictions of the demo model, run on the emulated Pi:")
+    print("\nPredictions of the demo model, run on the emulated Pi (predict.py, then the service's POST /predict):")
+    served = {str(p["image"]): p for p in res.served}
     for p in res.predictions:
-        print(f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}")
+        s = served.get(str(p["image"]), {})
+        print(
+            f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}"
+            + (f"   service: {s['label']} {s['probability']:.4f} (model version {s.get('version')})" if s else "")
+        )
     print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
     print(f"  manifest {res.manifest}" + (f", bmap {res.bmap}" if res.bmap else ""))
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
@@ -430,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--dtb", type=Path, default=None, help="device tree instead of the one on the image's boot partition"
         )
+        p.add_argument(
+            "--forward",
+            type=int,
+            action="append",
+            default=None,
+            metavar="PORT",
+            help="forward the guest's TCP PORT to a free port on 127.0.0.1 (repeatable; `emulate status` shows "
+            "where; default: 8000, the inference service)",
+        )
         _add_guest_options(p)
         if action == "start":
             p.add_argument("--memory", type=int, default=None, metavar="MIB", help="guest RAM (default: the profile's)")
@@ -460,6 +506,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for a clean shutdown (default: %(default)s)",
     )
     p.set_defaults(func=_cmd_emulate_stop)
+    p = emu_sub.add_parser(
+        "reboot",
+        help="power the guest off cleanly and boot it again from the same disk and ports",
+        description="Shut the guest down cleanly (as `stop` does) but keep its overlay, then boot it again with the "
+        "same profile, CPU, ports and disk and wait for SSH: proves that what was provisioned comes up at boot. "
+        "(The emulated boards run with -no-reboot, so a reboot inside the guest ends qemu.)",
+    )
+    _add_guest_options(p)
+    p.add_argument(
+        "--timeout", type=float, default=300, metavar="S", help="give up waiting for SSH after S seconds (default: 300)"
+    )
+    p.set_defaults(func=_cmd_emulate_reboot)
     p = emu_sub.add_parser("status", help="is the guest running, and where is its SSH port and serial log")
     _add_guest_options(p)
     p.add_argument("--json", action="store_true", help="print the guest's state as JSON (for scripts and Molecule)")

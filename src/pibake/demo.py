@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from pibake.proc import run
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "/opt/pibake/model"
+# The model role's current version (versions/<version>, switched by a symlink).
+MODEL_DIR = "/opt/pibake/model/current"
+# The inference service's port on the guest (pibake.raspberry.inference_service), forwarded by the emulator.
+SERVICE_PORT = 8000
 
 
 @dataclass
@@ -28,6 +32,8 @@ class DemoResult:
     manifest: Path
     bmap: Path | None
     timings: dict[str, float] = field(default_factory=dict)
+    # The inference service's answers to POST /predict for the same samples (through the forwarded port).
+    served: list[dict[str, object]] = field(default_factory=list)
 
 
 def _tool(name: str) -> str:
@@ -51,7 +57,7 @@ def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | No
 
 def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:
     cmd = (
-        f"python3 {model_dir}/predict.py --model {model_dir}/demo.tflite --labels {model_dir}/labels.txt "
+        f"python3 {model_dir}/predict.py --model {model_dir}/car.tflite --labels {model_dir}/labels.txt "
         f"{model_dir}/samples/*.png"
     )
     code, out = emulator.ssh_run(guest, cmd, timeout=300)
@@ -62,6 +68,27 @@ def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[
     except (ValueError, IndexError) as e:
         raise PibakeError(f"predict.py printed no JSON on the guest:\n{out[-2000:]}") from e
     return result
+
+
+def predict_with_service(
+    guest: emulator.Guest, samples: list[Path], *, port: int = SERVICE_PORT
+) -> list[dict[str, object]]:
+    """POST each sample to the inference service on the guest, from this machine."""
+    url = f"http://127.0.0.1:{guest.host_port(port)}/predict"
+    answers: list[dict[str, object]] = []
+    for sample in samples:
+        req = urllib.request.Request(
+            url, data=sample.read_bytes(), headers={"Content-Type": "image/png"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as reply:  # noqa: S310
+                answer = json.loads(reply.read())
+        except (OSError, ValueError) as e:
+            raise PibakeError(
+                f"the inference service on the guest did not answer /predict for {sample.name}: {e}"
+            ) from e
+        answers.append({"image": sample.name, **answer})
+    return answers
 
 
 def demo(
@@ -106,11 +133,14 @@ def demo(
         timings["boot"] = time.monotonic() - t0
         try:
             t0 = time.monotonic()
-            provision(project, inventory, extra_vars={"model_dest_dir": MODEL_DIR})
+            provision(project, inventory)
             timings["provision"] = time.monotonic() - t0
             t0 = time.monotonic()
             result = predict_on_guest(guest)
             timings["inference"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            served = predict_with_service(guest, sorted((project / "models" / "samples").glob("*.png")))
+            timings["service"] = time.monotonic() - t0
         finally:
             t0 = time.monotonic()
             stopped = emulator.stop(name)
@@ -137,4 +167,5 @@ def demo(
         manifest=done.manifest_file,
         bmap=done.bmap_file,
         timings=timings,
+        served=served,
     )

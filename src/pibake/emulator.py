@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -33,6 +33,8 @@ from pibake.proc import run
 log = logging.getLogger(__name__)
 
 POWER_DOWN_MARK = "reboot: Power down"
+# Guest ports forwarded by default: the inference service (Triton's HTTP port).
+DEFAULT_FORWARDS: tuple[int, ...] = (8000,)
 SERIAL_TAIL = 30
 
 # Children started by this process, so we can reap them (a dead child is a zombie
@@ -56,6 +58,21 @@ class Guest:
     started_at: float
     boot_seconds: float = 0.0
     board: str | None = None
+    # Guest TCP port (as a string: JSON keys) -> the host port on 127.0.0.1 it is forwarded to.
+    forwards: dict[str, int] = field(default_factory=dict)
+    # What a reboot needs to boot the same way again.
+    memory_mb: int | None = None
+    kernel: str | None = None
+    dtb: str | None = None
+
+    def host_port(self, guest_port: int) -> int:
+        try:
+            return self.forwards[str(guest_port)]
+        except KeyError:
+            raise PibakeError(
+                f"guest {self.name} has no forward for its port {guest_port} "
+                f"(forwarded: {', '.join(self.forwards) or 'none'}); start it with --forward {guest_port}"
+            ) from None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -79,7 +96,8 @@ class Status:
         return (
             f"{g.name}: {state}, pid {g.pid}, profile {g.profile} cpu {g.cpu}\n"
             f"  ssh: ssh -p {g.ssh_port} -i {g.private_key} {g.user}@127.0.0.1\n"
-            f"  image: {g.image}{' (overlay ' + g.overlay + ')' if g.overlay else ' (persistent)'}\n"
+            + "".join(f"  port {gp}: 127.0.0.1:{hp}\n" for gp, hp in sorted(g.forwards.items()))
+            + f"  image: {g.image}{' (overlay ' + g.overlay + ')' if g.overlay else ' (persistent)'}\n"
             f"  serial log: {g.serial_log}"
         )
 
@@ -335,9 +353,17 @@ def start(
     inventory: Path | None = None,
     kernel: Path | None = None,
     dtb: Path | None = None,
+    forward: tuple[int, ...] = DEFAULT_FORWARDS,
+    _reuse: Guest | None = None,
 ) -> Guest:
-    """Boot IMAGE in the background and return once SSH answers."""
+    """Boot IMAGE in the background and return once SSH answers.
+
+    FORWARD: guest TCP ports reachable on 127.0.0.1 (each at a free host port, in Guest.forwards).
+    """
     image = image.resolve()
+    for gp in forward:
+        if not 0 < gp < 65536 or gp == 22:
+            raise PibakeError(f"cannot forward guest port {gp}: give a TCP port from 1 to 65535 other than 22 (SSH)")
     if not image.is_file():
         raise PibakeError(f"no image at {image}: build one with `make image` (pibake image build)")
     read_mbr(image)
@@ -351,6 +377,11 @@ def start(
             f"guest {name} is already running (pid {current.guest.pid}, ssh port {current.guest.ssh_port}); "
             f"stop it with `pibake emulate stop --name {name}` or choose another --name"
         )
+    kept_overlay: Path | None = None
+    if _reuse is not None and _reuse.overlay and Path(_reuse.overlay).exists():
+        # A reboot: the overlay holds everything the guest wrote; keep it across the new state dir.
+        kept_overlay = sdir.with_name(f".{name}.overlay.qcow2")
+        Path(_reuse.overlay).replace(kept_overlay)
     if sdir.exists():
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
@@ -361,12 +392,21 @@ def start(
         drive, fmt = image, "raw"
     else:
         overlay = sdir / "overlay.qcow2"
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw", str(overlay)])
+        if kept_overlay is not None:
+            kept_overlay.replace(overlay)
+        else:
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw", str(overlay)])
         drive, fmt = overlay, "qcow2"
     serial = sdir / "serial.log"
     guest: Guest | None = None
-    for _attempt in range(3):
-        port = free_port()
+    for attempt in range(3):
+        if _reuse is not None and attempt == 0:
+            # Same ports as before the reboot, so inventories and URLs stay valid.
+            port = _reuse.ssh_port
+            forwards = {str(gp): _reuse.forwards.get(str(gp)) or free_port() for gp in forward}
+        else:
+            port = free_port()
+            forwards = {str(gp): free_port() for gp in forward}
         launch = profiles.Launch(
             kernel=boot.kernel,
             initrd=boot.initrd,
@@ -380,6 +420,7 @@ def start(
             pidfile=sdir / "qemu.pid",
             cpu=cpu,
             memory_mb=memory_mb,
+            forwards=tuple((hp, int(gp)) for gp, hp in forwards.items()),
         )
         argv = profiles.qemu_command(prof, launch)
         log.info(
@@ -406,6 +447,10 @@ def start(
             inventory=str(inventory.resolve()) if inventory else None,
             started_at=time.time(),
             board=board,
+            forwards=forwards,
+            memory_mb=memory_mb,
+            kernel=str(kernel) if kernel else None,
+            dtb=str(dtb) if dtb else None,
         )
         (sdir / "state.json").write_text(guest.to_json())
         time.sleep(0.5)
@@ -467,7 +512,7 @@ def _wait_exit(pid: int, sdir: Path, seconds: float) -> bool:
     return not _alive(pid, sdir)
 
 
-def stop(name: str, *, timeout: float = 120) -> Stopped:
+def stop(name: str, *, timeout: float = 120, keep_disk: bool = False) -> Stopped:
     """Shut the guest down: poweroff over SSH, else ACPI power button, else kill.
 
     clean is True when the guest powered itself off (its kernel printed the power-down
@@ -505,9 +550,40 @@ def stop(name: str, *, timeout: float = 120) -> Stopped:
     if guest.inventory:
         ansible_inventory.remove_host(Path(guest.inventory), name)
     (sdir / "state.json").unlink(missing_ok=True)
-    if guest.overlay:
+    if guest.overlay and not keep_disk:
         Path(guest.overlay).unlink(missing_ok=True)
     return Stopped(name, was_running=was_running, clean=clean, seconds=time.monotonic() - t0)
+
+
+def reboot(name: str, *, timeout: float = 300) -> Guest:
+    """Power the guest off cleanly and boot it again from the same disk, ports and settings.
+
+    The emulated boards run with -no-reboot (a guest reboot ends qemu rather than looping on
+    a broken kernel), so this is how to prove that what was provisioned comes up at boot.
+    """
+    guest = _load(name)
+    if guest is None or not _alive(guest.pid, state_dir(name)):
+        raise PibakeError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
+    stopped = stop(name, keep_disk=True)
+    if not stopped.clean:
+        if guest.overlay:
+            Path(guest.overlay).unlink(missing_ok=True)
+        raise PibakeError(f"{name} did not power off cleanly; not booting it again (serial log {guest.serial_log})")
+    return start(
+        Path(guest.image),
+        profile=guest.profile,
+        cpu=guest.cpu,
+        board=guest.board,
+        name=name,
+        persist=guest.overlay is None,
+        memory_mb=guest.memory_mb,
+        timeout=timeout,
+        inventory=Path(guest.inventory) if guest.inventory else None,
+        kernel=Path(guest.kernel) if guest.kernel else None,
+        dtb=Path(guest.dtb) if guest.dtb else None,
+        forward=tuple(int(gp) for gp in guest.forwards),
+        _reuse=guest,
+    )
 
 
 # ---------------------------------------------------------------- interactive
@@ -540,12 +616,24 @@ def run_foreground(
     board: str | None = None,
     kernel: Path | None = None,
     dtb: Path | None = None,
+    forward: tuple[int, ...] = DEFAULT_FORWARDS,
 ) -> int:
     """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
     guest = start(
-        image, profile=profile, cpu=cpu, name=name, persist=persist, inventory=Path("inventories/qemu/hosts.yml")
+        image,
+        profile=profile,
+        cpu=cpu,
+        board=board,
+        name=name,
+        persist=persist,
+        inventory=Path("inventories/qemu/hosts.yml"),
+        kernel=kernel,
+        dtb=dtb,
+        forward=forward,
     )
     print(f"{name} is up: `pibake emulate ssh --name {name}` or ssh -p {guest.ssh_port} {guest.user}@127.0.0.1")
+    for gp, hp in sorted(guest.forwards.items()):
+        print(f"  guest port {gp}: 127.0.0.1:{hp}")
     print("Ctrl-C shuts it down cleanly.")
     try:
         while _alive(guest.pid, state_dir(name)):

@@ -171,8 +171,11 @@ def model_files(root: ExtFs, work: Path) -> dict[str, Any] | None:
         return None
     local = root.rdump(MODEL_DIR, work / "model-dump")
     files = {str(p.relative_to(local)): sha256_file(p) for p in local.rglob("*") if p.is_file() and not p.is_symlink()}
+    current = local / "current"
     return {
         "path": MODEL_DIR,
+        # The model role's current version: the target of MODEL_DIR/current (versions/<version>).
+        "current": str(current.readlink()) if current.is_symlink() else None,
         "sha256": tree_digest(files),
         "files": [{"path": path, "sha256": digest} for path, digest in sorted(files.items())],
     }

@@ -122,6 +122,8 @@ class Launch:
     cpu: str | None = None
     memory_mb: int | None = None
     dtb: Path | None = None
+    # (host port, guest port) pairs forwarded on 127.0.0.1 besides SSH.
+    forwards: tuple[tuple[int, int], ...] = ()
 
 
 def qemu_command(profile: Profile, launch: Launch) -> list[str]:
@@ -131,7 +133,9 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
         raise PibakeError(f"profile {profile.name} takes 64 to {profile.max_memory_mb} MiB of RAM, not {memory}")
     if profile.dtb and launch.dtb is None:
         raise PibakeError(f"profile {profile.name} boots with the device tree {profile.dtb}, and none was given")
-    hostfwd = f"hostfwd=tcp:127.0.0.1:{launch.ssh_port}-:22"
+    hostfwd = ",".join(
+        f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ((launch.ssh_port, 22), *launch.forwards)
+    )
     argv = ["qemu-system-arm", "-M", profile.machine]
     if profile.fixed_soc:
         if launch.cpu not in (None, profile.cpu) or launch.memory_mb not in (None, profile.memory_mb):

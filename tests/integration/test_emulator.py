@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,9 +74,42 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     assert len(qemu_processes(str(emulator.state_dir("it-overlay")))) == 1
     code, _ = emulator.ssh_run(guest, "echo scratch | sudo tee /root/scratch && sync")
     assert code == 0
+
+    # A reboot powers off cleanly and boots the same overlay on the same ports.
+    res = run_cli(["emulate", "reboot", "--name", "it-overlay"])
+    assert res.code == 0, res.err
+    again = emulator.status("it-overlay").guest
+    assert again is not None and again.pid != guest.pid
+    assert (again.ssh_port, again.forwards, again.overlay) == (guest.ssh_port, guest.forwards, guest.overlay)
+    assert len(qemu_processes(str(emulator.state_dir("it-overlay")))) == 1
+    code, out = emulator.ssh_run(again, "sudo cat /root/scratch")
+    assert (code, out.strip()) == (0, "scratch")
+
+    # Guest port 8000 (the inference service's) is forwarded to the host port status names.
+    code, _ = emulator.ssh_run(
+        again,
+        "mkdir -p /tmp/www && echo forwarded > /tmp/www/probe.txt && "
+        "(cd /tmp/www && setsid nohup python3 -m http.server 8000 </dev/null >/dev/null 2>&1 &) && sleep 3",
+    )
+    assert code == 0
+    url = f"http://127.0.0.1:{again.host_port(8000)}/probe.txt"
+    body = ""
+    for _ in range(20):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = r.read().decode()
+            break
+        except OSError:
+            time.sleep(1)
+    assert body.strip() == "forwarded"
+    with pytest.raises(PibakeError, match="--forward 9000"):
+        again.host_port(9000)
+
     assert emulator.stop("it-overlay").clean
     assert not Path(guest.overlay).exists()
     assert sha256_file(base_image) == before
+    res = run_cli(["emulate", "reboot", "--name", "it-overlay"])
+    assert res.code == 2 and "not running" in res.err
 
 
 def test_timeout_quotes_the_serial_log_and_leaves_no_qemu(base_image: Path, stop_guests: list[str]) -> None:

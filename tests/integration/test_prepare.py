@@ -53,7 +53,7 @@ def _fsck_clean(image: Path) -> None:
 
 def _provision_model(image: Path) -> dict[str, bytes]:
     """What Ansible's model role leaves behind, written as it would be (a change finalize must keep)."""
-    files = {"/opt/pibake/model/demo.tflite": b"TFL3" + bytes(2000), "/opt/pibake/model/labels.txt": b"cat\ndog\n"}
+    files = {"/opt/pibake/model/car.tflite": b"TFL3" + bytes(2000), "/opt/pibake/model/labels.txt": b"cat\ndog\n"}
     ExtFs.partition(image, 2).apply(
         [
             MakeDir("/opt"),
@@ -121,7 +121,7 @@ def test_raspios_round_trip_changes_only_what_was_asked(raspios_image: Path, tmp
         "root:/opt",
         "root:/opt/pibake",
         "root:/opt/pibake/model",
-        "root:/opt/pibake/model/demo.tflite",
+        "root:/opt/pibake/model/car.tflite",
         "root:/opt/pibake/model/labels.txt",
     }
     # ...and the emulation tweaks are gone byte for byte, with the original owner and mode.

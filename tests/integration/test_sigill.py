@@ -68,7 +68,7 @@ def guest_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy2(wheel, root / "tmp" / wheel.name)
         work = root / GUEST_DIR.lstrip("/")
         work.mkdir(parents=True)
-        for name in ("predict.py", "demo.tflite", "labels.txt"):
+        for name in ("predict.py", "car.tflite", "labels.txt"):
             shutil.copy2(MODELS / name, work / name)
         shutil.copytree(MODELS / "samples", work / "samples")
         res = in_chroot(
@@ -87,7 +87,7 @@ def predict_in_guest(root: Path, cpu: str) -> subprocess.CompletedProcess[str]:
             "python3",
             f"{GUEST_DIR}/predict.py",
             "--model",
-            f"{GUEST_DIR}/demo.tflite",
+            f"{GUEST_DIR}/car.tflite",
             "--labels",
             f"{GUEST_DIR}/labels.txt",
             *(f"{GUEST_DIR}/samples/{name}" for name in SAMPLES),
@@ -104,7 +104,7 @@ def host_result() -> dict[str, Any]:
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)
     result: dict[str, Any] = predict.predict(
-        str(MODELS / "demo.tflite"), str(MODELS / "labels.txt"), [str(MODELS / "samples" / n) for n in SAMPLES]
+        str(MODELS / "car.tflite"), str(MODELS / "labels.txt"), [str(MODELS / "samples" / n) for n in SAMPLES]
     )
     return result
 

@@ -43,6 +43,16 @@ def test_virt_profile_gives_a_vfpv4_neon_cpu_with_virtio_and_loopback_ssh(tmp_pa
     assert "-no-reboot" in argv
 
 
+def test_extra_ports_are_forwarded_on_loopback_next_to_ssh(tmp_path: Path) -> None:
+    argv = profiles.qemu_command(profiles.load("virt"), _launch(tmp_path, forwards=((41000, 8000), (41001, 9090))))
+    assert (
+        "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:41000-:8000,hostfwd=tcp:127.0.0.1:41001-:9090"
+        in argv
+    )
+    argv = profiles.qemu_command(profiles.load("raspi2b"), _launch(tmp_path, forwards=((41000, 8000),), dtb=tmp_path))
+    assert "user,id=n0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:41000-:8000" in argv
+
+
 def test_cpu_and_memory_can_be_chosen_within_the_profile(tmp_path: Path) -> None:
     prof = profiles.load("virt")
     argv = profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a7", memory_mb=2048))

@@ -37,7 +37,10 @@ WHEEL_PATH = f"{RUNTIME['python_runtime_target_wheel_dir']}/" + (
     f"tflite_runtime-{RUNTIME_VERSION}-{RUNTIME['python_runtime_python_tag']}-"
     f"{RUNTIME['python_runtime_python_tag']}-{RUNTIME['python_runtime_platform_tag']}.whl"
 )
-MODEL_DIR: str = MODEL["model_dest_dir"]
+MODEL_ROOT: str = MODEL["model_root"]
+MODEL_DIR = f"{MODEL_ROOT}/current"
+MODEL_FILE: str = MODEL["model_file"]
+MODEL_VERSION = (MODELS / "VERSION").read_text().split()[0]
 SAMPLES = sorted(MODELS.glob("samples/*.png"))
 
 
@@ -60,7 +63,7 @@ def host_report() -> dict[str, Any]:
     """The reference: the model run on the controller over every sample."""
     assert SAMPLES, f"no sample images in {MODELS / 'samples'}"
     predict = _load_predict()
-    return predict(str(MODELS / "demo.tflite"), str(MODELS / "labels.txt"), [str(p) for p in SAMPLES])
+    return predict(str(MODELS / MODEL_FILE), str(MODELS / "labels.txt"), [str(p) for p in SAMPLES])
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def guest_report(host: Any) -> dict[str, Any]:
     cmd = host.run(
         "python3 %s --model %s --labels %s" + " %s" * len(images),
         f"{MODEL_DIR}/predict.py",
-        f"{MODEL_DIR}/demo.tflite",
+        f"{MODEL_DIR}/{MODEL_FILE}",
         f"{MODEL_DIR}/labels.txt",
         *images,
     )
@@ -98,7 +101,7 @@ def test_runtime_imports_with_the_system_python(host: Any) -> None:
     assert cmd.stdout.strip() == RUNTIME_VERSION
 
 
-MODEL_FILES = [("demo.tflite", 0o644), ("labels.txt", 0o644), ("predict.py", 0o755)] + [
+MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644), ("predict.py", 0o755)] + [
     (f"samples/{p.name}", 0o644) for p in SAMPLES
 ]
 
@@ -113,9 +116,24 @@ def test_model_files_are_installed(host: Any, name: str, mode: int) -> None:
     assert installed.sha256sum == hashlib.sha256((MODELS / name).read_bytes()).hexdigest()
 
 
+def test_the_current_model_is_the_sources_version_and_verifies(host: Any) -> None:
+    current = host.file(MODEL_DIR)
+    assert current.is_symlink
+    assert current.linked_to == f"{MODEL_ROOT}/versions/{MODEL_VERSION}"
+    check = host.run("cd %s && sha256sum --check --strict --quiet SHA256SUMS", MODEL_DIR)
+    assert check.rc == 0, check.stdout + check.stderr
+
+
 def test_guest_classifies_every_sample(guest_report: dict[str, Any]) -> None:
     assert sorted(_by_image(guest_report)) == [p.name for p in SAMPLES]
     assert guest_report["runtime"].startswith("tflite_runtime ")
+
+
+def test_guest_labels_every_sample_as_its_name_says(guest_report: dict[str, Any]) -> None:
+    # samples/<label>_<n>.png
+    assert {image: r["label"] for image, r in _by_image(guest_report).items()} == {
+        p.name: p.stem.rsplit("_", 1)[0] for p in SAMPLES
+    }
 
 
 def test_guest_labels_match_the_host(guest_report: dict[str, Any], host_report: dict[str, Any]) -> None:

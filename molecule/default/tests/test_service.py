@@ -1,0 +1,78 @@
+"""The inference service on the emulated Pi: a sandboxed systemd service that answers /predict,
+the Open Inference Protocol v2 (tritonclient with its defaults), and survives malformed requests.
+
+Runs in both verify runs: after converge, and after side_effect's reboot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from verify_helpers import REPO, rebooted, serve_client
+
+SERVICE = yaml.safe_load((REPO / "roles/inference_service/defaults/main.yml").read_text())
+UNIT: str = SERVICE["inference_service_unit_name"]
+USER: str = SERVICE["inference_service_user"]
+SAMPLES = serve_client.sample_images()
+
+
+@pytest.fixture(scope="module")
+def client(service_url: str) -> Any:
+    c = serve_client.ServeClient(service_url)
+    # After a reboot the service may still be loading the model: give it the unit's start timeout.
+    c.wait_ready(timeout=SERVICE["inference_service_start_timeout"])
+    return c
+
+
+def test_service_is_enabled_and_running_as_its_own_user(host: Any) -> None:
+    service = host.service(UNIT)
+    assert service.is_enabled
+    assert service.is_running
+    pid = host.check_output("systemctl show -p MainPID --value %s", UNIT)
+    assert host.check_output("ps -o user= -p %s", pid) == USER
+    assert host.user(USER).shell in ("/usr/sbin/nologin", "/bin/false")
+
+
+def test_service_is_sandboxed(host: Any) -> None:
+    props = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show %s -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p ProtectHome -p Restart", UNIT
+        ).splitlines()
+    )
+    assert props == {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "ProtectHome": "yes",
+        "Restart": "on-failure",
+    }
+
+
+def test_service_came_back_by_itself_after_the_reboot(host: Any) -> None:
+    if not rebooted():
+        pytest.skip("before side_effect's reboot: the next verify run checks this")
+    # Started at boot by systemd, not by a handler: no restart in this boot, and running since shortly after it.
+    assert host.check_output("systemctl show -p NRestarts --value %s", UNIT) == "0"
+    assert host.service(UNIT).is_running
+    uptime = float(host.check_output("cut -d' ' -f1 /proc/uptime"))
+    assert uptime < 3600, f"the guest has been up {uptime:.0f} s: side_effect did not reboot it"
+
+
+def test_health_predict_and_open_inference_protocol(client: Any) -> None:
+    serve_client.check_service(client, SAMPLES)
+
+
+def test_tritonclient_with_its_default_settings(client: Any) -> None:
+    serve_client.check_tritonclient(client, SAMPLES)
+
+
+def test_malformed_requests_get_4xx_and_the_service_stays_healthy(host: Any, client: Any) -> None:
+    pid_before = host.check_output("systemctl show -p MainPID --value %s", UNIT)
+    report = serve_client.run_fuzz(client, SAMPLES, count=300)
+    assert report.sent >= 300
+    assert not report.failures, report.summary()
+    serve_client.check_service(client, SAMPLES[:2])
+    assert host.check_output("systemctl show -p MainPID --value %s", UNIT) == pid_before  # never restarted
