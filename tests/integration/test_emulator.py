@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -85,22 +86,26 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     code, out = emulator.ssh_run(again, "sudo cat /root/scratch")
     assert (code, out.strip()) == (0, "scratch")
 
-    # Guest port 8000 (the inference service's) is forwarded to the host port status names.
-    code, _ = emulator.ssh_run(
-        again,
-        "mkdir -p /tmp/www && echo forwarded > /tmp/www/probe.txt && "
-        "(cd /tmp/www && setsid nohup python3 -m http.server 8000 </dev/null >/dev/null 2>&1 &) && sleep 3",
+    # Guest port 8000 (the inference service's) is forwarded to the host port status names: a one-shot
+    # server on the guest (in the foreground of an SSH command, in a thread here) answers one request.
+    serve = (
+        "mkdir -p /tmp/www && echo forwarded > /tmp/www/probe.txt && cd /tmp/www && timeout 120 python3 -c "
+        "'import http.server as h; s = h.HTTPServer((\"\", 8000), h.SimpleHTTPRequestHandler); s.handle_request()'"
     )
-    assert code == 0
+    served: list[tuple[int, str]] = []
+    server = threading.Thread(target=lambda: served.append(emulator.ssh_run(again, serve, timeout=180)))
+    server.start()
     url = f"http://127.0.0.1:{again.host_port(8000)}/probe.txt"
     body = ""
-    for _ in range(20):
+    for _ in range(60):
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
                 body = r.read().decode()
             break
         except OSError:
             time.sleep(1)
+    server.join(timeout=200)
+    assert served and served[0][0] == 0, served
     assert body.strip() == "forwarded"
     with pytest.raises(PibakeError, match="--forward 9000"):
         again.host_port(9000)
