@@ -8,6 +8,7 @@ guest on the version it started with).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -50,18 +51,7 @@ def fleet(guest: emulator.Guest, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """An inventory of two hosts, pi-a and pi-b, that are both the emulated Pi."""
     inv = tmp_path_factory.mktemp("fleet") / "hosts.yml"
     for name in ("pi-a", "pi-b"):
-        ansible_inventory.add_host(
-            inv,
-            ansible_inventory.Host(
-                name=name,
-                port=guest.ssh_port,
-                user=guest.user,
-                private_key=Path(guest.private_key),
-                profile=guest.profile,
-                cpu=guest.cpu,
-                board=guest.board,
-            ),
-        )
+        ansible_inventory.add_host(inv, dataclasses.replace(emulator._inventory_host(guest), name=name))
     shutil.copytree(REPO / "inventories/qemu/group_vars", inv.parent / "group_vars")
     return inv
 
