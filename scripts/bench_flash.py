@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pibake import bmap, flash
-from pibake.proc import run
+from pibake.flash import bmap
+from pibake.flash import writer as flash
+from pibake.util.proc import run
 
 MIB = 1 << 20
 CHUNK = 4 * MIB

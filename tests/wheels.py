@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pibake.cache import sha256_file
+from pibake.util.cache import sha256_file
 
 TFLITE_VERSION = "2.11.0"
 TFLITE_WHEEL = f"tflite_runtime-{TFLITE_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"

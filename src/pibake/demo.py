@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pibake import boards, emulator, finalize, image, prepare, profiles, sshkey
+from pibake import boards
+from pibake.emulate import guest as emulator
+from pibake.emulate import profiles, sshkey
+from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
-from pibake.proc import run
+from pibake.image import build as image
+from pibake.image import finalize, prepare
+from pibake.provision import provision
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +38,12 @@ class DemoResult:
     served: list[dict[str, object]] = field(default_factory=list)
 
 
-def _tool(name: str) -> str:
-    """A tool from this interpreter's venv first, then from PATH."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which(name, path=path)
-    if not found:
-        raise PibakeError(f"{name} not found: install pibake with its dependencies (`make venv`)")
-    return found
-
-
-def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | None = None) -> str:
-    """Run site.yml against INVENTORY, streaming Ansible's output; return that output."""
-    argv = [_tool("ansible-playbook"), str(project / "site.yml"), "-i", str(inventory)]
-    for key, value in (extra_vars or {}).items():
-        argv += ["-e", f"{key}={value}"]
-    # Unbuffered, so each task shows as it happens rather than in blocks.
-    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "PYTHONUNBUFFERED": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    return run(argv, cwd=project, env=env, stream=True)
-
-
 def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:
     cmd = (
         f"python3 {model_dir}/predict.py --model {model_dir}/car.tflite --labels {model_dir}/labels.txt "
         f"{model_dir}/samples/*.png"
     )
-    code, out = emulator.ssh_run(guest, cmd, timeout=300)
+    code, out = ssh_run(guest, cmd, timeout=300)
     if code != 0:
         raise PibakeError(f"the model did not run on the guest (exit {code}):\n{out[-2000:]}")
     try:

@@ -22,9 +22,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.errors import PibakeError
-from pibake.proc import run
+from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _build_buildroot(profile: str, out: Path, *, sha256: str | None) -> None:
             f"buildroot/buildroot.lock pins Buildroot {lock['version']} without a sha256: pass --buildroot-sha256 HEX "
             "from the release announcement (or record it in the lock file)"
         )
-    from pibake import fetch
+    from pibake.image import fetch
 
     tarball = fetch.download(lock["url"], sha256=digest)
     src_parent = out / "src"

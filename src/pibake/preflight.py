@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import boards, isa, profiles
+from pibake import boards, isa
 from pibake.boards import Board
+from pibake.emulate import profiles
 from pibake.isa import Artifact, ElfObject, InstructionSet
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import emulator, image
+from pibake.emulate import guest as emulator
+from pibake.image import build as image
 from tests.conftest import REPO
 
 IMAGE = Path(os.environ.get("PIBAKE_IMAGE", REPO / "build" / "pibake-bullseye.img"))

@@ -10,7 +10,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.imagefs import ExtFs, FatFs
+from pibake.disk.ext4 import ExtFs
+from pibake.disk.fat import FatFs
 
 Snapshot = dict[str, tuple[object, ...]]
 

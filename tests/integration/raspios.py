@@ -16,7 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.imagefs import ExtFs, sync_range
+from pibake.disk.ext4 import ExtFs
+from pibake.disk.sparse import sync_range
 
 MIB = 1 << 20
 DISK_ID = 0x3A90E54F

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pibake import bench
+from pibake.bench import run as bench
 from tests.conftest import REPO, run_cli
 
 # Loop devices for the flash step, chroot and binfmt for qemu-user.

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pibake import piboot
+from pibake.boards import firmware as piboot
+from pibake.disk.layout import read_mbr
 from pibake.errors import PibakeError
-from pibake.finalize import finalize
-from pibake.layout import read_mbr
+from pibake.image.finalize import finalize
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.root

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pibake import emulator, image
-from pibake.cache import sha256_file
+from pibake.disk.fsck import check_filesystems
+from pibake.disk.layout import read_mbr
+from pibake.emulate import guest as emulator
+from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
-from pibake.layout import read_mbr
+from pibake.util.cache import sha256_file
 from tests.conftest import run_cli
 from tests.integration.conftest import qemu_processes
 
@@ -34,15 +36,15 @@ def test_boot_ssh_inventory_and_clean_shutdown(base_image: Path, tmp_path: Path,
     guest = st.guest
     assert len(qemu_processes(str(emulator.state_dir("it-boot")))) == 1
 
-    code, cpuinfo = emulator.ssh_run(guest, "cat /proc/cpuinfo")
+    code, cpuinfo = ssh_run(guest, "cat /proc/cpuinfo")
     assert code == 0
     features = next(line for line in cpuinfo.splitlines() if line.startswith("Features"))
     assert {"vfpv4", "neon"} <= set(features.split(":")[1].split())
-    code, out = emulator.ssh_run(
+    code, out = ssh_run(
         guest, "uname -m; python3 -c 'import sys, numpy; print(sys.version_info[:2], numpy.__version__)'"
     )
     assert out.split() == ["armv7l", "(3,", "9)", "1.19.5"]
-    code, out = emulator.ssh_run(guest, "findmnt -n -o SOURCE,FSTYPE /boot/firmware; sudo -n true && echo sudo-ok")
+    code, out = ssh_run(guest, "findmnt -n -o SOURCE,FSTYPE /boot/firmware; sudo -n true && echo sudo-ok")
     assert "vfat" in out and "sudo-ok" in out
 
     hosts = yaml.safe_load(inv.read_text())["raspberry_pi"]["hosts"]
@@ -56,7 +58,7 @@ def test_boot_ssh_inventory_and_clean_shutdown(base_image: Path, tmp_path: Path,
     assert not qemu_processes(str(emulator.state_dir("it-boot")))
     assert not inv.exists()  # the only host was removed
     assert emulator.POWER_DOWN_MARK in Path(guest.serial_log).read_text(errors="replace")
-    image.check_filesystems(disk, tmp_path)  # raises unless both filesystems are clean
+    check_filesystems(disk, tmp_path)  # raises unless both filesystems are clean
 
 
 def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
@@ -70,7 +72,7 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     assert res.code == 2
     assert "already running" in res.err
     assert len(qemu_processes(str(emulator.state_dir("it-overlay")))) == 1
-    code, _ = emulator.ssh_run(guest, "echo scratch | sudo tee /root/scratch && sync")
+    code, _ = ssh_run(guest, "echo scratch | sudo tee /root/scratch && sync")
     assert code == 0
 
     # A reboot powers off cleanly and boots the same overlay on the same ports.
@@ -80,7 +82,7 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     assert again is not None and again.pid != guest.pid
     assert (again.ssh_port, again.forwards, again.overlay) == (guest.ssh_port, guest.forwards, guest.overlay)
     assert len(qemu_processes(str(emulator.state_dir("it-overlay")))) == 1
-    code, out = emulator.ssh_run(again, "sudo cat /root/scratch")
+    code, out = ssh_run(again, "sudo cat /root/scratch")
     assert (code, out.strip()) == (0, "scratch")
 
     # Guest port 8000 (the inference service's) is forwarded to the loopback port status names, by the

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from pibake import fetch
-from pibake.cache import sha256_file
+from pibake.image import fetch
+from pibake.util.cache import sha256_file
 from tests.conftest import run_cli
 from tests.integration import raspios
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from pibake import bmap, flash
+from pibake.disk.layout import parse_mbr
 from pibake.errors import PibakeError
-from pibake.layout import parse_mbr
+from pibake.flash import bmap
+from pibake.flash import writer as flash
 from tests.conftest import REPO, run_cli
 
 pytestmark = [
@@ -303,7 +304,8 @@ def test_bmaptools_bmap_is_used(loop: MakeLoop, small_image: Path, tmp_path: Pat
 # parent can kill or interrupt it there, whatever the speed of the disk.
 CHILD = """
 import sys, time
-from pibake import cli, flash
+from pibake import cli
+from pibake.flash import writer as flash
 
 report = flash._Meter.report
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pibake import sshkey
-from pibake.emulator import parse_config_txt
-from pibake.layout import partuuid, read_mbr
+from pibake.boards.firmware import parse_config_txt
+from pibake.disk.layout import partuuid, read_mbr
+from pibake.emulate import sshkey
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.root

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pibake import emulator, kernel
+from pibake import kernel
+from pibake.emulate import guest as emulator
+from pibake.emulate.ssh import ssh_run
 from tests.conftest import run_cli
 from tests.integration.conftest import qemu_processes
 
@@ -41,7 +43,7 @@ def test_the_image_boots_without_initrd(
     name = f"it-kernel-{profile}"
     stop_guests.append(name)
     guest = emulator.start(base_image, profile=profile, name=name, kernel=build.kernel, dtb=build.dtb, inventory=None)
-    code, out = emulator.ssh_run(guest, "uname -r; cat /proc/cmdline; systemctl is-system-running --wait || true")
+    code, out = ssh_run(guest, "uname -r; cat /proc/cmdline; systemctl is-system-running --wait || true")
     assert code == 0
     release, cmdline, state = out.split("\n")[:3]
     assert release.startswith("6.1.")  # not the image's 5.10 armmp kernel

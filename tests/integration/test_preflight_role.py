@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import emulator
+from pibake.emulate import guest as emulator
+from pibake.emulate.ssh import ssh_run
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.emulator
@@ -35,6 +36,6 @@ def test_site_yml_stops_with_the_preflight_message_on_vexpress_a9(
     assert "tflite_runtime-2.11.0-cp39-cp39-manylinux2014_armv7l.whl" in out
     assert "VFPv4" in out
     # Stopped before anything was installed: the wheel is not on the guest.
-    _, listing = emulator.ssh_run(guest, "python3 -c 'import tflite_runtime' 2>&1; echo rc=$?")
+    _, listing = ssh_run(guest, "python3 -c 'import tflite_runtime' 2>&1; echo rc=$?")
     assert "rc=1" in listing
     assert emulator.stop("it-a9-role").clean

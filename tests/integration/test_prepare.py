@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pibake import bmap, finalize, prepare
-from pibake.cache import sha256_file
+from pibake.disk.ext4 import ExtFs, MakeDir, WriteFile
+from pibake.disk.fat import FatFs
+from pibake.disk.layout import read_mbr
 from pibake.errors import PibakeError
-from pibake.imagefs import ExtFs, FatFs, MakeDir, WriteFile
-from pibake.layout import read_mbr
+from pibake.flash import bmap
+from pibake.image import finalize, prepare
+from pibake.util.cache import sha256_file
 from tests.conftest import REPO, run_cli
 from tests.integration import raspios
 from tests.integration.imagetree import compare, snapshot

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pibake import emulator, profiles
+from pibake.emulate import guest as emulator
+from pibake.emulate import profiles
+from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
 from tests.conftest import run_cli
 from tests.integration.conftest import qemu_processes
@@ -23,7 +25,7 @@ MODELS = {
 
 
 def guest_features(guest: emulator.Guest) -> set[str]:
-    code, cpuinfo = emulator.ssh_run(guest, "cat /proc/cpuinfo")
+    code, cpuinfo = ssh_run(guest, "cat /proc/cpuinfo")
     assert code == 0
     line = next(ln for ln in cpuinfo.splitlines() if ln.startswith("Features"))
     return set(line.split(":", 1)[1].split())
@@ -47,7 +49,7 @@ def test_profile_boots_to_ssh_with_the_cpu_it_promises(
     assert guest is not None
     prof = profiles.load(profile)
     assert set(prof.features(cpu)) <= guest_features(guest)
-    code, model = emulator.ssh_run(guest, "tr -d '\\0' < /proc/device-tree/model; echo; ip -brief link")
+    code, model = ssh_run(guest, "tr -d '\\0' < /proc/device-tree/model; echo; ip -brief link")
     assert code == 0
     assert MODELS[profile] in model
     assert prof.guest_interface in model  # the NIC the profile names is the one the guest has

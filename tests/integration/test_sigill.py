@@ -21,7 +21,9 @@ from typing import Any
 
 import pytest
 
-from pibake import image, isa, preflight, profiles
+from pibake import isa, preflight
+from pibake.emulate import profiles
+from pibake.image import build as image
 from tests.conftest import REPO
 from tests.wheels import CORTEX_A9_FEATURES, tflite_armv7l_wheel
 

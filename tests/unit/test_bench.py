@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pibake import bench
-from pibake.bench import Step
+from pibake.bench import run as bench
+from pibake.bench.run import Step
 from pibake.errors import PibakeError
 from tests.wheels import TAG_ADVANCED_SIMD_ARCH, TAG_CPU_ARCH, TAG_FP_ARCH, elf32, make_wheel
 

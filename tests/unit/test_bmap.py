@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import bmap
 from pibake.errors import PibakeError
+from pibake.flash import bmap
 
 MIB = 1 << 20
 BS = bmap.DEFAULT_BLOCK_SIZE

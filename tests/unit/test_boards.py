@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import boards, isa, preflight, profiles
+from pibake import boards, isa, preflight
+from pibake.emulate import profiles
 from pibake.errors import PibakeError
 from pibake.isa import FP, SIMD, Arch
 from tests.wheels import tflite_armv7l_wheel

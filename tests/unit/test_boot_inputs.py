@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pibake.emulator import parse_config_txt
+from pibake.boards.firmware import parse_config_txt
 
 
 def test_config_txt_names_kernel_and_initramfs_like_the_firmware_reads_them() -> None:

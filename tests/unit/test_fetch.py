@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import fetch
 from pibake.errors import PibakeError
+from pibake.image import fetch
 
 MIB = 1 << 20
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pibake import bmap, flash
 from pibake.errors import PibakeError
-from pibake.flash import Disk, Holder, Mount, Partition
+from pibake.flash import bmap
+from pibake.flash import writer as flash
+from pibake.flash.writer import Disk, Holder, Mount, Partition
 from tests.conftest import run_cli
 
 MIB = 1 << 20

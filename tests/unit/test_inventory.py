@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from pibake import inventory
+from pibake.emulate import inventory
 
 
 def _host(name: str, port: int) -> inventory.Host:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pibake import isa, preflight, profiles
+from pibake import isa, preflight
+from pibake.emulate import profiles
 from pibake.errors import PibakeError
 from pibake.isa import FP, SIMD, Arch, InstructionSet
 from tests.conftest import run_cli

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from pibake.disk.layout import MIB, SECTOR, Layout, parse_mbr, partuuid, read_mbr
 from pibake.errors import PibakeError
-from pibake.layout import MIB, SECTOR, Layout, parse_mbr, partuuid, read_mbr
 
 
 def test_default_layout_matches_raspberry_pi_os() -> None:

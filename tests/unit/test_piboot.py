@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pibake import piboot
-from pibake.bootcheck import BootPartition, RootPartition, inspect, parse_ext_superblock, root_mismatch
-from pibake.emulator import parse_config_txt
+from pibake.boards import firmware as piboot
+from pibake.boards.firmware import parse_config_txt
 from pibake.errors import PibakeError
-from pibake.image import ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
+from pibake.image.build import ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
+from pibake.image.check import BootPartition, RootPartition, inspect, parse_ext_superblock, root_mismatch
 from tests.conftest import run_cli
 
 DEBIAN_BOARDS = ("pi2", "pi3", "pi3b-plus", "pi4")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pibake import finalize, prepare
+from pibake.disk.ext4 import DirEntry, parse_ls_p
 from pibake.errors import PibakeError
-from pibake.imagefs import DirEntry, parse_ls_p
+from pibake.image import finalize, prepare
 
 RASPIOS_CMDLINE = (
     "console=serial0,115200 console=tty1 root=PARTUUID=3a90e54f-02 rootfstype=ext4 fsck.repair=yes rootwait "

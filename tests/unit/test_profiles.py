@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pibake import profiles
+from pibake.emulate import profiles
 from pibake.errors import PibakeError
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pibake.cache import recipe_hash
+from pibake.disk.sparse import write_at
 from pibake.errors import PibakeError
-from pibake.image import DebianBase, ImageSpec, default_spec, fstab, kernel_cmdline, write_at
+from pibake.image.build import DebianBase, ImageSpec, default_spec, fstab, kernel_cmdline
+from pibake.util.cache import recipe_hash
 
 
 def test_recipe_hash_ignores_key_order_and_sees_every_value() -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pibake import boards, isa, profiles
+from pibake import boards, isa
+from pibake.emulate import profiles
 from pibake.isa import InstructionSet
 from tests.conftest import REPO
 from tests.wheels import (

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from verify_helpers import SERVICE_PORT
 
-from pibake import emulator
+from pibake.emulate import guest as emulator
 
 
 @pytest.fixture(scope="module")

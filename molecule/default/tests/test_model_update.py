@@ -21,8 +21,8 @@ import pytest
 import yaml
 from verify_helpers import REPO, rebooted, serve_client
 
-from pibake import emulator
-from pibake import inventory as ansible_inventory
+from pibake.emulate import guest as emulator
+from pibake.emulate import inventory as ansible_inventory
 
 MODELS = REPO / "models"
 MODEL = yaml.safe_load((REPO / "roles/model/defaults/main.yml").read_text())

@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 import requests
 
 from pibake import __version__
-from pibake.cache import cache_root, recipe_hash, sha256_file
+from pibake.disk.layout import MIB, parse_mbr
 from pibake.errors import PibakeError
-from pibake.image import publish
-from pibake.layout import MIB, parse_mbr
+from pibake.util.cache import cache_root, recipe_hash, sha256_file
+from pibake.util.publish import publish
 
 log = logging.getLogger(__name__)
 

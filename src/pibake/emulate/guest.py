@@ -22,13 +22,14 @@ from pathlib import Path
 
 import paramiko
 
-from pibake import inventory as ansible_inventory
-from pibake import profiles, sshkey
-from pibake.cache import cache_root
+from pibake.disk.layout import read_mbr
+from pibake.emulate import inventory as ansible_inventory
+from pibake.emulate import profiles, sshkey
+from pibake.emulate.boot import boot_inputs, check_power_of_two
+from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError
-from pibake.image import read_boot_file
-from pibake.layout import read_mbr
-from pibake.proc import run
+from pibake.util.cache import cache_root
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -168,162 +169,6 @@ def serial_tail(path: Path | str, lines: int = SERIAL_TAIL) -> str:
 
 
 # ---------------------------------------------------------------- start
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ssh_banner(port: int, timeout: float = 5.0) -> bool:
-    """True once the guest's sshd greets. QEMU's user network accepts on the host side
-    before the guest listens, so a successful connect alone proves nothing."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-class _AcceptHostKey(paramiko.MissingHostKeyPolicy):
-    """Guests make new host keys on each first boot and listen on loopback only."""
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        return None
-
-
-def _connect(port: int, user: str, key: Path, timeout: float = 30) -> paramiko.SSHClient:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_AcceptHostKey())
-    client.connect(
-        "127.0.0.1",
-        port=port,
-        username=user,
-        key_filename=str(key),
-        look_for_keys=False,
-        allow_agent=False,
-        timeout=timeout,
-        banner_timeout=timeout,
-        auth_timeout=timeout,
-    )
-    return client
-
-
-def ssh_run(guest: Guest, command: str, *, timeout: float = 120) -> tuple[int, str]:
-    """Run COMMAND on the guest over paramiko; return (exit status, stdout+stderr)."""
-    client = _connect(guest.ssh_port, guest.user, Path(guest.private_key))
-    try:
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
-        out = stdout.read().decode(errors="replace") + stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out
-    finally:
-        client.close()
-
-
-def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
-    sdir = state_dir(guest.name)
-    deadline = time.monotonic() + timeout
-    last_report = time.monotonic()
-    while True:
-        if not _alive(guest.pid, sdir):
-            qemu_log = (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
-            raise PibakeError(
-                f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
-                + serial_tail(guest.serial_log)
-            )
-        if _ssh_banner(guest.ssh_port):
-            try:
-                status_code, _ = ssh_run(guest, "true", timeout=30)
-                if status_code == 0:
-                    return
-            except (OSError, paramiko.SSHException) as e:
-                log.debug("ssh not ready: %s", e)
-        now = time.monotonic()
-        if now > deadline:
-            raise PibakeError(
-                f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
-                f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
-            )
-        if now - last_report > 15:
-            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
-            last_report = now
-        time.sleep(1)
-
-
-@dataclass(frozen=True)
-class BootInputs:
-    kernel: Path
-    initrd: Path | None
-    dtb: Path | None
-    cmdline: str
-
-
-def boot_inputs(
-    image: Path, prof: profiles.Profile, sdir: Path, *, kernel: Path | None = None, dtb: Path | None = None
-) -> BootInputs:
-    """Kernel, initrd, device tree and command line, read from the image's boot partition.
-
-    With KERNEL (a no-initrd kernel from `pibake kernel build`) the image's own kernel and
-    initrd are not used; its cmdline.txt still names the root partition.
-    """
-    cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
-    if not cmdline:
-        raise PibakeError(f"{image}: cmdline.txt on the boot partition is empty")
-    if dtb is None and prof.dtb:
-        dtb = read_boot_file(image, prof.dtb, sdir / prof.dtb)
-    if kernel is not None:
-        if not kernel.is_file():
-            raise PibakeError(f"no kernel at {kernel}: build one with `pibake kernel build`")
-        return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
-    # Like the Pi's firmware: config.txt names the kernel and the initramfs.
-    config = parse_config_txt(read_boot_file(image, "config.txt", sdir / "config.txt").read_text())
-    kernel_name = config.get("kernel", "")
-    if not kernel_name:
-        raise PibakeError(f"{image}: config.txt on the boot partition names no kernel= to boot")
-    initrd_name = config.get("initramfs")
-    return BootInputs(
-        kernel=read_boot_file(image, kernel_name, sdir / "kernel.img"),
-        initrd=read_boot_file(image, initrd_name, sdir / "initrd.img") if initrd_name else None,
-        dtb=dtb,
-        cmdline=cmdline,
-    )
-
-
-def parse_config_txt(text: str) -> dict[str, str]:
-    """The settings of a Raspberry Pi config.txt that matter to a boot: kernel=, initramfs, device_tree=.
-
-    Conditional sections other than [all] (e.g. [pi4]) are ignored: the emulator is no
-    particular board model's firmware.
-    """
-    settings: dict[str, str] = {}
-    active = True
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            active = line in ("[all]", "[any]")
-            continue
-        if not active:
-            continue
-        if line.startswith("initramfs "):
-            settings["initramfs"] = line.split()[1]
-        elif "=" in line:
-            key, value = line.split("=", 1)
-            settings[key.strip()] = value.strip()
-    return settings
-
-
-def check_power_of_two(image: Path, prof: profiles.Profile) -> None:
-    size = image.stat().st_size
-    if prof.needs_power_of_two and size & (size - 1):
-        raise PibakeError(
-            f"profile {prof.name} emulates an SD card, which QEMU only accepts with a power-of-two size; "
-            f"{image} has {size} bytes. Grow it to {1 << size.bit_length()} bytes "
-            f"(`pibake image prepare --grow-to-power-of-two`) or use the virt profile"
-        )
 
 
 def _terminate(pid: int, sdir: Path, *, grace: float = 5) -> None:
@@ -526,7 +371,7 @@ def stop(name: str, *, timeout: float = 120, keep_disk: bool = False) -> Stopped
     clean = False
     if _alive(guest.pid, sdir):
         try:
-            client = _connect(guest.ssh_port, guest.user, Path(guest.private_key), timeout=15)
+            client = connect(guest.ssh_port, guest.user, Path(guest.private_key), timeout=15)
             try:
                 client.exec_command("sudo systemctl poweroff", timeout=15)
             finally:
@@ -643,3 +488,33 @@ def run_foreground(
     stopped = stop(name)
     print(f"{name}: {'stopped cleanly' if stopped.clean else 'killed'} ({stopped.seconds:.1f} s)")
     return 0 if stopped.clean else 1
+
+
+def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
+    sdir = state_dir(guest.name)
+    deadline = time.monotonic() + timeout
+    last_report = time.monotonic()
+    while True:
+        if not _alive(guest.pid, sdir):
+            qemu_log = (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
+            raise PibakeError(
+                f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
+                + serial_tail(guest.serial_log)
+            )
+        if ssh_banner(guest.ssh_port):
+            try:
+                status_code, _ = ssh_run(guest, "true", timeout=30)
+                if status_code == 0:
+                    return
+            except (OSError, paramiko.SSHException) as e:
+                log.debug("ssh not ready: %s", e)
+        now = time.monotonic()
+        if now > deadline:
+            raise PibakeError(
+                f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
+                f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
+            )
+        if now - last_report > 15:
+            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
+            last_report = now
+        time.sleep(1)

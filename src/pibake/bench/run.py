@@ -44,10 +44,16 @@ from typing import Any
 
 import yaml
 
-from pibake import __version__, emulator, image, isa, preflight, prepare, profiles, sshkey
-from pibake.cache import cache_root, recipe_hash, sha256_file
+from pibake import __version__, isa, preflight
+from pibake.emulate import guest as emulator
+from pibake.emulate import profiles, sshkey
+from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
-from pibake.proc import run
+from pibake.image import build as image
+from pibake.image import prepare
+from pibake.provision import provision
+from pibake.util.cache import cache_root, recipe_hash, sha256_file
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +469,7 @@ def infer_on_guest(guest: emulator.Guest, *, runs: int) -> dict[str, Any]:
     script = base64.b64encode(Path(__file__).with_name("infer_timing.py").read_bytes()).decode()
     args = " ".join(_timing_args(GUEST_MODEL_DIR, [f"{GUEST_MODEL_DIR}/samples/*.png"], runs=runs))
     cmd = f"echo {script} | base64 -d > /tmp/pibake_infer_timing.py && python3 /tmp/pibake_infer_timing.py {args}"
-    code, out = emulator.ssh_run(guest, cmd, timeout=900)
+    code, out = ssh_run(guest, cmd, timeout=900)
     if code != 0:
         raise PibakeError(f"the timing script failed on the guest (exit {code}):\n{out[-1500:]}")
     return _parse_timing(out)
@@ -499,7 +505,7 @@ def _bench_flash_module(project: Path) -> ModuleType:
 
 
 def bench_flash(project: Path, work: Path, rec: _Recorder, *, size_mib: int, repeat: int) -> None:
-    from pibake import flash
+    from pibake.flash import writer as flash
 
     if os.geteuid() != 0:
         for name in ("flash-dd", "flash-pibake", "flash-bmap-30pct"):
@@ -517,7 +523,7 @@ def bench_flash(project: Path, work: Path, rec: _Recorder, *, size_mib: int, rep
 
 
 def _bench_flash_runs(bf: Any, work: Path, rec: _Recorder, *, size_mib: int, repeat: int) -> None:
-    from pibake import flash
+    from pibake.flash import writer as flash
 
     work.mkdir(parents=True, exist_ok=True)
     size = size_mib * MIB
@@ -648,8 +654,6 @@ def bench_emulated(
 
 
 def _converge(project: Path, prepared: Path, provisioned: Path, work: Path, rec: _Recorder, *, timed: bool) -> None:
-    from pibake import demo
-
     provisioned.unlink(missing_ok=True)
     run(["cp", "--sparse=always", str(prepared), str(provisioned)])
     inventory = work / "inventory.yml"
@@ -661,7 +665,7 @@ def _converge(project: Path, prepared: Path, provisioned: Path, work: Path, rec:
     try:
         for name in ("converge", "converge-again"):
             t0 = time.monotonic()
-            out = demo.provision(project, inventory)
+            out = provision(project, inventory)
             seconds = time.monotonic() - t0
             if timed:
                 rec.add(name, "converge", seconds, note=f"site.yml on {CONVERGE_PROFILE}, changed={_changed(out)}")

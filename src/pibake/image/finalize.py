@@ -17,13 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pibake import __version__, bmap, bootcheck
-from pibake.cache import sha256_file
+from pibake import __version__
+from pibake.disk.ext4 import ExtFs
+from pibake.disk.fsck import check_filesystems
+from pibake.disk.layout import MIB
+from pibake.disk.resize import root_partition, shrink_root
 from pibake.errors import PibakeError
-from pibake.image import check_filesystems, write_sha256
-from pibake.imagefs import ExtFs
-from pibake.layout import MIB
-from pibake.prepare import parse_os_release, root_partition, shrink_root, undo_tweaks, work_dir
+from pibake.flash import bmap
+from pibake.image import check as bootcheck
+from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
+from pibake.util.cache import sha256_file
+from pibake.util.publish import write_sha256
 
 log = logging.getLogger(__name__)
 

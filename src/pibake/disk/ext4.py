@@ -9,17 +9,15 @@ and checked afterwards: a change that did not land is an error, never a silent s
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pibake.disk.layout import read_mbr
 from pibake.errors import PibakeError
-from pibake.layout import MIB, read_mbr
-from pibake.proc import run
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -320,99 +318,4 @@ def _check_landed(
         )
 
 
-class FatFs:
-    """A FAT filesystem at a byte offset inside an image file, through mtools."""
-
-    def __init__(self, image: Path, offset: int) -> None:
-        self.image = image
-        self.offset = offset
-
-    @classmethod
-    def partition(cls, image: Path, number: int = 1) -> FatFs:
-        return cls(image, read_mbr(image).partition(number).start * 512)
-
-    @property
-    def device(self) -> str:
-        return f"{self.image}@@{self.offset}"
-
-    def list(self, *, recursive: bool = True) -> list[str]:
-        """Paths below the root, '/'-rooted; directories end with '/'."""
-        out = run(["mdir", *(["-/"] if recursive else []), "-b", "-i", self.device, "::/"])
-        return sorted(line.removeprefix("::") for line in out.splitlines() if line.startswith("::/"))
-
-    def exists(self, name: str) -> bool:
-        return "/" + name.lstrip("/") in self.list()
-
-    def read(self, name: str) -> bytes | None:
-        if not self.exists(name):
-            return None
-        with tempfile.TemporaryDirectory(prefix="pibake-fat-") as tmp:
-            dest = Path(tmp) / "file"
-            run(["mcopy", "-n", "-i", self.device, f"::/{name.lstrip('/')}", str(dest)])
-            return dest.read_bytes()
-
-    def read_text(self, name: str) -> str | None:
-        data = self.read(name)
-        return None if data is None else data.decode("utf-8", errors="replace")
-
-    def write(self, name: str, data: bytes) -> None:
-        with tempfile.TemporaryDirectory(prefix="pibake-fat-") as tmp:
-            src = Path(tmp) / "file"
-            src.write_bytes(data)
-            run(["mcopy", "-o", "-i", self.device, str(src), f"::/{name.lstrip('/')}"])
-
-    def remove(self, name: str) -> None:
-        if self.exists(name):
-            run(["mdel", "-i", self.device, f"::/{name.lstrip('/')}"])
-
-    def copy_all(self, dest: Path) -> Path:
-        """Copy every file of the filesystem into DEST (created); return DEST."""
-        dest.mkdir(parents=True, exist_ok=True)
-        if self.list(recursive=False):
-            run(["mcopy", "-s", "-n", "-m", "-i", self.device, "::/*", str(dest)])
-        return dest
-
-
 # ---------------------------------------------------------------- byte ranges
-
-
-def _is_hole(fd: int, offset: int, length: int) -> bool:
-    """True if the file has no data in [offset, offset+length): a hole, or past its end (reads as zeros)."""
-    try:
-        return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
-    except OSError as e:
-        if e.errno == errno.ENXIO:  # no data at or after OFFSET
-            return True
-        raise
-
-
-def sync_range(src: Path, src_offset: int, dst: Path, dst_offset: int, length: int, *, block: int = 4 * MIB) -> int:
-    """Make DST[dst_offset:+length] equal SRC[src_offset:+length], writing only the blocks that differ.
-
-    DST must exist. Blocks that are already equal are not written, so holes of a sparse
-    DST stay holes where SRC is zero; where both files have a hole nothing is even read.
-    Returns the number of bytes written.
-    """
-    written = 0
-    fi = os.open(src, os.O_RDONLY)
-    try:
-        fo = os.open(dst, os.O_RDWR)
-        try:
-            done = 0
-            while done < length:
-                n = min(block, length - done)
-                if _is_hole(fi, src_offset + done, n) and _is_hole(fo, dst_offset + done, n):
-                    done += n
-                    continue
-                new = os.pread(fi, n, src_offset + done)
-                if len(new) < n:
-                    new += bytes(n - len(new))  # past SRC's end reads as zeros, like a hole
-                if new != os.pread(fo, n, dst_offset + done):
-                    os.pwrite(fo, new, dst_offset + done)
-                    written += n
-                done += n
-        finally:
-            os.close(fo)
-    finally:
-        os.close(fi)
-    return written

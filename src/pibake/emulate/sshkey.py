@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.cache import cache_root
-from pibake.proc import run
+from pibake.util.cache import cache_root
+from pibake.util.proc import run
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pibake import piboot, sshkey
 from pibake.boards import DEFAULT_BOARD
-from pibake.cache import cache_root, locked, recipe_hash, sha256_file
+from pibake.boards import firmware as piboot
+from pibake.disk.layout import MIB, Layout, partuuid
+from pibake.disk.sparse import write_at
+from pibake.emulate import sshkey
 from pibake.errors import PibakeError
-from pibake.layout import MIB, Layout, partuuid, read_mbr
-from pibake.proc import run
+from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
+from pibake.util.proc import run
+from pibake.util.publish import publish
 
 log = logging.getLogger(__name__)
 
@@ -373,18 +376,6 @@ def boot_files(root: Path, boot: Path, disk_id: int, *, board: str = DEFAULT_BOA
 # ---------------------------------------------------------------- assembly
 
 
-def write_at(src: Path, dst: Path, offset: int, *, block: int = 4 * MIB) -> None:
-    """Copy SRC into DST at OFFSET without truncating, leaving all-zero blocks as holes."""
-    zero = bytes(block)
-    with src.open("rb") as fi, dst.open("r+b") as fo:
-        pos = offset
-        while chunk := fi.read(block):
-            if chunk != zero[: len(chunk)]:
-                fo.seek(pos)
-                fo.write(chunk)
-            pos += len(chunk)
-
-
 def assemble(out: Path, layout: Layout, disk_id: int, root: Path, boot: Path, work: Path) -> None:
     """MBR + FAT32 'bootfs' + ext4 'rootfs' in a plain file: no loop devices, no mounts."""
     out.unlink(missing_ok=True)
@@ -465,49 +456,4 @@ def _build_image_locked(spec: ImageSpec, key: str, *, output: Path | None, rebui
     )
 
 
-def publish(image: Path, output: Path, digest: str) -> Path:
-    """Copy IMAGE to OUTPUT atomically (sparse), with OUTPUT.sha256 beside it."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    part = output.with_name(output.name + ".part")
-    run(["cp", "--sparse=always", str(image), str(part)])
-    part.rename(output)
-    write_sha256(output, digest)
-    return output
-
-
-def write_sha256(path: Path, digest: str | None = None) -> str:
-    digest = digest or sha256_file(path)
-    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
-    return digest
-
-
 # ---------------------------------------------------------------- reading images
-
-
-def read_boot_file(image: Path, name: str, dest: Path) -> Path:
-    """Copy NAME from the image's FAT boot partition to DEST (mtools, no mount)."""
-    mbr = read_mbr(image)
-    boot = mbr.partition(1)
-    run(["mcopy", "-n", "-o", "-i", f"{image}@@{boot.start * 512}", f"::/{name}", str(dest)])
-    return dest
-
-
-def check_filesystems(image: Path, work: Path) -> None:
-    """fsck both partitions read-only; raise PibakeError unless both are clean."""
-    mbr = read_mbr(image)
-    root = mbr.partition(2)
-    # e2fsprogs opens a file at an offset with "FILE?offset=N": no loop device needed.
-    run(["e2fsck", "-f", "-n", f"{image}?offset={root.start * 512}"])
-    boot = mbr.partition(1)
-    fat = work / "boot.fat"
-    with image.open("rb") as src, fat.open("wb") as dst:
-        src.seek(boot.start * 512)
-        remaining = boot.size * 512
-        while remaining:
-            chunk = src.read(min(remaining, 4 * MIB))
-            dst.write(chunk)
-            remaining -= len(chunk)
-    try:
-        run(["fsck.vfat", "-n", str(fat)])
-    finally:
-        fat.unlink()

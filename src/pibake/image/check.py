@@ -14,11 +14,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import piboot
-from pibake.emulator import parse_config_txt
+from pibake.boards import firmware as piboot
+from pibake.boards.firmware import parse_config_txt
+from pibake.disk.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
 from pibake.errors import PibakeError
-from pibake.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
-from pibake.proc import run
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 

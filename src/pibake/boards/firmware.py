@@ -128,3 +128,28 @@ def recorded_board(config: str) -> str | None:
         if line.startswith(BOARD_MARK):
             return line.removeprefix(BOARD_MARK).strip() or None
     return None
+
+
+def parse_config_txt(text: str) -> dict[str, str]:
+    """The settings of a Raspberry Pi config.txt that matter to a boot: kernel=, initramfs, device_tree=.
+
+    Conditional sections other than [all] (e.g. [pi4]) are ignored: the emulator is no
+    particular board model's firmware.
+    """
+    settings: dict[str, str] = {}
+    active = True
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            active = line in ("[all]", "[any]")
+            continue
+        if not active:
+            continue
+        if line.startswith("initramfs "):
+            settings["initramfs"] = line.split()[1]
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            settings[key.strip()] = value.strip()
+    return settings

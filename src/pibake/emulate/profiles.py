@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pibake.errors import PibakeError
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parents[1]
 PROFILE_DIRS = (_PKG / "data" / "qemu", _PKG.parents[1] / "qemu")
 
 DISK_BUSES = ("virtio", "sd")

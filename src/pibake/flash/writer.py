@@ -45,9 +45,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pibake import bmap as bmaps
 from pibake.errors import PibakeError
-from pibake.proc import run
+from pibake.flash import bmap as bmaps
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pibake import __version__, boards
 from pibake.errors import PibakeError
 
 if TYPE_CHECKING:
-    from pibake.emulator import Guest
+    from pibake.emulate.guest import Guest
 
 log = logging.getLogger("pibake")
 
@@ -22,7 +22,7 @@ DEFAULT_IMAGE = Path("build/pibake-bullseye.img")
 
 
 def _cmd_image_build(a: argparse.Namespace) -> int:
-    from pibake import image
+    from pibake.image import build as image
 
     spec = image.default_spec(base=a.base, size_mb=a.size, mirror=a.mirror, board=a.board)
     built = image.build_image(spec, output=a.output, rebuild=a.rebuild)
@@ -36,7 +36,7 @@ def _emulation(a: argparse.Namespace) -> tuple[str, str | None]:
 
 
 def _cmd_image_fetch(a: argparse.Namespace) -> int:
-    from pibake import fetch
+    from pibake.image import fetch
 
     if a.list:
         for name, rel in sorted(fetch.CATALOGUE.items()):
@@ -61,7 +61,8 @@ def _cmd_image_fetch(a: argparse.Namespace) -> int:
 
 
 def _cmd_image_prepare(a: argparse.Namespace) -> int:
-    from pibake import prepare, profiles, sshkey
+    from pibake.emulate import profiles, sshkey
+    from pibake.image import prepare
 
     power_of_two, console = a.grow_to_power_of_two, "ttyAMA0"
     if a.profile:
@@ -95,7 +96,7 @@ def _cmd_image_prepare(a: argparse.Namespace) -> int:
 
 
 def _cmd_image_check(a: argparse.Namespace) -> int:
-    from pibake import bootcheck
+    from pibake.image import check as bootcheck
 
     res = bootcheck.check_boot(a.image, board=a.board)
     print(f"{res.image}: boot partition ready for {res.board}")
@@ -104,7 +105,7 @@ def _cmd_image_check(a: argparse.Namespace) -> int:
 
 
 def _cmd_image_finalize(a: argparse.Namespace) -> int:
-    from pibake import finalize
+    from pibake.image import finalize
 
     res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest, board=a.board)
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
@@ -119,7 +120,7 @@ def _cmd_image_finalize(a: argparse.Namespace) -> int:
 
 
 def _cmd_emulate_start(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     profile, cpu = _emulation(a)
     guest = emulator.start(
@@ -141,7 +142,7 @@ def _cmd_emulate_start(a: argparse.Namespace) -> int:
 
 
 def _forwards(a: argparse.Namespace) -> tuple[int, ...]:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     return emulator.DEFAULT_FORWARDS if a.forward is None else tuple(a.forward)
 
@@ -153,14 +154,14 @@ def _print_guest(guest: Guest) -> None:
 
 
 def _cmd_emulate_reboot(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     _print_guest(emulator.reboot(a.name, timeout=a.timeout))
     return 0
 
 
 def _cmd_emulate_stop(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     stopped = emulator.stop(a.name, timeout=a.timeout)
     print(f"{a.name}: {'stopped cleanly' if stopped.clean else 'killed after timeout'} in {stopped.seconds:.1f} s")
@@ -168,7 +169,7 @@ def _cmd_emulate_stop(a: argparse.Namespace) -> int:
 
 
 def _cmd_emulate_status(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     st = emulator.status(a.name)
     print(json.dumps(st.as_dict(), indent=2, sort_keys=True) if a.json else st.describe())
@@ -176,13 +177,13 @@ def _cmd_emulate_status(a: argparse.Namespace) -> int:
 
 
 def _cmd_emulate_ssh(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     return emulator.ssh(a.name, a.command)
 
 
 def _cmd_emulate_run(a: argparse.Namespace) -> int:
-    from pibake import emulator
+    from pibake.emulate import guest as emulator
 
     profile, cpu = _emulation(a)
     return emulator.run_foreground(
@@ -248,7 +249,7 @@ def _ask(prompt: str) -> str:
 
 
 def _cmd_flash(a: argparse.Namespace) -> int:
-    from pibake import flash
+    from pibake.flash import writer as flash
 
     res = flash.flash(
         a.image,
@@ -269,7 +270,7 @@ def _cmd_flash(a: argparse.Namespace) -> int:
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
-    from pibake import bench
+    from pibake.bench import run as bench
 
     res = bench.run_bench(
         a.project,
@@ -572,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", default=None, help="CPU of that profile (default: the board's, else the profile's)")
     p.set_defaults(func=_cmd_preflight)
 
-    from pibake.flash import SAFETY_RULES
+    from pibake.flash.writer import SAFETY_RULES
 
     p = sub.add_parser(
         "flash",
@@ -605,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eject", action="store_true", help="leave the card in the system when done")
     p.set_defaults(func=_cmd_flash)
 
-    from pibake.bench import QUICK_STEPS, STEPS
+    from pibake.bench.run import QUICK_STEPS, STEPS
 
     p = sub.add_parser(
         "bench",

@@ -1,0 +1,1 @@
+"""`pibake bench`: timed steps of the pipeline, their table, JSON and chart."""

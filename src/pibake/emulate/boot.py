@@ -1,0 +1,60 @@
+"""Kernel, initrd, device tree and command line for a boot, read from the image the way the Pi firmware does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pibake.boards.firmware import parse_config_txt
+from pibake.disk.fat import read_boot_file
+from pibake.emulate import profiles
+from pibake.errors import PibakeError
+
+
+@dataclass(frozen=True)
+class BootInputs:
+    kernel: Path
+    initrd: Path | None
+    dtb: Path | None
+    cmdline: str
+
+
+def boot_inputs(
+    image: Path, prof: profiles.Profile, sdir: Path, *, kernel: Path | None = None, dtb: Path | None = None
+) -> BootInputs:
+    """Kernel, initrd, device tree and command line, read from the image's boot partition.
+
+    With KERNEL (a no-initrd kernel from `pibake kernel build`) the image's own kernel and
+    initrd are not used; its cmdline.txt still names the root partition.
+    """
+    cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
+    if not cmdline:
+        raise PibakeError(f"{image}: cmdline.txt on the boot partition is empty")
+    if dtb is None and prof.dtb:
+        dtb = read_boot_file(image, prof.dtb, sdir / prof.dtb)
+    if kernel is not None:
+        if not kernel.is_file():
+            raise PibakeError(f"no kernel at {kernel}: build one with `pibake kernel build`")
+        return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
+    # Like the Pi's firmware: config.txt names the kernel and the initramfs.
+    config = parse_config_txt(read_boot_file(image, "config.txt", sdir / "config.txt").read_text())
+    kernel_name = config.get("kernel", "")
+    if not kernel_name:
+        raise PibakeError(f"{image}: config.txt on the boot partition names no kernel= to boot")
+    initrd_name = config.get("initramfs")
+    return BootInputs(
+        kernel=read_boot_file(image, kernel_name, sdir / "kernel.img"),
+        initrd=read_boot_file(image, initrd_name, sdir / "initrd.img") if initrd_name else None,
+        dtb=dtb,
+        cmdline=cmdline,
+    )
+
+
+def check_power_of_two(image: Path, prof: profiles.Profile) -> None:
+    size = image.stat().st_size
+    if prof.needs_power_of_two and size & (size - 1):
+        raise PibakeError(
+            f"profile {prof.name} emulates an SD card, which QEMU only accepts with a power-of-two size; "
+            f"{image} has {size} bytes. Grow it to {1 << size.bit_length()} bytes "
+            f"(`pibake image prepare --grow-to-power-of-two`) or use the virt profile"
+        )

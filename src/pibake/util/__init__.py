@@ -1,0 +1,1 @@
+"""Helpers every stage uses: the subprocess runner, the cache and its locks, publishing finished files."""
