@@ -1,1 +1,1 @@
-"""Disk images as plain files: the MBR and partition layout, ext4 through debugfs, FAT through mtools, resize, fsck. No loop devices."""
+"""Disk images as plain files: MBR and layout, ext4 (debugfs), FAT (mtools), resize, fsck; no loop devices."""

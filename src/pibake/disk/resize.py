@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pibake.disk.layout import MIB, SECTOR, MbrEntry, read_mbr
 from pibake.disk.sparse import sync_range
-from pibake.errors import PibakeError
+from pibake.errors import CommandFailed, PibakeError
 from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,9 @@ def shrink_root(image: Path, size: int, work: Path) -> bool:
         raise PibakeError(f"{image}: {size} bytes would not leave a root partition")
     try:
         part = _resize_fs_copy(image, root, sectors, work)
-    except PibakeError as e:
-        if "smaller than minimum" in str(e) or "No space left" in str(e):
+    except CommandFailed as e:
+        # resize2fs says so when the data no longer fits: a verdict, not a failure of the tool.
+        if "smaller than minimum" in e.output or "No space left" in e.output:
             (work / "rootfs.ext4").unlink(missing_ok=True)
             return False
         raise

@@ -1,1 +1,1 @@
-"""The image stages: build from Debian, fetch Raspberry Pi OS, prepare for emulation, check the boot partition, finalize."""
+"""The image stages: build from Debian, fetch Raspberry Pi OS, prepare, check the boot partition, finalize."""

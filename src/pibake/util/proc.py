@@ -1,4 +1,4 @@
-"""One helper to run external tools: logs the command, captures output, raises PibakeError."""
+"""One helper to run external tools: logs the command, captures output, raises CommandFailed or ToolMissing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pibake.errors import PibakeError
+from pibake.errors import CommandFailed, PibakeError, ToolMissing
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,9 @@ def run(
     """Run ARGV and return its stdout (stderr merged when streaming).
 
     With ``stream=True`` every output line is logged at INFO as it arrives, so long
-    steps (debootstrap) show progress. A non-zero exit raises PibakeError quoting
-    the tail of the output.
+    steps (debootstrap) show progress. A non-zero exit raises CommandFailed quoting
+    the tail of the output (the whole output is in its ``output``); a program that is not
+    installed raises ToolMissing; a timeout raises PibakeError.
     """
     args = [os.fspath(a) for a in argv]
     cmd = shlex.join(args)
@@ -39,15 +40,19 @@ def run(
     if stream:
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         lines: list[str] = []
-        with subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=full_env,
-            cwd=cwd,
-        ) as p:
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=full_env,
+                cwd=cwd,
+            )
+        except FileNotFoundError as e:
+            raise ToolMissing(f"{args[0]} is not installed (run `make deps`): {e}") from e
+        with proc as p:
             if input_text is not None and p.stdin:
                 p.stdin.write(input_text)
                 p.stdin.close()
@@ -59,7 +64,12 @@ def run(
                 log.info("  %s", line)
             rc = p.wait(timeout=timeout)
         if rc != 0:
-            raise PibakeError(f"{args[0]} failed (exit {rc}): {cmd}\n" + "\n".join(tail))
+            raise CommandFailed(
+                f"{args[0]} failed (exit {rc}): {cmd}\n" + "\n".join(tail),
+                argv=args,
+                returncode=rc,
+                output="\n".join(lines),
+            )
         return "\n".join(lines)
     try:
         res = subprocess.run(
@@ -73,10 +83,16 @@ def run(
             check=False,
         )
     except FileNotFoundError as e:
-        raise PibakeError(f"{args[0]} is not installed (run `make deps`): {e}") from e
+        raise ToolMissing(f"{args[0]} is not installed (run `make deps`): {e}") from e
     except subprocess.TimeoutExpired as e:
         raise PibakeError(f"{args[0]} timed out after {timeout} s: {cmd}") from e
     if res.returncode != 0:
-        out = (res.stdout + res.stderr).strip().splitlines()
-        raise PibakeError(f"{args[0]} failed (exit {res.returncode}): {cmd}\n" + "\n".join(out[-TAIL_LINES:]))
+        output = res.stdout + res.stderr
+        tail_lines = output.strip().splitlines()[-TAIL_LINES:]
+        raise CommandFailed(
+            f"{args[0]} failed (exit {res.returncode}): {cmd}\n" + "\n".join(tail_lines),
+            argv=args,
+            returncode=res.returncode,
+            output=output,
+        )
     return res.stdout
