@@ -390,10 +390,10 @@ def test_confirmation_is_required_for_a_device_unless_yes() -> None:
 
 
 def test_cli_reads_the_confirmation_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pibake import cli
+    from pibake.cli import flash as flash_cli
 
     monkeypatch.setattr("sys.stdin", io.StringIO("sdb\n"))
-    assert cli._ask("Type it: ") == "sdb\n"
+    assert flash_cli.ask("Type it: ") == "sdb\n"
 
 
 def test_help_explains_every_safety_rule() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import paramiko
 
+from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, sshkey
@@ -185,10 +186,20 @@ def _terminate(pid: int, sdir: Path, *, grace: float = 5) -> None:
     raise PibakeError(f"qemu (pid {pid}) would not die")
 
 
+def emulation_for(board: str | None, profile: str | None, cpu: str | None) -> tuple[str, str | None]:
+    """The (profile, CPU) to boot: the user's choice, else BOARD's from the board table, else virt's default.
+
+    Raises UsageError for an unknown board or a board no profile emulates (when PROFILE is None).
+    """
+    if board is None:
+        return profile or "virt", cpu
+    return boards.emulation(boards.get(board), profile=profile, cpu=cpu)
+
+
 def start(
     image: Path,
     *,
-    profile: str = "virt",
+    profile: str | None = None,
     cpu: str | None = None,
     board: str | None = None,
     name: str = "pibake",
@@ -198,13 +209,17 @@ def start(
     inventory: Path | None = None,
     kernel: Path | None = None,
     dtb: Path | None = None,
-    forward: tuple[int, ...] = DEFAULT_FORWARDS,
+    forward: tuple[int, ...] | None = None,
     _reuse: Guest | None = None,
 ) -> Guest:
     """Boot IMAGE in the background and return once SSH answers.
 
-    FORWARD: guest TCP ports reachable on 127.0.0.1 (each at a free host port, in Guest.forwards).
+    PROFILE and CPU default to those that emulate BOARD (`emulation_for`). FORWARD: guest TCP
+    ports reachable on 127.0.0.1 (each at a free host port, in Guest.forwards; default
+    DEFAULT_FORWARDS).
     """
+    profile, cpu = emulation_for(board, profile, cpu)
+    forward = DEFAULT_FORWARDS if forward is None else forward
     image = image.resolve()
     for gp in forward:
         if not 0 < gp < 65536 or gp == 22:
@@ -454,14 +469,14 @@ def ssh(name: str, command: list[str]) -> int:
 def run_foreground(
     image: Path,
     *,
-    profile: str,
+    profile: str | None,
     cpu: str | None,
     name: str,
     persist: bool,
     board: str | None = None,
     kernel: Path | None = None,
     dtb: Path | None = None,
-    forward: tuple[int, ...] = DEFAULT_FORWARDS,
+    forward: tuple[int, ...] | None = None,
 ) -> int:
     """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
     guest = start(

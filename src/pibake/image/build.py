@@ -146,6 +146,25 @@ def default_spec(
     )
 
 
+def build(
+    *,
+    base: str = "debian-bullseye",
+    size_mb: int = 2048,
+    mirror: str | None = None,
+    board: str = DEFAULT_BOARD,
+    output: Path | None = None,
+    rebuild: bool = False,
+) -> BuiltImage:
+    """What ``pibake image build`` does: the default recipe for BASE and BOARD, built (or taken from the cache).
+
+    SIZE_MB is the whole image in MiB; MIRROR a Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR, else
+    debootstrap's own). Raises UsageError for a base or board pibake cannot build, PibakeError
+    when a build step fails.
+    """
+    spec = default_spec(base=base, size_mb=size_mb, mirror=mirror, board=board)
+    return build_image(spec, output=output, rebuild=rebuild)
+
+
 # ---------------------------------------------------------------- binfmt
 
 

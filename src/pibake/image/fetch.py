@@ -181,6 +181,17 @@ def parse_sha256_file(text: str, filename: str | None = None) -> str:
     raise PibakeError(f"no sha256 for {filename} in the checksum file")
 
 
+def describe_catalogue() -> str:
+    """The catalogue as `pibake image fetch --list` prints it: name, default mark, aliases, URL and sha256."""
+    lines = []
+    for name, rel in sorted(CATALOGUE.items()):
+        aliases = [k for k, v in ALIASES.items() if v == name]
+        default = " (default)" if DEFAULT_RELEASE in aliases else ""
+        lines.append(f"{name}{default}{'  alias ' + ', '.join(aliases) if aliases else ''}\n  {rel.description}")
+        lines.append(f"  {rel.url}\n  sha256 {rel.sha256 or 'unknown: needs --sha256'}")
+    return "\n".join(lines)
+
+
 def resolve(
     *,
     release: str | None = None,
@@ -443,14 +454,20 @@ def fetch(
     sha256: str | None = None,
     insecure_no_verify: bool = False,
     output: Path | None = None,
+    output_dir: Path | None = None,
     retries: int = 3,
     timeout: float = 30.0,
     catalogue: Mapping[str, Release] | None = None,
     session: requests.Session | None = None,
 ) -> FetchedImage:
-    """Download, verify and decompress a Raspberry Pi OS image into the cache; copy it to OUTPUT if given."""
+    """Download, verify and decompress a Raspberry Pi OS image into the cache; copy it to OUTPUT if given.
+
+    Without OUTPUT but with OUTPUT_DIR, the copy goes to OUTPUT_DIR/NAME.img (NAME from the archive's).
+    """
     t0 = time.monotonic()
     src = resolve(release=release, url=url, sha256=sha256, insecure_no_verify=insecure_no_verify, catalogue=catalogue)
+    if output is None and output_dir is not None:
+        output = output_dir / image_name(src.filename)
     cached = src.sha256 is not None and (image_cache_dir(src.sha256) / "meta.json").exists()
     if cached:
         assert src.sha256 is not None

@@ -33,7 +33,8 @@ from pibake.disk.ext4 import Change, ExtFs, MakeDir, Remove, Symlink, WriteFile
 from pibake.disk.fat import FatFs
 from pibake.disk.layout import MIB, SECTOR
 from pibake.disk.resize import grow_root, root_partition
-from pibake.errors import PibakeError
+from pibake.emulate import profiles, sshkey
+from pibake.errors import PibakeError, UsageError
 from pibake.util.cache import sha256_file
 from pibake.util.proc import run
 
@@ -396,6 +397,52 @@ def prepare(
     except BaseException:
         copy.unlink(missing_ok=True)  # a half-prepared copy is worse than none
         raise
+
+
+def prepare_for_emulation(
+    image: Path,
+    *,
+    output: Path | None = None,
+    grow_mb: int = 0,
+    grow_to_power_of_two: bool = False,
+    profile: str | None = None,
+    user: str = "pi",
+    password_hash: str | None = None,
+    ssh_key_file: Path | None = None,
+    hostname: str | None = None,
+    emulation_tweaks: bool = True,
+) -> PreparedImage:
+    """What ``pibake image prepare`` does: `prepare` with a machine PROFILE's needs and a key from a file.
+
+    PROFILE (a name from qemu/) sets the serial console of the emulated boot and, for an SD-card
+    profile, the power-of-two size QEMU needs. The public key is read from SSH_KEY_FILE, or is
+    the harness's own (made on first use). Raises UsageError for an unreadable key file or an
+    unknown profile, and whatever `prepare` raises.
+    """
+    power_of_two, console = grow_to_power_of_two, "ttyAMA0"
+    if profile:
+        prof = profiles.load(profile)
+        power_of_two = power_of_two or prof.needs_power_of_two
+        console = prof.console
+    if ssh_key_file:
+        try:
+            key = ssh_key_file.read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read the SSH public key {ssh_key_file}: {e.strerror}") from e
+    else:
+        key = sshkey.ensure_keypair().public_key
+    return prepare(
+        image,
+        output=output,
+        grow_mb=grow_mb,
+        power_of_two=power_of_two,
+        user=user,
+        password_hash=password_hash,
+        ssh_pubkey=key,
+        hostname=hostname,
+        emulation_tweaks=emulation_tweaks,
+        console=console,
+    )
 
 
 def _prepare_file(

@@ -1,0 +1,205 @@
+"""`pibake image build|check|fetch|prepare|finalize`: arguments, one stage call each, the result printed."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pibake import boards
+from pibake.cli.common import DEFAULT_IMAGE
+
+MIB = 1 << 20
+
+
+def _build(a: argparse.Namespace) -> int:
+    from pibake.image import build
+
+    built = build.build(base=a.base, size_mb=a.size, mirror=a.mirror, board=a.board, output=a.output, rebuild=a.rebuild)
+    print(f"{built.path}  sha256 {built.sha256}  ({'cached, ' if built.cached else ''}{built.seconds:.1f} s)")
+    return 0
+
+
+def _fetch(a: argparse.Namespace) -> int:
+    from pibake.image import fetch
+
+    if a.list:
+        print(fetch.describe_catalogue())
+        return 0
+    got = fetch.fetch(
+        release=a.release,
+        url=a.url,
+        sha256=a.sha256,
+        insecure_no_verify=a.insecure_no_verify,
+        output=a.output,
+        output_dir=Path("build"),
+        retries=a.retries,
+    )
+    state = "cached" if got.cached else ("verified" if got.verified else "NOT VERIFIED")
+    print(f"{got.path}  sha256 {got.image_sha256}  (archive sha256 {got.archive_sha256}, {state}, {got.seconds:.1f} s)")
+    return 0
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from pibake.image import prepare
+
+    res = prepare.prepare_for_emulation(
+        a.image,
+        output=a.output,
+        grow_mb=a.grow,
+        grow_to_power_of_two=a.grow_to_power_of_two,
+        profile=a.profile,
+        user=a.user,
+        password_hash=a.password_hash,
+        ssh_key_file=a.ssh_key,
+        hostname=a.hostname,
+        emulation_tweaks=not a.no_emulation_tweaks,
+    )
+    print(f"{res.path}: {res.os}, {res.size_before // MIB} -> {res.size // MIB} MiB ({res.seconds:.1f} s)")
+    for change in res.changes:
+        print(f"  {change}")
+    return 0
+
+
+def _check(a: argparse.Namespace) -> int:
+    from pibake.image import check
+
+    res = check.check_boot(a.image, board=a.board)
+    print(f"{res.image}: boot partition ready for {res.board}")
+    print(f"  kernel {res.kernel}, initramfs {res.initrd or '(none)'}, device tree {res.dtb}, root={res.root}")
+    return 0
+
+
+def _finalize(a: argparse.Namespace) -> int:
+    from pibake.image import finalize
+
+    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest, board=a.board)
+    print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
+    if res.undone:
+        print(f"  undone: {', '.join(res.undone)}")
+    if res.shrunk_to:
+        print(f"  size for the card: {res.shrunk_to // MIB} MiB")
+    for f in (res.sha256_file, res.bmap_file, res.manifest_file):
+        if f is not None:
+            print(f"  {f}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `image` and its actions to the top-level subparsers SUB."""
+    p_image = sub.add_parser("image", help="build base images")
+    image_sub = p_image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    p = image_sub.add_parser(
+        "build",
+        help="build a Raspberry-Pi-OS-shaped image from Debian armhf packages (needs root for debootstrap)",
+        description="Debootstrap Debian armhf through qemu-user, add the pi user with the harness's SSH key, "
+        "and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
+        "Cached under a hash of the recipe: a second build with the same recipe takes seconds.",
+    )
+    p.add_argument("--base", default="debian-bullseye", help="base system (default: %(default)s)")
+    p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
+    p.add_argument(
+        "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
+    p.add_argument(
+        "--board",
+        default=boards.DEFAULT_BOARD,
+        choices=boards.names(),
+        help="board config.txt and cmdline.txt are written for; Debian armhf is ARMv7, so the ARMv6 pi1 and "
+        "pi-zero are refused (they need Raspberry Pi OS) (default: %(default)s)",
+    )
+    p.set_defaults(func=_build)
+
+    p = image_sub.add_parser(
+        "check",
+        help="check an image's boot partition for a board: firmware, kernel, initramfs, device tree, root=",
+        description="Reads the FAT partition with mtools (no mounts): the board's GPU firmware files are there, "
+        "config.txt's kernel= and initramfs name files that exist, the board's device tree is there and "
+        "cmdline.txt's root= names the root partition. Lists every problem found. This is the firmware stage "
+        "that QEMU does not emulate.",
+    )
+    p.add_argument("image", type=Path, help="raw image")
+    p.add_argument(
+        "--board",
+        default=None,
+        choices=boards.names(),
+        help="board to check for (default: the one pibake recorded in config.txt)",
+    )
+    p.set_defaults(func=_check)
+
+    p = image_sub.add_parser(
+        "fetch",
+        help="download a Raspberry Pi OS Lite image, check its sha256, decompress it (cached by checksum)",
+        description="Download a release from the catalogue (default: the Legacy bullseye Lite armhf release) or "
+        "any URL with its sha256. Resumes an interrupted download, verifies the archive before anything is "
+        "cached, decompresses .xz, .gz and .zip, and copies the image to OUTPUT with OUTPUT.sha256.",
+    )
+    p.add_argument("--release", default=None, help="catalogue release or alias (see --list)")
+    p.add_argument("--url", default=None, help="download this URL instead of a catalogue release (needs --sha256)")
+    p.add_argument("--sha256", default=None, metavar="HEX", help="the archive's published sha256")
+    p.add_argument(
+        "--insecure-no-verify", action="store_true", help="take a URL without a sha256 (the digest is only reported)"
+    )
+    p.add_argument("-o", "--output", type=Path, default=None, help="image file to write (default: build/NAME.img)")
+    p.add_argument(
+        "--retries", type=int, default=3, help="resume a cut download this many times (default: %(default)s)"
+    )
+    p.add_argument("--list", action="store_true", help="list the catalogue and exit")
+    p.set_defaults(func=_fetch)
+
+    p = image_sub.add_parser(
+        "prepare",
+        help="grow an image, enable SSH, add the user, key and hostname, apply emulation-only tweaks (no root)",
+        description="Works on IMAGE in place, or on a copy with -o. Raspberry Pi OS gets boot:/ssh and "
+        "boot:/userconf.txt (its first boot renames the uid-1000 user); the Debian-built base gets the "
+        "user in its account files. Emulation-only tweaks (ld.so.preload, cmdline.txt, the power-of-two "
+        "size of an SD-card profile) are recorded in the image so that `finalize` undoes exactly those.",
+    )
+    p.add_argument("image", type=Path, help="raw image (Raspberry Pi OS or the Debian-built base)")
+    p.add_argument("-o", "--output", type=Path, default=None, help="prepare a copy here instead of IMAGE itself")
+    p.add_argument(
+        "--grow", type=int, default=0, metavar="MIB", help="add this much to the image and its root filesystem"
+    )
+    p.add_argument(
+        "--grow-to-power-of-two",
+        action="store_true",
+        help="also round the size up to a power of two, as QEMU's SD card needs (undone by finalize)",
+    )
+    p.add_argument(
+        "--profile", default=None, help="machine profile to prepare for (an SD-card profile implies the power of two)"
+    )
+    p.add_argument("--user", default="pi", help="login user (default: %(default)s)")
+    p.add_argument(
+        "--password-hash",
+        default=None,
+        metavar="HASH",
+        help="crypt(3) hash for the user, e.g. from `openssl passwd -6` (default: none: SSH keys only)",
+    )
+    p.add_argument(
+        "--ssh-key", type=Path, default=None, metavar="PUBFILE", help="public key to install (default: the harness's)"
+    )
+    p.add_argument("--hostname", default=None, help="hostname (default: keep the image's)")
+    p.add_argument("--no-emulation-tweaks", action="store_true", help="prepare for a real card only")
+    p.set_defaults(func=_prepare)
+
+    p = image_sub.add_parser(
+        "finalize",
+        help="undo the emulation tweaks, fsck, write IMAGE.sha256, IMAGE.bmap and IMAGE.manifest.json",
+        description="Puts back exactly what `prepare` changed for emulation, shrinks an image grown to a power of "
+        "two back to the size asked for, checks both filesystems, and describes the result: the base image's "
+        "digest, Debian packages, Python distributions and the model's files, with versions and digests.",
+    )
+    p.add_argument("image", type=Path, help="prepared (and provisioned) raw image")
+    p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
+    p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
+    p.add_argument(
+        "--board",
+        default=None,
+        choices=boards.names(),
+        help="check the boot partition for this board (default: the one recorded in config.txt; "
+        "images without one, such as Raspberry Pi OS, are not checked)",
+    )
+    p.set_defaults(func=_finalize)
