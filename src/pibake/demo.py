@@ -13,7 +13,7 @@ from pibake import boards
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.ssh import ssh_run
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 from pibake.image import build as image
 from pibake.image import finalize, prepare
 from pibake.provision import provision
@@ -84,7 +84,7 @@ def demo(
     name: str = "pibake-demo",
 ) -> DemoResult:
     if not (project / "site.yml").is_file():
-        raise PibakeError(f"no site.yml in {project}: run `pibake demo` from the pibake checkout (or pass --project)")
+        raise UsageError(f"no site.yml in {project}: run `pibake demo` from the pibake checkout (or pass --project)")
     spec = image.default_spec(board=board)  # refuses boards the Debian base cannot boot, before any work
     profile, cpu = boards.emulation(boards.get(board), profile=profile, cpu=cpu)
     timings: dict[str, float] = {}

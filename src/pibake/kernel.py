@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, ToolMissing, UsageError, VerificationFailed
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
 
@@ -96,7 +96,7 @@ def missing_options(wanted: dict[str, str], config_text: str) -> list[str]:
 
 def profile_kernel(profile: str) -> tuple[str, str | None]:
     if profile not in PROFILE_KERNELS:
-        raise PibakeError(
+        raise UsageError(
             f"no kernel build for profile {profile!r}: kernels are built for {', '.join(PROFILE_KERNELS)}; "
             "raspi2b boots the image's own Debian kernel from its boot partition"
         )
@@ -118,7 +118,7 @@ def buildroot_lock() -> dict[str, str]:
 def _dpkg_version(package: str) -> str:
     out = run(["dpkg-query", "-W", "-f=${Status} ${Version}", package]).strip()
     if not out.startswith("install ok installed"):
-        raise PibakeError(f"{package} is not installed: run `make kernel-deps`")
+        raise ToolMissing(f"{package} is not installed: run `make kernel-deps`")
     return out.split()[-1]
 
 
@@ -143,7 +143,7 @@ def build(
     profile: str = "virt", *, provider: str = "debian-source", buildroot_sha256: str | None = None
 ) -> KernelBuild:
     if provider not in PROVIDERS:
-        raise PibakeError(f"unknown kernel provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+        raise UsageError(f"unknown kernel provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
     _, dts = profile_kernel(profile)
     t0 = time.monotonic()
     if provider == "debian-source":
@@ -191,10 +191,10 @@ def build(
 def _build_debian_source(out: Path) -> None:
     missing = [pkg for tool, pkg in DEBIAN_TOOLS.items() if shutil.which(tool) is None]
     if missing:
-        raise PibakeError(f"missing build tools ({', '.join(missing)}): run `make kernel-deps`")
+        raise ToolMissing(f"missing build tools ({', '.join(missing)}): run `make kernel-deps`")
     tarballs = sorted(Path("/usr/src").glob(f"{DEBIAN_SOURCE_PACKAGE}.tar.*"))
     if not tarballs:
-        raise PibakeError(f"/usr/src/{DEBIAN_SOURCE_PACKAGE}.tar.xz is missing: run `make kernel-deps`")
+        raise ToolMissing(f"/usr/src/{DEBIAN_SOURCE_PACKAGE}.tar.xz is missing: run `make kernel-deps`")
     src_parent = out / "src"
     src_parent.mkdir()
     log.info("kernel: unpacking %s", tarballs[0].name)
@@ -223,7 +223,7 @@ def _build_debian_source(out: Path) -> None:
 def _check_config(config: Path) -> None:
     missing = missing_options(parse_fragment(fragment().read_text()), config.read_text())
     if missing:
-        raise PibakeError(
+        raise VerificationFailed(
             "the kernel configuration dropped options the fragment asks for (unmet dependencies?): "
             + ", ".join(missing)
         )
@@ -233,7 +233,7 @@ def _build_buildroot(profile: str, out: Path, *, sha256: str | None) -> None:
     lock = buildroot_lock()
     digest = sha256 or lock.get("sha256", "")
     if not digest:
-        raise PibakeError(
+        raise UsageError(
             f"buildroot/buildroot.lock pins Buildroot {lock['version']} without a sha256: pass --buildroot-sha256 HEX "
             "from the release announcement (or record it in the lock file)"
         )

@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pibake.errors import PibakeError
+from pibake.errors import ToolMissing
 from pibake.util.proc import run
 
 
@@ -16,7 +16,7 @@ def _tool(name: str) -> str:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     found = shutil.which(name, path=path)
     if not found:
-        raise PibakeError(f"{name} not found: install pibake with its dependencies (`make venv`)")
+        raise ToolMissing(f"{name} not found: install pibake with its dependencies (`make venv`)")
     return found
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pibake.boards import firmware as piboot
 from pibake.disk.layout import read_mbr
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, VerificationFailed
 from pibake.image.finalize import finalize
 from tests.conftest import run_cli
 
@@ -47,7 +47,7 @@ def test_missing_start_elf_fails(base_image: Path, tmp_path: Path) -> None:
     img, fat = _copy(base_image, tmp_path)
     _mtools("mdel", "-i", fat, "::/start.elf")
     res = run_cli(["image", "check", str(img)])
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert "start.elf is missing" in res.err
 
 
@@ -59,7 +59,7 @@ def test_cmdline_with_a_wrong_partuuid_fails(base_image: Path, tmp_path: Path) -
     wrong.write_text(cmdline.replace(good, "deadbeef-02"))
     _mtools("mcopy", "-o", "-i", fat, str(wrong), "::/cmdline.txt")
     res = run_cli(["image", "check", str(img)])
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert "root=PARTUUID=deadbeef-02" in res.err
     assert f"PARTUUID={good}" in res.err
 
@@ -68,7 +68,7 @@ def test_missing_dtb_fails_and_every_problem_is_listed(base_image: Path, tmp_pat
     img, fat = _copy(base_image, tmp_path)
     _mtools("mdel", "-i", fat, f"::/{BOARD_DTB}")
     res = run_cli(["image", "check", str(img)])
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert f"{BOARD_DTB} is missing" in res.err
     # Another board's device tree is still there.
     assert run_cli(["image", "check", str(img), "--board", "pi2"]).code == 0

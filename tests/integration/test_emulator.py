@@ -12,7 +12,7 @@ from pibake.disk.fsck import check_filesystems
 from pibake.disk.layout import read_mbr
 from pibake.emulate import guest as emulator
 from pibake.emulate.ssh import ssh_run
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import sha256_file
 from tests.conftest import run_cli
 from tests.integration.conftest import qemu_processes
@@ -69,7 +69,7 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     guest = emulator.start(base_image, name="it-overlay", inventory=None)
     assert guest.overlay and Path(guest.overlay).exists()
     res = run_cli(["emulate", "start", str(base_image), "--name", "it-overlay", "--no-inventory"])
-    assert res.code == 2
+    assert res.code == Refused.exit_code
     assert "already running" in res.err
     assert len(qemu_processes(str(emulator.state_dir("it-overlay")))) == 1
     code, _ = ssh_run(guest, "echo scratch | sudo tee /root/scratch && sync")
@@ -98,7 +98,7 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
     assert not Path(guest.overlay).exists()
     assert sha256_file(base_image) == before
     res = run_cli(["emulate", "reboot", "--name", "it-overlay"])
-    assert res.code == 2 and "not running" in res.err
+    assert res.code == UsageError.exit_code and "not running" in res.err
 
 
 def test_timeout_quotes_the_serial_log_and_leaves_no_qemu(base_image: Path, stop_guests: list[str]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from pibake.errors import PibakeError, Refused, VerificationFailed
 from pibake.image import fetch
 from pibake.util.cache import sha256_file
 from tests.conftest import run_cli
@@ -185,7 +186,7 @@ def test_catalogue_entry_without_a_digest_needs_the_user_to_confirm_one(
     entry = fetch.Release("unpinned", _url(site), None, "a release whose digest pibake does not know")
     monkeypatch.setitem(fetch.CATALOGUE, entry.name, entry)
     res = run_cli(["image", "fetch", "--release", "unpinned", "-o", str(tmp_path / "x.img")])
-    assert res.code == 2
+    assert res.code == Refused.exit_code
     assert "--sha256" in res.err and f"{_url(site)}.sha256" in res.err
     assert site.requests == []
     res = run_cli(
@@ -217,7 +218,7 @@ def test_an_interrupted_run_is_resumed_by_the_next_run(
     site.routes[path].cut_after, site.routes[path].cuts = cut, 1
     args = ["image", "fetch", "--url", _url(site), "--sha256", release.archive_sha256, "-o", str(tmp_path / "i.img")]
     res = run_cli([*args, "--retries", "0"])
-    assert res.code == 2
+    assert res.code == PibakeError.exit_code
     assert "run the same command again to resume" in res.err
     (part,) = (isolated_cache / "downloads").glob("*.part")
     kept = part.stat().st_size
@@ -245,7 +246,7 @@ def test_a_server_without_ranges_restarts_from_zero(
 def test_a_bad_checksum_leaves_nothing_behind(site: Site, isolated_cache: Path, tmp_path: Path) -> None:
     wrong = "0" * 64
     res = run_cli(["image", "fetch", "--url", _url(site), "--sha256", wrong, "-o", str(tmp_path / "b.img")])
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert "sha256 mismatch" in res.err and wrong in res.err
     assert _leftovers(isolated_cache) == []
     assert not (tmp_path / "b.img").exists()
@@ -264,7 +265,7 @@ def test_a_truncated_xz_is_refused_even_with_a_matching_checksum(
             "-o", str(tmp_path / "t.img"),
         ]
     )  # fmt: skip
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert "truncated" in res.err
     assert _leftovers(isolated_cache) == []
     assert not (tmp_path / "t.img").exists()
@@ -272,7 +273,7 @@ def test_a_truncated_xz_is_refused_even_with_a_matching_checksum(
 
 def test_404_is_a_clear_error(site: Site, isolated_cache: Path, tmp_path: Path) -> None:
     res = run_cli(["image", "fetch", "--url", _url(site, "/gone.img.xz"), "--sha256", "1" * 64, "-o", str(tmp_path)])
-    assert res.code == 2
+    assert res.code == PibakeError.exit_code
     assert "HTTP 404" in res.err and "moved" in res.err
     assert _leftovers(isolated_cache) == []
 
@@ -284,7 +285,7 @@ def test_an_html_page_is_not_taken_for_the_image(
     # A captive portal or a login page answers 200, with or without saying it is HTML.
     site.routes["/portal.img.xz"] = Route(HTML, content_type=content_type)
     res = run_cli(["image", "fetch", "--url", _url(site, "/portal.img.xz"), "--sha256", "2" * 64, "-o", str(tmp_path)])
-    assert res.code == 2
+    assert res.code == PibakeError.exit_code
     assert "HTML page" in res.err
     assert _leftovers(isolated_cache) == []
 
@@ -293,7 +294,7 @@ def test_a_url_outside_the_catalogue_needs_a_digest(
     site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
 ) -> None:
     res = run_cli(["image", "fetch", "--url", _url(site), "-o", str(tmp_path / "u.img")])
-    assert res.code == 2
+    assert res.code == Refused.exit_code
     assert "--sha256" in res.err and "--insecure-no-verify" in res.err
     assert site.requests == []
     res = run_cli(["image", "fetch", "--url", _url(site), "--insecure-no-verify", "-o", str(tmp_path / "u.img")])

@@ -17,7 +17,7 @@ import pytest
 from pibake.disk.ext4 import ExtFs, MakeDir, WriteFile
 from pibake.disk.fat import FatFs
 from pibake.disk.layout import read_mbr
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, Refused, UsageError
 from pibake.flash import bmap
 from pibake.image import finalize, prepare
 from pibake.util.cache import sha256_file
@@ -218,7 +218,7 @@ def test_prepare_twice_and_a_changed_tweak_are_refused(raspios_image: Path, tmp_
     # Provisioning rewrote a file prepare had tweaked: finalize must not guess.
     ExtFs.partition(work, 2).apply([WriteFile("/etc/ld.so.preload", b"/usr/lib/something-else.so\n")])
     res = run_cli(["image", "finalize", str(work)])
-    assert res.code == 2
+    assert res.code == Refused.exit_code
     assert "changed after prepare" in res.err and "Traceback" not in res.err
 
 
@@ -242,8 +242,8 @@ def test_finalize_of_an_image_never_prepared(raspios_image: Path, tmp_path: Path
 
 def test_prepare_errors_are_actionable(raspios_image: Path, tmp_path: Path) -> None:
     res = run_cli(["image", "prepare", str(tmp_path / "missing.img")])
-    assert res.code == 2 and "pibake image fetch" in res.err
+    assert res.code == UsageError.exit_code and "pibake image fetch" in res.err
     res = run_cli(["image", "prepare", str(raspios_image), "--user", "Root!"])
-    assert res.code == 2 and "invalid user name" in res.err
+    assert res.code == UsageError.exit_code and "invalid user name" in res.err
     res = run_cli(["image", "prepare", str(raspios_image), "--password-hash", "hunter2"])
-    assert res.code == 2 and "openssl passwd -6" in res.err
+    assert res.code == UsageError.exit_code and "openssl passwd -6" in res.err

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pibake.errors import UsageError
 from tests.conftest import run_cli
 
 
@@ -17,7 +18,7 @@ def test_help_explains_every_subcommand() -> None:
 
 def test_missing_image_is_a_clear_error_not_a_traceback(tmp_path: Path, isolated_cache: Path) -> None:
     res = run_cli(["emulate", "start", str(tmp_path / "nope.img"), "--name", "t"])
-    assert res.code == 2
+    assert res.code == UsageError.exit_code
     assert "pibake: error: no image at" in res.err
     assert "make image" in res.err
     assert "Traceback" not in res.err
@@ -33,5 +34,5 @@ def test_status_and_stop_of_a_guest_that_never_ran(isolated_cache: Path) -> None
 
 def test_bad_guest_names_are_refused(isolated_cache: Path) -> None:
     res = run_cli(["emulate", "status", "--name", "../etc"])
-    assert res.code == 2
+    assert res.code == UsageError.exit_code
     assert "invalid guest name" in res.err

@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except PibakeError as e:
         log.debug("error", exc_info=True)
-        print(f"pibake: {e.kind}: {e}" if e.exit_code != 1 else f"pibake: error: {e}", file=sys.stderr)
+        print(f"pibake: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         log.debug("interrupted", exc_info=True)

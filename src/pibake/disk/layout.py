@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 
 SECTOR = 512
 MIB = 1 << 20
@@ -43,11 +43,9 @@ class Layout:
 
     def __post_init__(self) -> None:
         if self.boot_mb < MIN_BOOT_MB:
-            raise PibakeError(
-                f"boot partition of {self.boot_mb} MiB is too small for FAT32 (minimum {MIN_BOOT_MB} MiB)"
-            )
+            raise UsageError(f"boot partition of {self.boot_mb} MiB is too small for FAT32 (minimum {MIN_BOOT_MB} MiB)")
         if self.root_mb < MIN_ROOT_MB:
-            raise PibakeError(
+            raise UsageError(
                 f"image of {self.total_mb} MiB leaves {self.root_mb} MiB for the root filesystem; "
                 f"it needs at least {MIN_ROOT_MB} MiB (raise --size)"
             )
@@ -99,7 +97,7 @@ class Mbr:
 
 def parse_mbr(sector0: bytes) -> Mbr:
     if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa":
-        raise PibakeError("not an MBR disk image (no 0x55AA boot signature in sector 0)")
+        raise UsageError("not an MBR disk image (no 0x55AA boot signature in sector 0)")
     (disk_id,) = struct.unpack_from("<I", sector0, 440)
     parts = []
     for i in range(4):

@@ -8,7 +8,7 @@ from pathlib import Path
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.fat import read_boot_file
 from pibake.emulate import profiles
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,13 @@ def boot_inputs(
         dtb = read_boot_file(image, prof.dtb, sdir / prof.dtb)
     if kernel is not None:
         if not kernel.is_file():
-            raise PibakeError(f"no kernel at {kernel}: build one with `pibake kernel build`")
+            raise UsageError(f"no kernel at {kernel}: build one with `pibake kernel build`")
         return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
     # Like the Pi's firmware: config.txt names the kernel and the initramfs.
     config = parse_config_txt(read_boot_file(image, "config.txt", sdir / "config.txt").read_text())
     kernel_name = config.get("kernel", "")
     if not kernel_name:
-        raise PibakeError(f"{image}: config.txt on the boot partition names no kernel= to boot")
+        raise UsageError(f"{image}: config.txt on the boot partition names no kernel= to boot")
     initrd_name = config.get("initramfs")
     return BootInputs(
         kernel=read_boot_file(image, kernel_name, sdir / "kernel.img"),
@@ -53,7 +53,7 @@ def boot_inputs(
 def check_power_of_two(image: Path, prof: profiles.Profile) -> None:
     size = image.stat().st_size
     if prof.needs_power_of_two and size & (size - 1):
-        raise PibakeError(
+        raise UsageError(
             f"profile {prof.name} emulates an SD card, which QEMU only accepts with a power-of-two size; "
             f"{image} has {size} bytes. Grow it to {1 << size.bit_length()} bytes "
             f"(`pibake image prepare --grow-to-power-of-two`) or use the virt profile"

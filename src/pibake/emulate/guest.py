@@ -28,7 +28,7 @@ from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.boot import boot_inputs, check_power_of_two
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import cache_root
 from pibake.util.proc import run
 
@@ -123,7 +123,7 @@ class Stopped:
 
 def state_dir(name: str) -> Path:
     if not name or "/" in name or name.startswith("."):
-        raise PibakeError(f"invalid guest name {name!r}: use letters, digits, - and _")
+        raise UsageError(f"invalid guest name {name!r}: use letters, digits, - and _")
     return cache_root() / "guests" / name
 
 
@@ -223,9 +223,9 @@ def start(
     image = image.resolve()
     for gp in forward:
         if not 0 < gp < 65536 or gp == 22:
-            raise PibakeError(f"cannot forward guest port {gp}: give a TCP port from 1 to 65535 other than 22 (SSH)")
+            raise UsageError(f"cannot forward guest port {gp}: give a TCP port from 1 to 65535 other than 22 (SSH)")
     if not image.is_file():
-        raise PibakeError(f"no image at {image}: build one with `make image` (pibake image build)")
+        raise UsageError(f"no image at {image}: build one with `make image` (pibake image build)")
     read_mbr(image)
     prof = profiles.load(profile)
     cpu = prof.resolve_cpu(cpu)
@@ -233,7 +233,7 @@ def start(
     sdir = state_dir(name)
     current = status(name)
     if current.running and current.guest:
-        raise PibakeError(
+        raise Refused(
             f"guest {name} is already running (pid {current.guest.pid}, ssh port {current.guest.ssh_port}); "
             f"stop it with `pibake emulate stop --name {name}` or choose another --name"
         )
@@ -423,7 +423,7 @@ def reboot(name: str, *, timeout: float = 300) -> Guest:
     """
     guest = _load(name)
     if guest is None or not _alive(guest.pid, state_dir(name)):
-        raise PibakeError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
+        raise UsageError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
     stopped = stop(name, keep_disk=True)
     if not stopped.clean:
         if guest.overlay:
@@ -452,7 +452,7 @@ def reboot(name: str, *, timeout: float = 300) -> Guest:
 def ssh(name: str, command: list[str]) -> int:
     guest = _load(name)
     if guest is None or not _alive(guest.pid, state_dir(name)):
-        raise PibakeError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
+        raise UsageError(f"guest {name} is not running: start it with `pibake emulate start --name {name}`")
     argv = [
         "ssh",
         "-i",

@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 
 _PKG = Path(__file__).resolve().parents[1]
 PROFILE_DIRS = (_PKG / "data" / "qemu", _PKG.parents[1] / "qemu")
@@ -46,7 +46,7 @@ class Profile:
     def resolve_cpu(self, cpu: str | None) -> str:
         cpu = cpu or self.cpu
         if cpu not in self.cpus:
-            raise PibakeError(
+            raise UsageError(
                 f"profile {self.name} cannot emulate CPU {cpu!r}; choose one of: {', '.join(sorted(self.cpus))}"
             )
         return cpu
@@ -66,7 +66,7 @@ def available() -> list[str]:
 def load(name: str) -> Profile:
     path = profile_dir() / f"{name}.toml"
     if not path.is_file():
-        raise PibakeError(f"unknown machine profile {name!r}; known profiles: {', '.join(available())}")
+        raise UsageError(f"unknown machine profile {name!r}; known profiles: {', '.join(available())}")
     return parse(tomllib.loads(path.read_text()), source=str(path))
 
 
@@ -130,16 +130,16 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
     cpu = profile.resolve_cpu(launch.cpu)
     memory = launch.memory_mb or profile.memory_mb
     if not 64 <= memory <= profile.max_memory_mb:
-        raise PibakeError(f"profile {profile.name} takes 64 to {profile.max_memory_mb} MiB of RAM, not {memory}")
+        raise UsageError(f"profile {profile.name} takes 64 to {profile.max_memory_mb} MiB of RAM, not {memory}")
     if profile.dtb and launch.dtb is None:
-        raise PibakeError(f"profile {profile.name} boots with the device tree {profile.dtb}, and none was given")
+        raise UsageError(f"profile {profile.name} boots with the device tree {profile.dtb}, and none was given")
     hostfwd = ",".join(
         f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ((launch.ssh_port, 22), *launch.forwards)
     )
     argv = ["qemu-system-arm", "-M", profile.machine]
     if profile.fixed_soc:
         if launch.cpu not in (None, profile.cpu) or launch.memory_mb not in (None, profile.memory_mb):
-            raise PibakeError(f"profile {profile.name} emulates a fixed SoC: its CPU and RAM cannot be changed")
+            raise UsageError(f"profile {profile.name} emulates a fixed SoC: its CPU and RAM cannot be changed")
         argv += ["-m", str(profile.memory_mb)]
     else:
         argv += ["-cpu", cpu, "-smp", str(profile.smp), "-m", str(memory)]

@@ -20,7 +20,7 @@ from pibake.boards import firmware as piboot
 from pibake.disk.layout import MIB, Layout, partuuid
 from pibake.disk.sparse import write_at
 from pibake.emulate import sshkey
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, ToolMissing, UsageError
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
 from pibake.util.publish import publish
@@ -136,7 +136,7 @@ def default_spec(
 ) -> ImageSpec:
     piboot.require_debian_board(board)  # before anything else: no key made, nothing downloaded
     if base not in BASES:
-        raise PibakeError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
+        raise UsageError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
     mirror = mirror or os.environ.get("PIBAKE_DEBIAN_MIRROR") or None
     return ImageSpec(
         base=DebianBase(suite=BASES[base], mirror=mirror),
@@ -174,12 +174,12 @@ def ensure_binfmt() -> None:
     if entry.exists() and entry.read_text().startswith("enabled"):
         return
     if os.geteuid() != 0:
-        raise PibakeError("qemu-arm binfmt is not registered and registering it needs root: run `make deps` as root")
+        raise ToolMissing("qemu-arm binfmt is not registered and registering it needs root: run `make deps` as root")
     if not Path("/proc/sys/fs/binfmt_misc/register").exists():
         run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
     run(["update-binfmts", "--enable", "qemu-arm"])
     if not entry.exists():
-        raise PibakeError("update-binfmts did not register qemu-arm: is qemu-user-static installed?")
+        raise ToolMissing("update-binfmts did not register qemu-arm: is qemu-user-static installed?")
 
 
 # ---------------------------------------------------------------- rootfs stage

@@ -17,7 +17,7 @@ from pathlib import Path
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
-from pibake.errors import PibakeError
+from pibake.errors import UsageError, VerificationFailed
 from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
@@ -185,16 +185,16 @@ def check_boot(image: Path, *, board: str | None = None) -> BootCheck:
     Raises PibakeError listing every problem found.
     """
     if not image.is_file():
-        raise PibakeError(f"no image at {image}")
+        raise UsageError(f"no image at {image}")
     mbr = read_mbr(image)
     boot = read_boot(image, mbr)
     if board is None:
         board = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
         if board is None:
-            raise PibakeError(f"{image}: its config.txt records no board (not built by pibake): name one with --board")
+            raise UsageError(f"{image}: its config.txt records no board (not built by pibake): name one with --board")
     found = inspect(boot, read_root(image, mbr), board)
     if found.problems:
-        raise PibakeError(
+        raise VerificationFailed(
             f"{image} would not boot a {board}:\n  - "
             + "\n  - ".join(found.problems)
             + "\nRebuild it (`pibake image build --board BOARD`) or restore the files on its boot partition."

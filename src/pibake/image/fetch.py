@@ -33,8 +33,9 @@ import requests
 
 from pibake import __version__
 from pibake.disk.layout import MIB, parse_mbr
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, Refused, UsageError, VerificationFailed
 from pibake.util.cache import cache_root, recipe_hash, sha256_file
+from pibake.util.progress import Meter
 from pibake.util.publish import publish
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 CHUNK = MIB
 # Smaller for the network: a cut connection loses the chunk being read.
 NET_CHUNK = 256 << 10
+PROGRESS_INTERVAL = 5.0  # seconds between two lines of download progress
 Kind = Literal["xz", "gz", "zip", "raw"]
 
 
@@ -142,7 +144,7 @@ class FetchedImage:
 def url_filename(url: str) -> str:
     name = urlsplit(url).path.rsplit("/", 1)[-1]
     if not name:
-        raise PibakeError(f"cannot tell a file name from the URL {url!r}: it should end with the image's name")
+        raise UsageError(f"cannot tell a file name from the URL {url!r}: it should end with the image's name")
     return name
 
 
@@ -151,7 +153,7 @@ def archive_kind(filename: str) -> Kind:
     for suffix, kind in ((".xz", "xz"), (".gz", "gz"), (".zip", "zip"), (".img", "raw")):
         if lower.endswith(suffix):
             return kind  # type: ignore[return-value]
-    raise PibakeError(f"{filename}: pibake takes .img.xz, .img.gz, .zip or .img downloads")
+    raise UsageError(f"{filename}: pibake takes .img.xz, .img.gz, .zip or .img downloads")
 
 
 def image_name(filename: str) -> str:
@@ -166,7 +168,7 @@ def image_name(filename: str) -> str:
 def normalise_sha256(value: str) -> str:
     digest = value.strip().lower().removeprefix("sha256:")
     if not _SHA256.match(digest):
-        raise PibakeError(f"{value!r} is not a sha256 digest (64 hexadecimal digits)")
+        raise UsageError(f"{value!r} is not a sha256 digest (64 hexadecimal digits)")
     return digest
 
 
@@ -204,13 +206,13 @@ def resolve(
     catalogue = CATALOGUE if catalogue is None else catalogue
     digest = normalise_sha256(sha256) if sha256 else None
     if url and release:
-        raise PibakeError("give either --release or --url, not both")
+        raise UsageError("give either --release or --url, not both")
     if url:
         if not url.startswith(("http://", "https://")):
-            raise PibakeError(f"{url!r} is not an http(s) URL")
+            raise UsageError(f"{url!r} is not an http(s) URL")
         archive_kind(url_filename(url))
         if digest is None and not insecure_no_verify:
-            raise PibakeError(
+            raise Refused(
                 f"{url} is not in the catalogue, so pibake cannot check it: pass --sha256 with the digest "
                 "its publisher gives (the .sha256 file next to the image), or --insecure-no-verify to take it unchecked"
             )
@@ -218,16 +220,16 @@ def resolve(
     name = ALIASES.get(release or DEFAULT_RELEASE, release or DEFAULT_RELEASE)
     if name not in catalogue:
         known = ", ".join(sorted([*catalogue, *(a for a, n in ALIASES.items() if n in catalogue)]))
-        raise PibakeError(f"unknown release {release!r}; known releases: {known} (or give --url and --sha256)")
+        raise UsageError(f"unknown release {release!r}; known releases: {known} (or give --url and --sha256)")
     entry = catalogue[name]
     if entry.sha256 and digest and entry.sha256 != digest:
-        raise PibakeError(
+        raise UsageError(
             f"--sha256 {digest} contradicts the catalogue's {entry.sha256} for {name}; "
             "drop --sha256 to use the catalogue's, or give the URL with --url"
         )
     checked = entry.sha256 or digest
     if checked is None and not insecure_no_verify:
-        raise PibakeError(
+        raise Refused(
             f"the catalogue has no verified sha256 for {name}: confirm it with --sha256 "
             f"(from {entry.url}.sha256), or pass --insecure-no-verify"
         )
@@ -247,38 +249,10 @@ def check_head(head: bytes, kind: Kind | None, url: str) -> None:
         )
     magics = _MAGIC[kind] if kind else ()
     if magics and head and not head.startswith(magics):
-        raise PibakeError(f"{url} is not a {kind} archive (it starts with {head[:8]!r}); check the URL")
+        raise VerificationFailed(f"{url} is not a {kind} archive (it starts with {head[:8]!r}); check the URL")
 
 
 # ---------------------------------------------------------------- download
-
-
-class _Progress:
-    """Log download progress at most every INTERVAL seconds."""
-
-    INTERVAL = 5.0
-
-    def __init__(self, name: str, start: int, total: int | None) -> None:
-        self.name, self.start, self.total = name, start, total
-        self.t0 = self.last = time.monotonic()
-
-    def update(self, done: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < self.INTERVAL:
-            return
-        self.last = now
-        rate = (done - self.start) / max(now - self.t0, 1e-6) / MIB
-        if self.total:
-            log.info(
-                "%s: %.1f of %.1f MiB (%d%%), %.1f MiB/s",
-                self.name,
-                done / MIB,
-                self.total / MIB,
-                100 * done // self.total,
-                rate,
-            )
-        else:
-            log.info("%s: %.1f MiB, %.1f MiB/s", self.name, done / MIB, rate)
 
 
 class _Retry(Exception):
@@ -354,7 +328,7 @@ def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: K
         if resp.status_code == 206:
             start = _content_range_start(resp.headers.get("Content-Range", ""))
             if start != have:
-                raise PibakeError(f"{url}: asked to resume at byte {have}, the server sent from byte {start}")
+                raise VerificationFailed(f"{url}: asked to resume at byte {have}, the server sent from byte {start}")
             mode = "ab"
         else:
             if have:
@@ -362,7 +336,7 @@ def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: K
             have, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None and length.isdigit() else None
-        progress = _Progress(part.name.removesuffix(".part"), have, total)
+        progress = Meter(part.name.removesuffix(".part"), total, logger=log, interval=PROGRESS_INTERVAL, start=have)
         done = have
         try:
             chunks = resp.iter_content(NET_CHUNK)
@@ -379,7 +353,7 @@ def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: K
             raise _Retry(f"{type(e).__name__}: {e}") from e
     if total is not None and done < total:
         raise _Retry(f"got {done} of {total} bytes")
-    progress.update(done, final=True)
+    progress.finish()
     return done
 
 
@@ -432,9 +406,9 @@ def decompress(archive: Path, kind: Kind, out: Path) -> tuple[str, int]:
                 pos += len(chunk)
             dst.truncate(pos)
     except EOFError as e:
-        raise PibakeError(f"{archive.name} is truncated: it ends before its last block ({e})") from e
+        raise VerificationFailed(f"{archive.name} is truncated: it ends before its last block ({e})") from e
     except (lzma.LZMAError, gzip.BadGzipFile, zlib.error, zipfile.BadZipFile) as e:
-        raise PibakeError(f"{archive.name} is corrupt or truncated ({type(e).__name__}: {e})") from e
+        raise VerificationFailed(f"{archive.name} is corrupt or truncated ({type(e).__name__}: {e})") from e
     except OSError as e:
         raise PibakeError(f"decompressing {archive.name} into {out} failed: {e}") from e
     return digest.hexdigest(), pos
@@ -510,7 +484,7 @@ def download(
     """
     digest = normalise_sha256(sha256) if sha256 else None
     if digest is None and not insecure_no_verify:
-        raise PibakeError(f"refusing to download {url} without a sha256 to check it against")
+        raise Refused(f"refusing to download {url} without a sha256 to check it against")
     name = url_filename(url)
     if digest is not None and (done := cache_root() / "files" / digest / name).is_file():
         log.info("%s: cached", name)
@@ -524,13 +498,13 @@ def download(
     got = transfer(url, part, kind=kind, retries=retries, timeout=timeout, session=session)
     if size is not None and got != size:
         part.unlink()
-        raise PibakeError(
+        raise VerificationFailed(
             f"{name}: downloaded {got} bytes where the release has {size}; the file was deleted, run the command again"
         )
     actual = sha256_file(part)
     if digest is not None and actual != digest:
         part.unlink()
-        raise PibakeError(
+        raise VerificationFailed(
             f"sha256 mismatch for {url}: expected {digest}, got {actual}. The download is corrupt or not the "
             "published file; it was deleted and nothing was cached. Run the command again; if it fails the "
             "same way, the catalogue entry or --sha256 is wrong"

@@ -22,7 +22,7 @@ from pibake.disk.ext4 import ExtFs
 from pibake.disk.fsck import check_filesystems
 from pibake.disk.layout import MIB
 from pibake.disk.resize import root_partition, shrink_root
-from pibake.errors import PibakeError
+from pibake.errors import UsageError
 from pibake.flash import bmap
 from pibake.image import check as bootcheck
 from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
@@ -208,7 +208,7 @@ def finalize(
     """
     t0 = time.monotonic()
     if not image.is_file():
-        raise PibakeError(f"no image at {image}")
+        raise UsageError(f"no image at {image}")
     root_partition(image)
     record, undone = undo_tweaks(image)
     shrunk_to = None

@@ -34,7 +34,7 @@ from pibake.disk.fat import FatFs
 from pibake.disk.layout import MIB, SECTOR
 from pibake.disk.resize import grow_root, root_partition
 from pibake.emulate import profiles, sshkey
-from pibake.errors import PibakeError, UsageError
+from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import sha256_file
 from pibake.util.proc import run
 
@@ -114,7 +114,7 @@ def add_user(accounts: Accounts, user: str, *, password_hash: str, groups: tuple
     """Accounts with USER added as useradd would (own group, supplementary GROUPS that exist); and its uid."""
     users = parse_passwd(accounts.passwd)
     if any(u.name == user for u in users):
-        raise PibakeError(f"user {user} exists already")
+        raise UsageError(f"user {user} exists already")
     taken_uids = {u.uid for u in users}
     group_lines = _lines(accounts.group)
     taken_gids = {int(f[2]) for f in (line.split(":") for line in group_lines) if len(f) > 2 and f[2].isdigit()}
@@ -176,10 +176,10 @@ def with_authorized_key(existing: str | None, key: str) -> str | None:
     """authorized_keys with KEY in it; None when it is there already."""
     key = key.strip()
     if not key or "\n" in key:
-        raise PibakeError("the SSH public key must be exactly one line")
+        raise UsageError("the SSH public key must be exactly one line")
     fields = key.split()
     if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
-        raise PibakeError(f"{key[:40]!r}... is not an OpenSSH public key line")
+        raise UsageError(f"{key[:40]!r}... is not an OpenSSH public key line")
     text = existing or ""
     if any(line.split()[:2] == fields[:2] for line in text.splitlines()):
         return None
@@ -338,7 +338,7 @@ class PreparedImage:
 def copy_image(image: Path, output: Path) -> Path:
     """Copy IMAGE to OUTPUT (sparse, atomically)."""
     if not image.is_file():
-        raise PibakeError(f"no image at {image}")
+        raise UsageError(f"no image at {image}")
     output.parent.mkdir(parents=True, exist_ok=True)
     part = output.with_name(output.name + ".part")
     run(["cp", "--sparse=always", str(image), str(part)])
@@ -362,18 +362,18 @@ def prepare(
     """Grow IMAGE (or a copy at OUTPUT), enable SSH, set up USER and its key, set HOSTNAME, tweak for emulation."""
     t0 = time.monotonic()
     if not image.is_file():
-        raise PibakeError(f"no image at {image}: fetch one with `pibake image fetch` or build one with `make image`")
+        raise UsageError(f"no image at {image}: fetch one with `pibake image fetch` or build one with `make image`")
     if grow_mb < 0:
-        raise PibakeError(f"--grow takes a size to add in MiB, not {grow_mb}")
+        raise UsageError(f"--grow takes a size to add in MiB, not {grow_mb}")
     if not USERNAME.match(user) or user == "root":
-        raise PibakeError(
+        raise UsageError(
             f"invalid user name {user!r}: lower-case letters, digits and hyphens, starting with a letter, "
             "at most 32 characters, not root (Raspberry Pi OS's own rule)"
         )
     if password_hash is not None and not PASSWORD_HASH.match(password_hash):
-        raise PibakeError("--password-hash takes a crypt(3) hash such as `openssl passwd -6` prints, or '*'")
+        raise UsageError("--password-hash takes a crypt(3) hash such as `openssl passwd -6` prints, or '*'")
     if hostname is not None and not HOSTNAME.match(hostname):
-        raise PibakeError(f"invalid hostname {hostname!r}: letters, digits and inner hyphens, at most 63 characters")
+        raise UsageError(f"invalid hostname {hostname!r}: letters, digits and inner hyphens, at most 63 characters")
 
     def prepare_file(target: Path) -> PreparedImage:
         return _prepare_file(
@@ -462,7 +462,7 @@ def _prepare_file(
     root = ExtFs.partition(image, 2)
     boot = FatFs.partition(image, 1)
     if root.exists(RECORD):
-        raise PibakeError(
+        raise Refused(
             f"{image} was prepared already ({RECORD} is in it): run `pibake image finalize` on it, "
             "or prepare a fresh copy of the base image"
         )
@@ -471,7 +471,7 @@ def _prepare_file(
     base_sha256 = sha256_file(image)
     size_before = image.stat().st_size
     if size_before % SECTOR:
-        raise PibakeError(f"{image}: {size_before} bytes is not a whole number of 512-byte sectors")
+        raise UsageError(f"{image}: {size_before} bytes is not a whole number of 512-byte sectors")
     card_size = size_before + grow_mb * MIB
     size = next_power_of_two(card_size) if power_of_two else card_size
     if size > card_size:
@@ -676,7 +676,7 @@ def undo_tweaks(image: Path) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
         if current == tweak.original:
             continue
         if current is None or hashlib.sha256(current).hexdigest() != tweak.tweaked_sha256:
-            raise PibakeError(
+            raise Refused(
                 f"{image}: {tweak.fs}:{tweak.path} changed after prepare (by provisioning?), so pibake cannot tell "
                 f"which bytes the card should have. Put its original back by hand (it is base64 in {RECORD}) "
                 "and run finalize again"
