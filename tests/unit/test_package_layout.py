@@ -1,0 +1,71 @@
+"""The harness is laid out by pipeline stage: a verb's code is where its name says, every module says what it owns."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from pibake.cli import build_parser
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "pibake"
+MODULES = sorted(p for p in SRC.rglob("*.py") if p.is_file())
+
+
+def _subcommands(parser: object) -> dict[str, object]:
+    for action in getattr(parser, "_actions", []):
+        if action.__class__.__name__ == "_SubParsersAction":
+            return dict(action.choices)
+    return {}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_every_module_opens_with_a_one_line_docstring(path: Path) -> None:
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    assert doc, f"{path} has no module docstring saying what it owns"
+    first = doc.split("\n", 1)[0]
+    assert first.strip() and len(first) <= 120, f"{path}: the docstring's first line should say it in one line"
+
+
+def test_every_verb_group_has_its_cli_module_and_its_stage() -> None:
+    verbs = _subcommands(build_parser())
+    assert set(verbs) >= {"image", "emulate", "kernel", "flash", "bench", "demo", "preflight"}
+    for verb in verbs:
+        assert (SRC / "cli" / f"{verb}.py").is_file(), f"`pibake {verb}` has no module pibake/cli/{verb}.py"
+        assert (SRC / verb).is_dir() or (SRC / f"{verb}.py").is_file(), f"`pibake {verb}` has no stage pibake/{verb}"
+
+
+def test_each_image_action_lives_in_its_own_module() -> None:
+    actions = _subcommands(_subcommands(build_parser())["image"])
+    assert set(actions) == {"build", "check", "fetch", "prepare", "finalize"}
+    for action in actions:
+        assert (SRC / "image" / f"{action}.py").is_file(), f"`pibake image {action}` is not in pibake/image/{action}.py"
+
+
+# Runs on the Pi (copied there by the bench) beside the model's predict.py, which it imports from that
+# directory: Pi-side code, not the harness's, until the Pi-side package exists (issue 17).
+GUEST_SCRIPTS = {SRC / "bench" / "infer_timing.py"}
+
+
+def test_nothing_is_imported_by_file_path() -> None:
+    for path in set(MODULES) - GUEST_SCRIPTS:
+        text = path.read_text()
+        assert "spec_from_file_location" not in text, f"{path} imports a module by its file path"
+        assert "sys.path.insert" not in text and "sys.path.append" not in text, f"{path} edits sys.path"
+
+
+def test_the_cli_does_no_stage_work() -> None:
+    """The CLI modules parse and print: no subprocess, no pibake.util, no file reads or writes of their own."""
+    for path in (SRC / "cli").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(a.name != "subprocess" for a in node.names), f"{path} runs programs itself"
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("pibake.util"), f"{path} reaches into pibake.util ({node.module})"
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                assert name not in {"read_text", "read_bytes", "write_text", "write_bytes", "open"}, (
+                    f"{path}:{node.lineno} touches files; a stage should"
+                )
