@@ -25,7 +25,7 @@ class UsageError(PibakeError):
 
 
 class Refused(PibakeError):
-    """Refused for safety: the wrong disk, a mounted device, an output that would overwrite input. Exit code 3."""
+    """Not done, for safety: the wrong disk, a mounted device, work that would overwrite its input. Exit code 3."""
 
     exit_code = 3
     kind = "refused"
@@ -77,5 +77,5 @@ def exit_codes_epilog() -> str:
 
 
 def _first_line(kind: type[PibakeError]) -> str:
-    doc = (kind.__doc__ or "").strip().split("\n")[0]
-    return doc.split(" Exit code")[0].rstrip(".")
+    doc = (kind.__doc__ or "").strip().split("\n")[0].split(" Exit code")[0].rstrip(".")
+    return doc[:1].lower() + doc[1:]
