@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pibake.bench import run as bench
+from pibake.bench import report
 from tests.conftest import REPO, run_cli
 
 # Loop devices for the flash step, chroot and binfmt for qemu-user.
@@ -22,7 +22,7 @@ def test_quick_bench_writes_numbers_a_chart_and_the_reasons(tmp_path: Path) -> N
     assert res.code == 0, res.err[-3000:]
 
     data = json.loads((out / "bench.json").read_text())
-    bench.validate(data)
+    report.validate(data)
     assert data["repeat"] == 1 and data["quick"] is True
     assert data["machine"]["cores"] >= 1 and data["machine"]["qemu_version"].startswith("QEMU")
     steps = {s["name"]: s for s in data["steps"]}

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from pibake.disk.layout import parse_mbr
-from pibake.errors import PibakeError
-from pibake.flash import bmap
-from pibake.flash import writer as flash
+from pibake.errors import Interrupted, PibakeError, Refused, VerificationFailed
+from pibake.flash import bmap, device, safety, writer
+from pibake.util.progress import Progress
 from tests.conftest import REPO, run_cli
 
 pytestmark = [
@@ -42,7 +42,7 @@ MakeLoop = Callable[..., Path]
 
 def _mounts_of(dev: Path) -> list[str]:
     text = Path("/proc/self/mountinfo").read_text()
-    return [m.mount_point for m in flash.parse_mountinfo(text) if m.source.startswith(str(dev))]
+    return [m.mount_point for m in safety.parse_mountinfo(text) if m.source.startswith(str(dev))]
 
 
 @pytest.fixture
@@ -135,14 +135,14 @@ def test_refuses_a_partition_and_names_the_disk(loop: MakeLoop, small_image: Pat
     assert part.exists()
     before = sha256_of(target)
     code, _, err = flash_cli(small_image, part, "--allow-non-removable", "--yes")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"{part} is partition 1 of {dev}, not a whole disk" in err
     assert sha256_of(target) == before
 
 
 def _root_disk() -> Path | None:
     """The whole disk that holds /, from /proc/self/mountinfo and sysfs (None in a container on overlayfs)."""
-    mounts = flash.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    mounts = safety.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     root = [m for m in mounts if m.mount_point == "/"][-1]
     node = Path("/sys/dev/block") / root.devno
     if not node.exists():
@@ -159,7 +159,7 @@ def test_refuses_the_disk_holding_root(tmp_path: Path) -> None:
     img = tmp_path / "tiny.img"
     img.write_bytes(b"\x00" * MIB)
     code, _, err = flash_cli(img, disk, "--allow-non-removable", "--yes", "--unmount")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"refusing to write to {disk}; nothing was written" in err
     assert "holds / (from " in err and "of the running system" in err
 
@@ -176,12 +176,12 @@ def test_refuses_a_mounted_filesystem_then_unmount_proceeds(
     (mnt / "photo.jpg").write_bytes(b"precious")
 
     code, _, err = flash_cli(small_image, dev, "--allow-non-removable", "--yes")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"has mounted filesystems ({dev} on {mnt})" in err and "pass --unmount" in err
     assert (mnt / "photo.jpg").read_bytes() == b"precious"  # still mounted, untouched
     # Behind the checks, the kernel's own: O_EXCL on a device with a mounted filesystem is refused.
-    with pytest.raises(PibakeError, match="is busy"):
-        flash._open_target(dev, block_device=True, image_size=MIB)
+    with pytest.raises(Refused, match="is busy"):
+        device.open_target(dev, block_device=True, image_size=MIB)
 
     code, out, err = flash_cli(small_image, dev, "--allow-non-removable", "--yes", "--unmount")
     assert code == 0, err
@@ -200,23 +200,25 @@ def test_refuses_a_device_in_use_as_swap(loop: MakeLoop, small_image: Path) -> N
         code, _, err = flash_cli(small_image, dev, "--allow-non-removable", "--yes", "--unmount")
     finally:
         subprocess.run(["swapoff", str(dev)], check=True)
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"{dev} is in use as swap ({dev.name})" in err and "swapoff" in err
 
 
 def test_refuses_non_removable_without_the_flag(loop: MakeLoop, small_image: Path) -> None:
     dev = loop(128 * MIB)
     code, _, err = flash_cli(small_image, dev, "--yes")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"{dev} is not a removable device (/sys/block/{dev.name}/removable is 0)" in err
     assert "--allow-non-removable" in err
+    with pytest.raises(Refused, match="is not a removable device"):  # the kind, from the library itself
+        writer.flash(small_image, dev, assume_yes=True, eject=False)
     assert sha256_of(backing_of(dev)) == hashlib.sha256(bytes(128 * MIB)).hexdigest()
 
 
 def test_refuses_an_image_larger_than_the_device(loop: MakeLoop, small_image: Path) -> None:
     dev = loop(64 * MIB)
     code, _, err = flash_cli(small_image, dev, "--allow-non-removable", "--yes")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"the image (80.0 MiB) does not fit on {dev} (64.0 MiB)" in err
 
 
@@ -224,7 +226,7 @@ def test_refuses_the_loop_device_of_the_image_itself(loop: MakeLoop, small_image
     dev = loop(backing=small_image)
     before = sha256_of(small_image)
     code, _, err = flash_cli(small_image, dev, "--allow-non-removable", "--yes")
-    assert code == 2 and f"{dev} is the loop device of the image {small_image} itself" in err
+    assert code == Refused.exit_code and f"{dev} is the loop device of the image {small_image} itself" in err
     assert sha256_of(small_image) == before
 
 
@@ -232,7 +234,7 @@ def test_refuses_a_regular_file_without_to_file(small_image: Path, tmp_path: Pat
     target = tmp_path / "card.img"
     target.write_bytes(b"not a card")
     code, _, err = flash_cli(small_image, target)
-    assert code == 2 and "is not a block device" in err and "--to-file" in err
+    assert code == Refused.exit_code and "is not a block device" in err and "--to-file" in err
     assert target.read_bytes() == b"not a card"
 
 
@@ -242,7 +244,7 @@ def test_confirmation_typed_wrong_then_right(
     dev = loop(128 * MIB)
     monkeypatch.setattr("sys.stdin", io.StringIO("loop99\n"))
     code, _, err = flash_cli(small_image, dev, "--allow-non-removable")
-    assert code == 2
+    assert code == Refused.exit_code
     assert f"{dev} will be overwritten with {small_image}" in err  # the description came first
     assert f"Type the device name ({dev.name}) to go on" in err
     assert f"you typed 'loop99', not '{dev.name}': nothing was written" in err
@@ -260,7 +262,7 @@ def test_confirmation_typed_wrong_then_right(
 
 def test_sparse_image_without_bmap(loop: MakeLoop, big_image: Path) -> None:
     dev = loop(GIB + 64 * MIB)
-    res = flash.flash(big_image, dev, full=True, allow_non_removable=True, assume_yes=True)
+    res = writer.flash(big_image, dev, full=True, allow_non_removable=True, assume_yes=True)
     assert res.bmap is None and res.bytes_written == GIB and res.verified
     assert res.sha256 == sha256_of(big_image)
     assert same_prefix(big_image, backing_of(dev))
@@ -274,7 +276,7 @@ def test_sparse_image_with_its_bmap(loop: MakeLoop, big_image: Path, tmp_path: P
         f.seek(300 * MIB)
         f.write(b"old photo" * 1000)
     dev = loop(backing=target)
-    res = flash.flash(big_image, dev, allow_non_removable=True, assume_yes=True)
+    res = writer.flash(big_image, dev, allow_non_removable=True, assume_yes=True)
     mapped = bmap.load(bmap.default_path(big_image)).mapped_bytes
     assert res.bmap == bmap.default_path(big_image) and res.verified
     assert res.bytes_written == mapped < 16 * MIB
@@ -305,9 +307,9 @@ def test_bmaptools_bmap_is_used(loop: MakeLoop, small_image: Path, tmp_path: Pat
 CHILD = """
 import sys, time
 from pibake import cli
-from pibake.flash import writer as flash
+from pibake.util import progress
 
-report = flash._Meter.report
+report = progress.Meter.report
 
 def pause_mid_write(self):
     report(self)
@@ -315,7 +317,7 @@ def pause_mid_write(self):
         print("MID-WRITE", self.done, flush=True)
         time.sleep(600)
 
-flash._Meter.report = pause_mid_write
+progress.Meter.report = pause_mid_write
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -365,9 +367,9 @@ def test_ctrl_c_mid_write_says_the_card_is_incomplete(loop: MakeLoop, big_image:
     child = _start_and_pause(tmp_path, big_image, dev)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=60)
-    assert child.returncode == 130, err
+    assert child.returncode == Interrupted.exit_code == 130, err
     assert f"{dev} is INCOMPLETE" in err and "Run the same command again" in err
-    assert "pibake: interrupted" in err
+    assert "pibake: error: interrupted after " in err
     assert "Traceback" not in err
 
 
@@ -385,7 +387,7 @@ def test_verification_reads_the_device_not_the_cache(loop: MakeLoop, big_image: 
     dev = loop(GIB + 64 * MIB)
     medium = backing_of(dev)
 
-    def corrupt(p: flash.Progress) -> None:
+    def corrupt(p: Progress) -> None:
         if p.phase == "verify" and p.done == 0:
             fd = os.open(medium, os.O_WRONLY)
             try:
@@ -394,6 +396,6 @@ def test_verification_reads_the_device_not_the_cache(loop: MakeLoop, big_image: 
             finally:
                 os.close(fd)
 
-    with pytest.raises(PibakeError, match=r"verification failed: .* first at byte 600 \(sector 1\)") as err:
-        flash.flash(big_image, dev, full=not with_bmap, allow_non_removable=True, assume_yes=True, progress=corrupt)
+    with pytest.raises(VerificationFailed, match=r"verification failed: .* first at byte 600 \(sector 1\)") as err:
+        writer.flash(big_image, dev, full=not with_bmap, allow_non_removable=True, assume_yes=True, progress=corrupt)
     assert "do not use it" in str(err.value)

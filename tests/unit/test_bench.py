@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from pibake.bench import run as bench
-from pibake.bench.run import Step
+from pibake.bench import emulated, flash, image, inference, registry, report, results, serving
+from pibake.bench.results import Step
+from pibake.bench.wheel import cannot_run_model
 from pibake.errors import PibakeError
 from tests.wheels import TAG_ADVANCED_SIMD_ARCH, TAG_CPU_ARCH, TAG_FP_ARCH, elf32, make_wheel
 
@@ -39,10 +40,10 @@ def steps() -> list[Step]:
 
 
 def test_summarize_gives_median_min_max() -> None:
-    assert bench.summarize([3.0, 1.0, 2.0]) == bench.Summary(3, 2.0, 1.0, 3.0)
-    assert bench.summarize([4.0, 1.0]) == bench.Summary(2, 2.5, 1.0, 4.0)
+    assert results.summarize([3.0, 1.0, 2.0]) == results.Summary(3, 2.0, 1.0, 3.0)
+    assert results.summarize([4.0, 1.0]) == results.Summary(2, 2.5, 1.0, 4.0)
     with pytest.raises(PibakeError):
-        bench.summarize([])
+        results.summarize([])
 
 
 def test_a_step_that_did_not_run_has_no_summary_even_with_samples() -> None:
@@ -51,11 +52,11 @@ def test_a_step_that_did_not_run_has_no_summary_even_with_samples() -> None:
 
 def test_ratio_is_median_over_the_references_median() -> None:
     all_steps = steps()
-    assert bench.ratio(all_steps[1], all_steps) == pytest.approx(0.2 / 0.002)
-    assert bench.ratio(all_steps[0], all_steps) is None
-    assert bench.ratio(all_steps[2], all_steps) is None
+    assert results.ratio(all_steps[1], all_steps) == pytest.approx(0.2 / 0.002)
+    assert results.ratio(all_steps[0], all_steps) is None
+    assert results.ratio(all_steps[2], all_steps) is None
     orphan = Step("y", "inference", [1.0], ratio_to="missing")
-    assert bench.ratio(orphan, [orphan]) is None
+    assert results.ratio(orphan, [orphan]) is None
 
 
 @pytest.mark.parametrize(
@@ -63,11 +64,11 @@ def test_ratio_is_median_over_the_references_median() -> None:
     [(0.000306, "306 µs"), (0.1201, "120.1 ms"), (28.04, "28.0 s"), (300.0, "5.0 min")],
 )
 def test_durations_read_in_the_right_unit(seconds: float, text: str) -> None:
-    assert bench.format_seconds(seconds) == text
+    assert report.format_seconds(seconds) == text
 
 
 def test_table_has_a_row_per_step_with_numbers_ratio_or_reason() -> None:
-    table = bench.format_table(steps())
+    table = report.format_table(steps())
     lines = table.splitlines()
     assert lines[0].startswith("| step | n | median | min | max | ratio |")
     assert len(lines) == 2 + 4
@@ -79,9 +80,9 @@ def test_table_has_a_row_per_step_with_numbers_ratio_or_reason() -> None:
 
 
 def test_json_round_trips_and_validates() -> None:
-    data = bench.to_json(MACHINE, steps(), repeat=3, quick=False)
+    data = report.to_json(MACHINE, steps(), repeat=3, quick=False)
     again = json.loads(json.dumps(data))
-    bench.validate(again)
+    report.validate(again)
     by_name = {s["name"]: s for s in again["steps"]}
     assert by_name["infer-host"]["median"] == 0.002 and by_name["infer-host"]["n"] == 3
     assert by_name["infer-qemu-user-cortex-a15"]["ratio"] == pytest.approx(100.0)
@@ -104,25 +105,44 @@ def test_json_round_trips_and_validates() -> None:
     ],
 )
 def test_validate_names_what_is_wrong(damage: Any, complaint: str) -> None:
-    data = copy.deepcopy(bench.to_json(MACHINE, steps(), repeat=1, quick=True))
+    data = copy.deepcopy(report.to_json(MACHINE, steps(), repeat=1, quick=True))
     damage(data)
     with pytest.raises(PibakeError, match=complaint):
-        bench.validate(data)
+        report.validate(data)
 
 
 def test_step_selection() -> None:
-    assert bench._pick(None, quick=True) == list(bench.QUICK_STEPS)
-    assert bench._pick(None, quick=False) == list(bench.STEPS)
-    assert bench._pick(["flash", "image-cached"], quick=False) == ["image-cached", "flash"]
+    assert registry.pick(None, quick=True) == list(registry.QUICK_STEPS)
+    assert registry.pick(None, quick=False) == list(registry.STEPS)
+    assert registry.pick(["flash", "image-cached"], quick=False) == ["image-cached", "flash"]
     with pytest.raises(PibakeError, match="unknown bench step"):
-        bench._pick(["warp"], quick=False)
+        registry.pick(["warp"], quick=False)
+
+
+def test_the_registry_lists_the_steps_in_pipeline_order_and_runs_each_runner_once() -> None:
+    assert registry.STEPS == (
+        "image-cold", "image-cached", "boot", "converge", "infer-host", "infer-qemu-user", "infer-guest", "serve",
+        "flash",
+    )  # fmt: skip
+    assert registry.QUICK_STEPS == ("image-cached", "infer-host", "infer-qemu-user", "flash")
+    # The guests' runner measures boot, converge and infer-guest: once, after the host's and qemu-user's inference.
+    assert registry.runners(registry.STEPS) == [
+        image.image_cold,
+        image.image_cached,
+        inference.infer_host,
+        inference.infer_qemu_user,
+        emulated.emulated,
+        serving.serve,
+        flash.flash_step,
+    ]
+    assert registry.runners(["boot", "flash", "converge"]) == [emulated.emulated, flash.flash_step]
 
 
 def test_serving_reports_the_missing_role_then_the_missing_port(tmp_path: Path) -> None:
-    reason = bench.serving_unavailable(tmp_path)
+    reason = serving.serving_unavailable(tmp_path)
     assert reason is not None and "no inference_service role yet (issue 5)" in reason
     (tmp_path / "roles" / "inference_service" / "tasks").mkdir(parents=True)
-    reason = bench.serving_unavailable(tmp_path)
+    reason = serving.serving_unavailable(tmp_path)
     assert reason is not None and "issue 5" not in reason and "forward" in reason
 
 
@@ -131,19 +151,19 @@ def test_the_model_cannot_run_where_preflight_says_so(tmp_path: Path) -> None:
         tmp_path / "tflite_runtime-2.11.0-cp39-cp39-manylinux2014_armv7l.whl",
         {"tflite_runtime/_wrapper.so": elf32(VFPV4_NEON_FMA)},
     )
-    reason = bench.cannot_run_model(wheel, "vexpress-a9")
+    reason = cannot_run_model(wheel, "vexpress-a9")
     assert reason is not None
     assert "cortex-a9" in reason and "VFPv4" in reason and "Illegal instruction" in reason
-    assert bench.cannot_run_model(wheel, "virt") is None
-    assert bench.cannot_run_model(wheel, "raspi2b") is None
+    assert cannot_run_model(wheel, "virt") is None
+    assert cannot_run_model(wheel, "raspi2b") is None
 
 
 def test_changed_count_from_the_recap() -> None:
     recap = "PLAY RECAP\npi : ok=12 changed=3 unreachable=0\nother : ok=1 changed=0\n"
-    assert bench._changed(recap) == 3
-    assert bench._changed("no recap") is None
+    assert emulated._changed(recap) == 3
+    assert emulated._changed("no recap") is None
 
 
 def test_chart_is_a_png(tmp_path: Path) -> None:
-    path = bench.render_chart(steps(), MACHINE, tmp_path / "chart.png")
+    path = report.render_chart(steps(), MACHINE, tmp_path / "chart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from pibake.errors import PibakeError
-from pibake.flash import bmap
-from pibake.flash import writer as flash
-from pibake.flash.writer import Disk, Holder, Mount, Partition
+from pibake.errors import Refused, UsageError, VerificationFailed
+from pibake.flash import bmap, device, safety, writer
+from pibake.flash.device import Disk, Holder, Partition
+from pibake.flash.safety import Mount
+from pibake.util.progress import Meter, Progress
 from tests.conftest import run_cli
 
 MIB = 1 << 20
@@ -52,25 +53,25 @@ def card(name: str = "sdb", *, size: int = 32 * GB, removable: bool = True, **kw
     return Disk(Path(f"/dev/{name}"), name, f"{major}:{minor}", size, removable, **fields)  # type: ignore[arg-type]
 
 
-def decide(disk: Disk, **kw: object) -> flash.Assessment:
+def decide(disk: Disk, **kw: object) -> safety.Assessment:
     options: dict[str, object] = {
         "image": Path("/home/pi/pibake-demo.img"),
         "image_size": 2 << 30,
         "image_devno": "8:2",
-        "mounts": flash.parse_mountinfo(MOUNTINFO),
+        "mounts": safety.parse_mountinfo(MOUNTINFO),
         "swaps": set(),
         "unmount": False,
         "allow_non_removable": False,
     }
     options.update(kw)
-    return flash.assess(disk, **options)  # type: ignore[arg-type]
+    return safety.assess(disk, **options)  # type: ignore[arg-type]
 
 
 # --- /proc parsers ---------------------------------------------------------------------------------
 
 
 def test_mountinfo_gives_device_numbers_and_unescaped_mount_points() -> None:
-    mounts = flash.parse_mountinfo(MOUNTINFO)
+    mounts = safety.parse_mountinfo(MOUNTINFO)
     assert Mount("8:2", "/", "ext4", "/dev/sda2") in mounts
     assert Mount("8:18", "/media/pi/root fs", "ext4", "/dev/sdb2") in mounts
     assert Mount("0:45", "/srv/data", "btrfs", "/dev/sdc1") in mounts
@@ -78,14 +79,14 @@ def test_mountinfo_gives_device_numbers_and_unescaped_mount_points() -> None:
 
 
 def test_swaps_are_unescaped() -> None:
-    assert flash.parse_swaps(SWAPS) == ["/dev/sda3", "/swap file"]
+    assert safety.parse_swaps(SWAPS) == ["/dev/sda3", "/swap file"]
 
 
 def test_swap_devnos_of_a_swap_file_is_its_filesystem(tmp_path: Path) -> None:
     swapfile = tmp_path / "swap file"
     swapfile.touch()
     st = swapfile.stat()
-    assert flash.swap_devnos([str(swapfile), "/nonexistent"]) == {f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"}
+    assert safety.swap_devnos([str(swapfile), "/nonexistent"]) == {f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"}
 
 
 # --- the decisions ---------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def test_swap_on_the_card_is_refused() -> None:
 
 def test_device_mapper_holders_are_refused_and_their_mounts_found() -> None:
     disk = card(holders=(Holder("dm-0", "253:0", "vault", "sdb2"),))
-    res = decide(disk, mounts=[m for m in flash.parse_mountinfo(MOUNTINFO) if m.mount_point == "/mnt/vault"])
+    res = decide(disk, mounts=[m for m in safety.parse_mountinfo(MOUNTINFO) if m.mount_point == "/mnt/vault"])
     text = "\n".join(res.refusals)
     assert "in use by dm-0 (vault) on sdb2" in text and "cryptsetup close" in text
     assert "/dev/mapper/vault on /mnt/vault" in text
@@ -191,7 +192,7 @@ def test_the_loop_device_of_the_image_itself_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_description_shows_what_is_about_to_be_lost() -> None:
-    text = flash.describe(
+    text = safety.describe(
         card(), image=Path("x.img"), to_unmount=[Mount("8:17", "/media/b", "vfat", "/dev/sdb1")], plan="2 GiB"
     )
     for part in ("/dev/sdb will be overwritten with x.img", "SD/MMC", "0123", "32.0 GB (29.8 GiB), removable"):
@@ -240,7 +241,7 @@ def _sysfs(root: Path) -> Path:
 
 
 def test_sysfs_gives_the_whole_disk_with_partitions_and_holders(tmp_path: Path) -> None:
-    disk = flash.disk_from_sysfs("8:16", path=Path("/dev/sdb"), sys_root=_sysfs(tmp_path))
+    disk = device.disk_from_sysfs("8:16", path=Path("/dev/sdb"), sys_root=_sysfs(tmp_path))
     assert disk.name == "sdb" and disk.removable and disk.size == 62333952 * 512
     assert (disk.model, disk.serial) == ("Generic- SD/MMC", "20120501030900000")
     assert [p.name for p in disk.partitions] == ["sdb1", "sdb2"]
@@ -249,12 +250,12 @@ def test_sysfs_gives_the_whole_disk_with_partitions_and_holders(tmp_path: Path) 
 
 
 def test_sysfs_refuses_a_partition_and_names_the_disk(tmp_path: Path) -> None:
-    with pytest.raises(PibakeError, match=r"/dev/sdb1 is partition 1 of /dev/sdb, not a whole disk.*e\.g\. /dev/sdb"):
-        flash.disk_from_sysfs("8:17", path=Path("/dev/sdb1"), sys_root=_sysfs(tmp_path))
+    with pytest.raises(Refused, match=r"/dev/sdb1 is partition 1 of /dev/sdb, not a whole disk.*e\.g\. /dev/sdb"):
+        device.disk_from_sysfs("8:17", path=Path("/dev/sdb1"), sys_root=_sysfs(tmp_path))
 
 
 def test_sysfs_non_removable_disk(tmp_path: Path) -> None:
-    disk = flash.disk_from_sysfs("8:0", path=Path("/dev/sda"), sys_root=_sysfs(tmp_path))
+    disk = device.disk_from_sysfs("8:0", path=Path("/dev/sda"), sys_root=_sysfs(tmp_path))
     assert not disk.removable and disk.partitions == () and disk.holders == ()
 
 
@@ -262,21 +263,37 @@ def test_sysfs_non_removable_disk(tmp_path: Path) -> None:
 
 
 def test_progress_rate_and_time_left() -> None:
-    p = flash.Progress("write", 100 * MIB, 400 * MIB, 10.0)
+    p = Progress("write", 100 * MIB, 400 * MIB, 10.0)
     assert p.rate == pytest.approx(100 * MIB / 10)
     assert p.eta == pytest.approx(30.0)
     assert p.describe() == "write: 100/400 MiB (25%), 10.5 MB/s, 0:30 left"
-    assert flash.Progress("write", 0, 10, 0.0).eta is None
+    assert Progress("write", 0, 10, 0.0).eta is None
+
+
+def test_progress_of_a_resumed_download_of_unknown_length() -> None:
+    p = Progress("x.img.xz", 30 * MIB, None, 10.0, start=10 * MIB)
+    assert p.rate == pytest.approx(20 * MIB / 10)  # the bytes resumed from are not in the rate
+    assert p.eta is None
+    assert p.describe() == "x.img.xz: 30 MiB, 2.1 MB/s"
+    assert Progress("x.img.xz", 30 * MIB, 40 * MIB, 10.0, start=10 * MIB).eta == pytest.approx(5.0)
+
+
+def test_the_meter_reports_at_the_start_and_after_every_step() -> None:
+    seen: list[Progress] = []
+    meter = Meter("verify", 10, callback=seen.append, start=0)
+    meter.add(4)
+    meter.update(10)
+    assert [(p.phase, p.done, p.total) for p in seen] == [("verify", 0, 10), ("verify", 4, 10), ("verify", 10, 10)]
 
 
 def test_pieces_are_chunk_aligned_and_cut_at_the_head() -> None:
-    chunk = flash.CHUNK
+    chunk = writer.CHUNK
     extent = bmap.Extent(4096, 3 * chunk, None)
-    pieces = list(flash._pieces(extent, chunk))
+    pieces = list(writer._pieces(extent, chunk))
     assert pieces[0] == (4096, chunk - 4096)
     assert all(offset % chunk == 0 for offset, _ in pieces[1:])
     assert sum(n for _, n in pieces) == 3 * chunk
-    assert list(flash._pieces(bmap.Extent(0, 100, None), 50)) == [(0, 50), (50, 50)]
+    assert list(writer._pieces(bmap.Extent(0, 100, None), 50)) == [(0, 50), (50, 50)]
 
 
 # --- writing into files (--to-file): the whole path, without a block device ------------------------
@@ -301,26 +318,27 @@ def test_a_regular_file_needs_to_file(image: Path, tmp_path: Path) -> None:
     existing = tmp_path / "existing.img"
     existing.write_bytes(b"keep me")
     res = run_cli(["flash", str(image), str(existing)])
-    assert res.code == 2
+    assert res.code == Refused.exit_code
     assert "is not a block device" in res.err and "--to-file" in res.err
     assert existing.read_bytes() == b"keep me"
     res = run_cli(["flash", str(image), str(tmp_path / "sdz")])
-    assert res.code == 2 and "does not exist" in res.err and "lsblk" in res.err
+    assert res.code == UsageError.exit_code and "does not exist" in res.err and "lsblk" in res.err
     assert not (tmp_path / "sdz").exists()
 
 
 def test_the_image_is_not_written_onto_itself(image: Path) -> None:
     before = image.read_bytes()
     res = run_cli(["flash", str(image), str(image), "--to-file"])
-    assert res.code == 2 and "is the image itself" in res.err
+    assert res.code == Refused.exit_code and "is the image itself" in res.err
     assert image.read_bytes() == before
 
 
 def test_missing_image_and_swapped_arguments(tmp_path: Path) -> None:
     res = run_cli(["flash", str(tmp_path / "nope.img"), str(tmp_path / "out.img"), "--to-file"])
-    assert res.code == 2 and "does not exist: build it first" in res.err
+    assert res.code == UsageError.exit_code and "does not exist: build it first" in res.err
     res = run_cli(["flash", "/dev/null", str(tmp_path / "out.img"), "--to-file"])
-    assert res.code == 2 and "is not a regular file (the image comes first, the device second)" in res.err
+    assert res.code == UsageError.exit_code
+    assert "is not a regular file (the image comes first, the device second)" in res.err
 
 
 @pytest.mark.parametrize("with_bmap", [False, True])
@@ -340,7 +358,8 @@ def test_write_into_a_file_and_verify(image: Path, tmp_path: Path, with_bmap: bo
 def test_the_sidecar_sha256_is_checked(image: Path, tmp_path: Path) -> None:
     (tmp_path / "card.img.sha256").write_text(f"{'0' * 64}  card.img\n")
     res = run_cli(["flash", str(image), str(tmp_path / "out.img"), "--to-file"])
-    assert res.code == 2 and "does not match card.img.sha256" in res.err and "rebuild it" in res.err
+    assert res.code == VerificationFailed.exit_code
+    assert "does not match card.img.sha256" in res.err and "rebuild it" in res.err
 
 
 def test_an_image_that_changed_after_its_bmap_is_caught_while_writing(image: Path, tmp_path: Path) -> None:
@@ -349,7 +368,7 @@ def test_an_image_that_changed_after_its_bmap_is_caught_while_writing(image: Pat
         f.seek(5 * MIB)
         f.write(b"changed")
     res = run_cli(["flash", str(image), str(tmp_path / "out.img"), "--to-file"])
-    assert res.code == 2
+    assert res.code == VerificationFailed.exit_code
     assert "does not match its bmap" in res.err and "INCOMPLETE" in res.err
 
 
@@ -358,21 +377,40 @@ def test_a_malformed_bmap_writes_nothing(image: Path, tmp_path: Path) -> None:
     bad.write_text("<bmap version='2.0'><ImageSize>1</ImageSize></bmap>")
     out = tmp_path / "out.img"
     res = run_cli(["flash", str(image), str(out), "--to-file", "--bmap", str(bad)])
-    assert res.code == 2 and "bad.bmap is not a usable bmap" in res.err
+    assert res.code == UsageError.exit_code and "bad.bmap is not a usable bmap" in res.err
     assert not out.exists()
 
 
 def test_verification_catches_a_target_changed_after_writing(image: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.img"
 
-    def corrupt(p: flash.Progress) -> None:
+    def corrupt(p: Progress) -> None:
         if p.phase == "verify" and p.done == 0:
             with out.open("r+b") as f:
                 f.seek(4 * MIB + 77)
                 f.write(b"\xff" * 3)
 
-    with pytest.raises(PibakeError, match=r"verification failed: .* first at byte 4194381 \(sector 8192\)"):
-        flash.flash(image, out, to_file=True, progress=corrupt)
+    with pytest.raises(VerificationFailed, match=r"verification failed: .* first at byte 4194381 \(sector 8192\)"):
+        writer.flash(image, out, to_file=True, progress=corrupt)
+
+
+def test_a_refused_device_is_refused_before_anything_is_written(image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Device numbers no real disk has, so the mounts and swaps of this machine are none of its own.
+    disk = Disk(Path("/dev/sdq"), "sdq", "259:9990", 32 * GB, False, partitions=(Partition("sdq1", "259:9991", MIB),))
+    monkeypatch.setattr(device, "inspect_disk", lambda target: disk)
+    monkeypatch.setattr(device, "unmount", lambda *a: pytest.fail("nothing may be unmounted"))
+    with pytest.raises(Refused, match=r"refusing to write to /dev/sdq; nothing was written:\n  - .* not a removable"):
+        safety.check_device(
+            disk.path,
+            image=image,
+            image_size=image.stat().st_size,
+            plan_text="the whole image",
+            unmount=True,
+            allow_non_removable=False,
+            large_device_threshold=safety.LARGE_DEVICE_BYTES,
+            assume_yes=True,
+            confirm=None,
+        )
 
 
 def _answer(typed: str) -> Callable[[str], str]:
@@ -381,12 +419,12 @@ def _answer(typed: str) -> Callable[[str], str]:
 
 def test_confirmation_is_required_for_a_device_unless_yes() -> None:
     disk = card()
-    with pytest.raises(PibakeError, match="needs a confirmation: pass --yes"):
-        flash._confirm(disk, disk.path, "text", (), None)
-    with pytest.raises(PibakeError, match="you typed 'sdc', not 'sdb': nothing was written"):
-        flash._confirm(disk, disk.path, "text", (), lambda prompt: "sdc\n")
+    with pytest.raises(UsageError, match="needs a confirmation: pass --yes"):
+        safety._confirm(disk, disk.path, "text", (), None)
+    with pytest.raises(Refused, match="you typed 'sdc', not 'sdb': nothing was written"):
+        safety._confirm(disk, disk.path, "text", (), lambda prompt: "sdc\n")
     for typed in ("sdb", "/dev/sdb\n", " sdb "):
-        flash._confirm(disk, disk.path, "text", (), _answer(typed))
+        safety._confirm(disk, disk.path, "text", (), _answer(typed))
 
 
 def test_cli_reads_the_confirmation_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,11 +475,11 @@ def test_without_sync_file_range_writes_fall_back_to_fdatasync(
         calls.append(flags)
         raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(flash, "_sync_file_range", refused)
+    monkeypatch.setattr(writer, "_sync_file_range", refused)
     out = tmp_path / "out.img"
-    res = flash.flash(image, out, to_file=True)
+    res = writer.flash(image, out, to_file=True)
     assert res.verified and out.read_bytes() == image.read_bytes()
-    assert calls == [flash.SYNC_FILE_RANGE_WRITE]  # tried once, then fdatasync only
+    assert calls == [writer.SYNC_FILE_RANGE_WRITE]  # tried once, then fdatasync only
 
 
 def test_the_script_flashes_the_demo_image_by_default(tmp_path: Path) -> None:
@@ -452,6 +490,6 @@ def test_the_script_flashes_the_demo_image_by_default(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert res.returncode == 2
+    assert res.returncode == UsageError.exit_code
     assert "image build/pibake-demo.img does not exist: build it first (`make demo`)" in res.stderr
     assert "Traceback" not in res.stderr

@@ -21,6 +21,7 @@ from typing import Any
 
 
 def time_model(predict_dir: str, model: str, labels: str, images: Sequence[str], *, runs: int) -> dict[str, Any]:
+    """Load MODEL with predict.py's interpreter, then time RUNS passes over IMAGES, one invoke per image."""
     sys.path.insert(0, predict_dir)
     predict: Any = importlib.import_module("predict")
     start = time.perf_counter()
@@ -47,6 +48,7 @@ def time_model(predict_dir: str, model: str, labels: str, images: Sequence[str],
 
 
 def main(argv: Sequence[str]) -> int:
+    """Parse ARGV, time the model, print the result as one JSON line."""
     ap = argparse.ArgumentParser(description="Time the demo model per image.")
     ap.add_argument("--predict-dir", required=True, help="directory holding predict.py")
     ap.add_argument("--model", required=True)

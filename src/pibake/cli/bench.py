@@ -26,7 +26,7 @@ def _bench(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `bench` to the top-level subparsers SUB."""
-    from pibake.bench.run import QUICK_STEPS, STEPS
+    from pibake.bench.registry import QUICK_STEPS, STEPS
 
     p = sub.add_parser(
         "bench",

@@ -36,7 +36,7 @@ def _flash(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `flash` to the top-level subparsers SUB."""
-    from pibake.flash.writer import SAFETY_RULES
+    from pibake.flash.safety import SAFETY_RULES
 
     p = sub.add_parser(
         "flash",

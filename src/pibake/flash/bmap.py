@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class BlockRange:
 
     @property
     def blocks(self) -> int:
+        """How many blocks the range covers."""
         return self.last - self.first + 1
 
 
@@ -62,11 +63,14 @@ class Extent:
 
     @property
     def end(self) -> int:
+        """The first byte past the range."""
         return self.offset + self.length
 
 
 @dataclass(frozen=True)
 class Bmap:
+    """A block map: the image's size, its block size, and the ranges of blocks that hold data."""
+
     image_size: int
     block_size: int
     ranges: tuple[BlockRange, ...]
@@ -75,14 +79,17 @@ class Bmap:
 
     @property
     def blocks_count(self) -> int:
+        """Blocks in the image, the last one maybe short."""
         return -(-self.image_size // self.block_size)
 
     @property
     def mapped_blocks(self) -> int:
+        """Blocks that hold data."""
         return sum(r.blocks for r in self.ranges)
 
     @property
     def mapped_bytes(self) -> int:
+        """Bytes that hold data: what a write with this bmap writes."""
         return sum(e.length for e in self.extents())
 
     def extents(self) -> Iterator[Extent]:
@@ -96,7 +103,7 @@ class Bmap:
         """Refuse an image this bmap was not made for (bmaptool checks the size too)."""
         size = image.stat().st_size
         if size != self.image_size:
-            raise PibakeError(
+            raise UsageError(
                 f"the bmap is for an image of {self.image_size} bytes but {image} has {size}: "
                 f"it belongs to another image; {_FIX_IT}"
             )
@@ -250,7 +257,7 @@ def create(
     and ``bmaptool copy`` find it by themselves.
     """
     if block_size <= 0 or block_size % 512:
-        raise PibakeError(f"block size {block_size} is not a positive multiple of 512")
+        raise UsageError(f"block size {block_size} is not a positive multiple of 512")
     try:
         fd = os.open(image, os.O_RDONLY)
     except OSError as e:
@@ -258,7 +265,7 @@ def create(
     try:
         size = os.fstat(fd).st_size
         if size == 0:
-            raise PibakeError(f"{image} is empty: there is nothing to map")
+            raise UsageError(f"{image} is empty: there is nothing to map")
         builder = _RangeBuilder(CHECKSUM_TYPE)
         buf = bytearray(READ_CHUNK)
         zero_block = bytes(block_size)
@@ -317,11 +324,11 @@ _FILE_CHECKSUM = re.compile(rb"(<BmapFileChecksum>\s*)([0-9A-Fa-f]+)(\s*</BmapFi
 
 
 def load(path: Path) -> Bmap:
-    """Read and validate a bmap file; any fault is a PibakeError naming the file."""
+    """Read and validate a bmap file; any fault is a PibakeError naming the file (UsageError: not a usable bmap)."""
     try:
         size = path.stat().st_size
         if size > MAX_BMAP_BYTES:
-            raise PibakeError(f"{path} is {size} bytes: too big to be a bmap; {_FIX_IT}")
+            raise UsageError(f"{path} is {size} bytes: too big to be a bmap; {_FIX_IT}")
         data = path.read_bytes()
     except OSError as e:
         raise PibakeError(f"cannot read the bmap {path}: {e.strerror}") from e
@@ -331,8 +338,8 @@ def load(path: Path) -> Bmap:
 def parse(data: bytes, *, source: str = "bmap") -> Bmap:
     """Parse bmap XML (format 2.0, or 1.4 which is the same) and check it is consistent with itself."""
 
-    def bad(why: str) -> PibakeError:
-        return PibakeError(f"{source} is not a usable bmap: {why}; {_FIX_IT}")
+    def bad(why: str) -> UsageError:
+        return UsageError(f"{source} is not a usable bmap: {why}; {_FIX_IT}")
 
     # bmaps never have a DTD; refusing one rules out entity-expansion bombs before the parser sees them.
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
