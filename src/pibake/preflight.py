@@ -1,4 +1,8 @@
-"""`pibake preflight`: can these wheels run on the board, and on the CPU that emulates it?"""
+"""`pibake preflight`: can these wheels run on the board, and on the CPU that emulates it?
+
+The board's instruction set and emulating profile come from the board table, the rules from
+plugins/module_utils/isa.py: the same ones the collection's wheel_isa_check module applies.
+"""
 
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ class Report:
 
 
 def check(artifact: Artifact, target: Target) -> Verdict:
+    """Every ELF file of ARTIFACT that TARGET cannot run, with what it lacks (isa.missing)."""
     mismatches = []
     for obj in artifact.objects:
         lacks = isa.missing(obj.needs, target.isa)

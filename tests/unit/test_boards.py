@@ -7,7 +7,7 @@ import pytest
 
 from pibake import boards, isa, preflight
 from pibake.emulate import profiles
-from pibake.errors import PibakeError
+from pibake.errors import UsageError
 from pibake.isa import FP, SIMD, Arch
 from tests.wheels import tflite_armv7l_wheel
 
@@ -22,7 +22,7 @@ def tflite_wheel() -> Path:
 def test_the_table_has_every_target_board_and_defaults_to_the_pi3b_plus() -> None:
     assert boards.names() == ["pi1", "pi-zero", "pi2", "pi3", "pi3b-plus", "pi-zero-2", "pi4"]
     assert boards.DEFAULT_BOARD == "pi3b-plus"
-    with pytest.raises(PibakeError, match=r"unknown board 'pi5'; known boards: pi1, pi-zero"):
+    with pytest.raises(UsageError, match=r"unknown board 'pi5'; known boards: pi1, pi-zero"):
         boards.get("pi5")
 
 
@@ -65,7 +65,7 @@ def test_armv6_boards_have_no_profile_and_say_why() -> None:
         board = boards.get(name)
         assert board.profile is None and board.cpu is None
         assert "arm1176" in board.emulation and "raspi0" in board.emulation
-        with pytest.raises(PibakeError, match=rf"board {name}: no profile emulates an ARMv6.*--profile"):
+        with pytest.raises(UsageError, match=rf"board {name}: no profile emulates an ARMv6.*--profile"):
             boards.emulation(board)
     # A profile named on purpose is used with its default CPU.
     assert boards.emulation(boards.get("pi1"), profile="virt") == ("virt", None)

@@ -7,7 +7,7 @@ import pytest
 
 from pibake import isa, preflight
 from pibake.emulate import profiles
-from pibake.errors import PibakeError
+from pibake.errors import UsageError, VerificationFailed
 from pibake.isa import FP, SIMD, Arch, InstructionSet
 from tests.conftest import run_cli
 from tests.wheels import (
@@ -171,10 +171,10 @@ def test_scan_finds_elf_files_in_wheels_directories_and_loose(tmp_path: Path) ->
 
 
 def test_scan_refuses_what_is_not_a_wheel(tmp_path: Path) -> None:
-    with pytest.raises(PibakeError, match="no wheel or directory at"):
+    with pytest.raises(UsageError, match="no wheel or directory at"):
         isa.scan([tmp_path / "missing.whl"])
     (tmp_path / "broken.whl").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(PibakeError, match=r"broken\.whl: not a readable wheel"):
+    with pytest.raises(VerificationFailed, match=r"broken\.whl: not a readable wheel"):
         isa.scan([tmp_path / "broken.whl"])
 
 
@@ -235,9 +235,9 @@ def test_cli_preflight_reports_and_exits_0_when_every_wheel_fits(tflite_wheel: P
     assert "OK on emulated CPU cortex-a7 (profile virt)" in res.out
 
 
-def test_cli_preflight_exits_1_naming_the_wheel_the_so_and_what_is_lacking(tflite_wheel: Path) -> None:
+def test_cli_preflight_fails_verification_naming_the_wheel_the_so_and_what_is_lacking(tflite_wheel: Path) -> None:
     res = run_cli(["preflight", "--board", "pi-zero", str(tflite_wheel)])
-    assert res.code == 1
+    assert res.code == VerificationFailed.exit_code
     assert "INCOMPATIBLE on board pi-zero" in res.out
     assert res.err.startswith(f"pibake: error: {tflite_wheel.name} cannot run on board pi-zero")
     assert TFLITE_SO in res.err and "NEON with FMA (has no NEON)" in res.err
@@ -245,17 +245,17 @@ def test_cli_preflight_exits_1_naming_the_wheel_the_so_and_what_is_lacking(tflit
 
 def test_cli_preflight_usage_errors(tflite_wheel: Path, tmp_path: Path) -> None:
     res = run_cli(["preflight", "--cpu", "cortex-a9", str(tflite_wheel)])
-    assert res.code == 2
+    assert res.code == UsageError.exit_code
     assert "profile virt cannot emulate CPU 'cortex-a9'" in res.err
     res = run_cli(["preflight", "--board", "pi5", str(tflite_wheel)])
     assert res.code == 2 and "invalid choice: 'pi5'" in res.err
     res = run_cli(["preflight", str(tmp_path / "nope.whl")])
-    assert res.code == 2 and "no wheel or directory at" in res.err
+    assert res.code == UsageError.exit_code and "no wheel or directory at" in res.err
     assert "Traceback" not in res.err
 
 
 def test_cli_preflight_against_the_real_vexpress_a9_profile(tflite_wheel: Path) -> None:
     res = run_cli(["preflight", "--profile", "vexpress-a9", str(tflite_wheel)])
-    assert res.code == 1
+    assert res.code == VerificationFailed.exit_code
     assert "cannot run on emulated CPU cortex-a9 (profile vexpress-a9)" in res.err
     assert "VFPv4 (has VFPv3)" in res.err

@@ -11,7 +11,7 @@ import pytest
 
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
-from pibake.errors import PibakeError
+from pibake.errors import UsageError
 from pibake.image.build import ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
 from pibake.image.check import BootPartition, RootPartition, inspect, parse_ext_superblock, root_mismatch
 from tests.conftest import run_cli
@@ -58,16 +58,16 @@ def test_raspi_firmware_keeps_the_root_and_consoles_on_kernel_upgrades() -> None
 
 @pytest.mark.parametrize("board", ["pi1", "pi-zero"])
 def test_armv6_boards_are_refused_with_what_to_use_instead(board: str) -> None:
-    with pytest.raises(PibakeError, match=r"ARMv6.*Raspberry Pi OS"):
+    with pytest.raises(UsageError, match=r"ARMv6.*Raspberry Pi OS"):
         piboot.require_debian_board(board)
-    with pytest.raises(PibakeError, match="ARMv6"):
+    with pytest.raises(UsageError, match="ARMv6"):
         ImageSpec(ssh_pubkey="k", board=board)
-    with pytest.raises(PibakeError, match="ARMv6"):
+    with pytest.raises(UsageError, match="ARMv6"):
         default_spec(board=board)
 
 
 def test_the_zero_2_is_refused_because_bullseyes_kernel_has_no_device_tree_for_it() -> None:
-    with pytest.raises(PibakeError, match=r"bcm2837-rpi-zero-2-w.dtb.*Raspberry Pi OS"):
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w.dtb.*Raspberry Pi OS"):
         default_spec(board="pi-zero-2")
     assert piboot.debian_boards() == list(DEBIAN_BOARDS)
 
@@ -75,14 +75,14 @@ def test_the_zero_2_is_refused_because_bullseyes_kernel_has_no_device_tree_for_i
 def test_cli_refuses_an_armv6_board_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIBAKE_CACHE", str(tmp_path / "cache"))
     res = run_cli(["image", "build", "--board", "pi-zero", "-o", str(tmp_path / "x.img")])
-    assert res.code == 2
+    assert res.code == UsageError.exit_code
     assert "Raspberry Pi OS" in res.err
     assert not (tmp_path / "cache" / "ssh").exists()  # not even a key was made
     assert not (tmp_path / "x.img").exists()
 
 
 def test_unknown_board_lists_the_known_ones() -> None:
-    with pytest.raises(PibakeError, match="known boards: pi1"):
+    with pytest.raises(UsageError, match="known boards: pi1"):
         piboot.require_debian_board("pi5")
 
 

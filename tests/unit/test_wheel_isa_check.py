@@ -7,12 +7,14 @@ tflite-runtime wheel in the controller's cache, with the CPU features an emulate
 from __future__ import annotations
 
 import base64
+import importlib
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -65,12 +67,24 @@ def tflite_wheel() -> Path:
 
 
 @pytest.fixture(scope="module")
-def module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wheel_isa_check", MODULE_PATH)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def module() -> Iterator[ModuleType]:
+    """The module loaded from its file, importing its module_utils from the collection, as Ansible does.
+
+    .collections/ (see ansible.cfg) holds ansible_collections/pibake/raspberry, a link to this checkout.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(REPO / ".collections"))
+        spec = importlib.util.spec_from_file_location("wheel_isa_check", MODULE_PATH)
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        yield mod
+
+
+@pytest.fixture(scope="module")
+def collection_isa(module: ModuleType) -> ModuleType:
+    """plugins/module_utils/isa.py under the name the module imports it by."""
+    return importlib.import_module(module.scan.__module__)
 
 
 def _ansible_env() -> dict[str, str]:
@@ -148,43 +162,57 @@ def _role_play(**role_vars: object) -> list[dict[str, Any]]:
     ]
 
 
-# ---------------------------------------------------------------- the copy stays equal to pibake.isa
+# ---------------------------------------------------------------- the module runs pibake.isa's rules
 
 
 def _as_tuple(s: InstructionSet) -> tuple[int, int, bool, int, bool, bool]:
     return (int(s.arch), int(s.fp), s.fp_d32, int(s.simd), s.idiv, s.crc32)
 
 
-def test_the_modules_tables_are_pibakes(module: ModuleType) -> None:
-    assert {int(a): a.label for a in isa.Arch} == module.ARCH_LABELS
-    assert {int(f): f.label for f in isa.FP} == module.FP_LABELS
-    assert {int(s): s.label for s in isa.SIMD} == module.SIMD_LABELS
-    assert {k: int(v) for k, v in isa.CPU_ARCH_TAG.items()} == module.CPU_ARCH_TAG
-    assert module.CPU_ARCH_NAMES == isa.CPU_ARCH_NAMES
-    assert {k: (int(fp), d32) for k, (fp, d32) in isa.FP_ARCH_TAG.items()} == module.FP_ARCH_TAG
-    assert module.FP_ARCH_NAMES == isa.FP_ARCH_NAMES
-    assert {k: int(v) for k, v in isa.SIMD_ARCH_TAG.items()} == module.SIMD_ARCH_TAG
-    assert module.SIMD_ARCH_NAMES == isa.SIMD_ARCH_NAMES
-    assert (module.THUMB2, module.DIV_USED) == (isa.THUMB2, isa.DIV_USED)
-    assert (module.V8_FEATURES, module.V7_FEATURES, module.V6_FEATURES) == (
+def test_the_modules_tables_are_pibakes(module: ModuleType, collection_isa: ModuleType) -> None:
+    """Not a copy any more: the module imports the very file pibake.isa re-exports."""
+    shared = REPO / "plugins" / "module_utils" / "isa.py"
+    assert collection_isa.__name__ == "ansible_collections.pibake.raspberry.plugins.module_utils.isa"
+    assert Path(collection_isa.__file__ or "").resolve() == shared
+    assert Path(sys.modules[isa.InstructionSet.__module__].__file__ or "").resolve() == shared
+    for name in ("CPU_ARCH_NAMES", "FP_ARCH_NAMES", "SIMD_ARCH_NAMES", "THUMB2", "DIV_USED"):
+        assert getattr(collection_isa, name) == getattr(isa, name)
+    assert {int(a): a.label for a in collection_isa.Arch} == {int(a): a.label for a in isa.Arch}
+    assert {int(f): f.label for f in collection_isa.FP} == {int(f): f.label for f in isa.FP}
+    assert {int(s): s.label for s in collection_isa.SIMD} == {int(s): s.label for s in isa.SIMD}
+    assert {k: int(v) for k, v in collection_isa.CPU_ARCH_TAG.items()} == {
+        k: int(v) for k, v in isa.CPU_ARCH_TAG.items()
+    }
+    assert {k: (int(fp), d32) for k, (fp, d32) in collection_isa.FP_ARCH_TAG.items()} == {
+        k: (int(fp), d32) for k, (fp, d32) in isa.FP_ARCH_TAG.items()
+    }
+    assert {k: int(v) for k, v in collection_isa.SIMD_ARCH_TAG.items()} == {
+        k: int(v) for k, v in isa.SIMD_ARCH_TAG.items()
+    }
+    assert (collection_isa.V8_FEATURES, collection_isa.V7_FEATURES, collection_isa.V6_FEATURES) == (
         isa.V8_FEATURES,
         isa.V7_FEATURES,
         isa.V6_FEATURES,
     )
-    assert {k: int(v) for k, v in isa.MACHINE_ARCH.items()} == module.MACHINE_ARCH
-    assert {b.name: (b.machine, " ".join(b.cpuinfo_features)) for b in boards.BOARDS.values()} == module.BOARDS
+    assert {k: int(v) for k, v in collection_isa.MACHINE_ARCH.items()} == {
+        k: int(v) for k, v in isa.MACHINE_ARCH.items()
+    }
+    assert {b.name: (b.machine, b.cpuinfo_features, _as_tuple(b.isa)) for b in module.BOARDS.values()} == {
+        b.name: (b.machine, b.cpuinfo_features, _as_tuple(b.isa)) for b in boards.BOARDS.values()
+    }
 
 
-def test_the_module_reads_cpus_and_elf_files_as_pibake_does(module: ModuleType, tflite_wheel: Path) -> None:
+def test_the_module_reads_cpus_and_elf_files_as_pibake_does(
+    module: ModuleType, collection_isa: ModuleType, tflite_wheel: Path
+) -> None:
     cpus: list[tuple[tuple[str, ...], str | None]] = [(b.cpuinfo_features, b.machine) for b in boards.BOARDS.values()]
     cpus += [(profiles.load("virt").features(c), None) for c in profiles.load("virt").cpus]
     cpus += [(CORTEX_A9_FEATURES, None), (("fp", "asimd", "crc32"), "aarch64"), (("vfp", "vfpv3d16"), None), ((), None)]
     for features, machine in cpus:
-        assert module.from_cpu_features(features, machine) == _as_tuple(
-            isa.from_cpu_features(features, machine=machine)
-        )
+        mine = module.from_cpu_features(features, machine=machine)
         has = isa.from_cpu_features(features, machine=machine)
-        assert module.describe(_as_tuple(has)) == has.describe()
+        assert _as_tuple(mine) == _as_tuple(has)
+        assert mine.describe() == has.describe()
 
     elves = [
         elf32({TAG_CPU_ARCH: 10, TAG_FP_ARCH: 5, TAG_ADVANCED_SIMD_ARCH: 2}),
@@ -199,16 +227,18 @@ def test_the_module_reads_cpus_and_elf_files_as_pibake_does(module: ModuleType, 
         elf64(EM_AARCH64),
     ]
     [wheel] = isa.scan([tflite_wheel])
-    [(_, [tflite_so])] = module.scan(tflite_wheel)
-    assert tflite_so["needs"] == _as_tuple(wheel.objects[0].needs)
+    [found] = module.scan([tflite_wheel])
+    [tflite_so] = found.objects
+    assert _as_tuple(tflite_so.needs) == _as_tuple(wheel.objects[0].needs)
     for data in elves:
-        mine, theirs = module.read_elf(data, "x.so"), isa.read_elf(data, "x.so")
-        assert mine["needs"] == _as_tuple(theirs.needs)
-        assert tuple(mine["tags"]) == theirs.tags
-        assert mine["problem"] == theirs.problem
+        mine, theirs = collection_isa.read_elf(data, "x.so"), isa.read_elf(data, "x.so")
+        assert _as_tuple(mine.needs) == _as_tuple(theirs.needs)
+        assert mine.tags == theirs.tags
+        assert mine.problem == theirs.problem
         for features, machine in cpus:
+            mine_has = module.from_cpu_features(features, machine=machine)
             has = isa.from_cpu_features(features, machine=machine)
-            assert module.missing(mine["needs"], _as_tuple(has)) == isa.missing(theirs.needs, has)
+            assert module.missing(mine.needs, mine_has) == isa.missing(theirs.needs, has)
 
 
 # ---------------------------------------------------------------- the module, ad hoc

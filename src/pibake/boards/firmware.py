@@ -1,4 +1,7 @@
-"""What a Raspberry Pi's boot partition must hold, per board: pure functions, no tools.
+"""A Raspberry Pi's boot partition per board: config.txt and cmdline.txt written and read, pure functions.
+
+What each board's firmware loads (device trees, firmware files, default kernel, header UART) is
+in the board table, plugins/module_utils/boards.py; boot_of() returns a board's row.
 
 The Pi boots in two stages before Linux: the GPU's boot ROM loads bootcode.bin (on the
 Pi 4 it lives in the EEPROM instead), which loads start*.elf and fixup*.dat; start.elf
@@ -14,70 +17,45 @@ device tree for the Zero 2 yet, so an image for it is refused too.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pibake import boards
-from pibake.errors import PibakeError
+from pibake.boards import Board
+from pibake.errors import UsageError
 from pibake.isa import Arch
 
 # A line of config.txt that says which board pibake wrote it for (read back by `image check`).
 BOARD_MARK = "# pibake board:"
 
-
-@dataclass(frozen=True)
-class BoardBoot:
-    """How the firmware boots one board."""
-
-    # The device tree the firmware picks with upstream_kernel=1 (mainline name), and without it.
-    upstream_dtb: str
-    downstream_dtb: str
-    # GPU firmware files that must be on the FAT partition.
-    firmware: tuple[str, ...]
-    # The kernel the firmware loads when config.txt names none (32-bit).
-    default_kernel: str
-    # The mainline kernel's name for the UART on the GPIO header ("serial0" on Raspberry Pi OS).
-    serial_console: str
-
-
-_PI123 = ("bootcode.bin", "start.elf", "fixup.dat")
-_PI4 = ("start4.elf", "fixup4.dat")
-
-BOARD_BOOT: dict[str, BoardBoot] = {
-    "pi1": BoardBoot("bcm2835-rpi-b-plus.dtb", "bcm2708-rpi-b-plus.dtb", _PI123, "kernel.img", "ttyAMA0"),
-    "pi-zero": BoardBoot("bcm2835-rpi-zero-w.dtb", "bcm2708-rpi-zero-w.dtb", _PI123, "kernel.img", "ttyS1"),
-    "pi2": BoardBoot("bcm2836-rpi-2-b.dtb", "bcm2709-rpi-2-b.dtb", _PI123, "kernel7.img", "ttyAMA0"),
-    # On the Pi 3 family and the Pi 4 the PL011 (ttyAMA0) drives Bluetooth; the header's
-    # UART is the mini UART, ttyS1 under the mainline device trees.
-    "pi3": BoardBoot("bcm2837-rpi-3-b.dtb", "bcm2710-rpi-3-b.dtb", _PI123, "kernel7.img", "ttyS1"),
-    "pi3b-plus": BoardBoot("bcm2837-rpi-3-b-plus.dtb", "bcm2710-rpi-3-b-plus.dtb", _PI123, "kernel7.img", "ttyS1"),
-    "pi-zero-2": BoardBoot("bcm2837-rpi-zero-2-w.dtb", "bcm2710-rpi-zero-2-w.dtb", _PI123, "kernel7.img", "ttyS1"),
-    "pi4": BoardBoot("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-4-b.dtb", _PI4, "kernel7l.img", "ttyS1"),
-}
-
-# ARMv7 boards whose device tree is not in bullseye's 5.10 armmp kernel (it arrived in Linux 5.16).
-NO_DEBIAN_DTB = {"pi-zero-2": "Linux 5.16"}
+# ARMv7 boards whose device tree is not in bullseye's 5.10 armmp kernel: board -> the Linux that added it.
+NO_DEBIAN_DTB = {b.name: since for b in boards.BOARDS.values() if (since := b.upstream_dtb_since)}
 
 # The emulated boards' serial line: QEMU's raspi2b, virt and vexpress all have a PL011 there.
 QEMU_CONSOLE = "ttyAMA0"
 
 
-def boot_of(board: str) -> BoardBoot:
-    boards.get(board)  # unknown names fail with the list of known boards
-    return BOARD_BOOT[board]
+def boot_of(board: str) -> Board:
+    """BOARD's row of the board table, for what its firmware loads (upstream_dtb, firmware, default_kernel...).
+
+    Unknown names raise UsageError with the list of known boards.
+    """
+    return boards.get(board)
 
 
-def require_debian_board(name: str) -> boards.Board:
-    """The board, if the Debian armhf base can boot it; else a PibakeError saying what to use."""
+def require_debian_board(name: str) -> Board:
+    """The board, if the Debian armhf base can boot it; else a UsageError saying what to use.
+
+    Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort); the device trees its
+    kernel ships are the board table's upstream_dtb, present since upstream_dtb_since.
+    """
     board = boards.get(name)
     if board.isa.arch < Arch.ARMV7:
-        raise PibakeError(
+        raise UsageError(
             f"board {name} ({board.model}) has an {board.core} (ARMv6): Debian's armhf port is built for ARMv7, "
             "so an image built from Debian cannot boot it. Use Raspberry Pi OS for this board "
             "(`pibake image fetch`, then `pibake image prepare`), or build for " + ", ".join(debian_boards())
         )
     if name in NO_DEBIAN_DTB:
-        raise PibakeError(
-            f"board {name} ({board.model}) needs {boot_of(name).upstream_dtb}, which Debian bullseye's 5.10 armmp "
+        raise UsageError(
+            f"board {name} ({board.model}) needs {board.upstream_dtb}, which Debian bullseye's 5.10 armmp "
             f"kernel does not ship (it arrived in {NO_DEBIAN_DTB[name]}): the firmware would find no device tree. "
             "Use Raspberry Pi OS for this board (`pibake image fetch`, then `pibake image prepare`), or build for "
             + ", ".join(debian_boards())
@@ -134,7 +112,8 @@ def parse_config_txt(text: str) -> dict[str, str]:
     """The settings of a Raspberry Pi config.txt that matter to a boot: kernel=, initramfs, device_tree=.
 
     Conditional sections other than [all] (e.g. [pi4]) are ignored: the emulator is no
-    particular board model's firmware.
+    particular board model's firmware. Syntax as the Raspberry Pi documentation ("config.txt",
+    "Conditional filters") describes it.
     """
     settings: dict[str, str] = {}
     active = True

@@ -3,7 +3,8 @@
 QEMU loads the kernel, initrd and device tree itself: the GPU firmware stage (bootcode.bin,
 start.elf reading config.txt) is not emulated. This check covers that stage without
 booting: it reads the FAT partition with mtools (no mounts, no root) and lists every
-problem at once.
+problem at once. What each board's firmware needs (firmware files, default kernel, device
+tree names) comes from the board table, plugins/module_utils/boards.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pibake import boards
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
@@ -71,8 +73,13 @@ class RootPartition:
 
 
 def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
-    """What booting BOARD from BOOT and ROOT would load, and every problem the firmware or the kernel would meet."""
-    spec = piboot.boot_of(board)
+    """What booting BOARD from BOOT and ROOT would load, and every problem the firmware or the kernel would meet.
+
+    The firmware's choices follow the Raspberry Pi documentation ("The boot folder", "config.txt"):
+    config.txt's kernel= or the board's default kernel, device_tree= or the board's device tree under
+    its mainline name with upstream_kernel=1, else under Raspberry Pi OS's name.
+    """
+    spec = boards.get(board)
     found: list[str] = []
     checked: list[str] = []
 
