@@ -1,7 +1,7 @@
-"""Read and change files inside a disk image's partitions without mounting anything.
+"""ext4 root filesystems inside an image file, read and changed through debugfs (``IMAGE?offset=BYTES``): no mount.
 
-ext4 goes through debugfs (e2fsprogs opens ``IMAGE?offset=BYTES`` directly), FAT through
-mtools (``IMAGE@@BYTES``). Neither needs root or a loop device.
+e2fsprogs opens an image at a byte offset directly, so neither root nor a loop device is
+needed (FAT boot partitions go through mtools: ``pibake.disk.fat``).
 
 debugfs exits 0 even when a request fails, so every batch of changes is read back
 and checked afterwards: a change that did not land is an error, never a silent skip.
