@@ -25,7 +25,7 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint collection clean
+.PHONY: help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule lint docs sanity collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,10 +62,10 @@ image: deps venv ## build the base image from Debian bullseye armhf (cached: sec
 fetch: venv ## download Raspberry Pi OS Lite (Legacy bullseye armhf) to RASPIOS_IMAGE: sha256-checked, resumable, cached
 	$(PIBAKE) image fetch -o $(RASPIOS_IMAGE)
 
-prepare: .deps-stamp venv ## copy IMAGE to PREPARED and prepare it for PROFILE: GROW MiB, SSH, user + key, emulation tweaks
+prepare: deps venv ## copy IMAGE to PREPARED and prepare it for PROFILE: GROW MiB, SSH, user + key, emulation tweaks
 	$(PIBAKE) image prepare $(IMAGE) -o $(PREPARED) --grow $(GROW) $(if $(PROFILE),--profile $(PROFILE))
 
-finalize: .deps-stamp venv ## undo PREPARED's emulation tweaks, fsck, write its .sha256, .bmap and .manifest.json
+finalize: deps venv ## undo PREPARED's emulation tweaks, fsck, write its .sha256, .bmap and .manifest.json
 	$(PIBAKE) image finalize $(PREPARED)
 
 KERNEL_PACKAGES := linux-source-6.1 gcc-arm-linux-gnueabihf libc6-dev-armhf-cross bc bison flex libssl-dev make cpio xz-utils
@@ -97,8 +97,14 @@ demo: deps venv ## the whole job: image, boot, provision, run the model on the P
 DEVICE ?=
 FLASH_ARGS ?=
 
+# Checked when the Makefile is read, before any prerequisite (and under make -n): a missing DEVICE costs nothing.
+ifneq ($(filter flash,$(MAKECMDGOALS)),)
+ifeq ($(strip $(DEVICE)),)
+$(error usage: make flash DEVICE=/dev/sdX [IMAGE=build/pibake-demo.img] (lsblk lists the disks))
+endif
+endif
+
 flash: venv ## write the finished image to a card: make flash DEVICE=/dev/sdX [IMAGE=...] [FLASH_ARGS=--unmount]
-	@[ -n "$(DEVICE)" ] || { echo "usage: make flash DEVICE=/dev/sdX [IMAGE=build/pibake-demo.img] (lsblk lists the disks)"; exit 2; }
 	$(SUDO) $(PIBAKE) flash $(if $(filter command line,$(origin IMAGE)),$(IMAGE)) $(DEVICE) $(FLASH_ARGS)
 
 bench-flash: venv ## throughput of flash against dd, and of a bmap write against a full one (loop device, root)
@@ -124,12 +130,69 @@ molecule: deps venv image ## the Molecule scenarios: boot, converge, idempotence
 
 test: test-integration molecule ## everything CI runs: installs what it needs, then pytest and Molecule
 
-lint: venv ## ruff, mypy, ansible-lint, yamllint
-	$(BIN)/ruff check src tests scripts models molecule plugins
-	$(BIN)/ruff format --check src tests scripts
+# Python that runs on the Pi (roles/*/files/*.py): ruff checks it as Python 3.9 (pyproject.toml), mypy under 3.11.
+ROLE_PYTHON := $(wildcard roles/*/files/*.py)
+ROLES := $(patsubst roles/%/meta/argument_specs.yml,%,$(wildcard roles/*/meta/argument_specs.yml))
+
+lint: venv ## ruff, mypy, yamllint, ansible-lint, role READMEs up to date, ansible-test sanity on plugins/
+	$(BIN)/ruff check src tests scripts models molecule plugins $(ROLE_PYTHON)
+	$(BIN)/ruff format --check src tests scripts $(ROLE_PYTHON)
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && for role in $(ROLES); do \
+		cp roles/$$role/README.md $$tmp/$$role.md && \
+		$(BIN)/aar-doc --config-file .aar_doc.yml --output-file $$tmp/$$role.md roles/$$role markdown && \
+		diff -u roles/$$role/README.md $$tmp/$$role.md || { echo "roles/$$role/README.md is stale: run make docs" >&2; exit 1; }; \
+	done
+	$(MAKE) --no-print-directory sanity
+
+docs: venv ## regenerate the variable table of each role README from its meta/argument_specs.yml (aar-doc, .aar_doc.yml)
+	for role in $(ROLES); do $(BIN)/aar-doc --config-file .aar_doc.yml roles/$$role markdown || exit 1; done
+
+# ansible-test sanity, every test it has, locally on the venv's Python (--local --python X.Y: no container; the
+# module runs on the controller): action-plugin-docs, ansible-doc, compile, ignores, import, line-endings,
+# no-assert, no-get-exception, no-illegal-filenames, no-smart-quotes, pep8, pylint, replace-urlopen,
+# runtime-metadata, shebang, symlinks, use-argspec-type-path, use-compat-six, validate-modules and yamllint check
+# plugins/, meta/runtime.yml and galaxy.yml; changelog, empty-init, pslint and shellcheck find nothing to check and
+# report skipped. Each test installs its pinned requirements from PyPI into its own venv under ~/.ansible/test/venv
+# the first time (three minutes), so later runs take seconds.
+# ansible-test must run from the collection's root, at .../ansible_collections/pibake/raspberry/, and finds it with
+# os.getcwd(), which resolves the .collections/ symlink to this checkout's real path: so those files are copied to
+# SANITY_ROOT, outside git's view (ANSIBLE_TEST_CONTENT_ROOT), and checked there.
+SANITY_ROOT := build/sanity/ansible_collections/pibake/raspberry
+# The collection is MIT (galaxy.yml): validate-modules's GPLv3 header rule is for ansible-core's own modules.
+MIT_MODULES := $(wildcard plugins/modules/*.py)
+
+# ansible-test puts pip into each of those venvs with a get-pip script that it downloads from Ansible's CI file
+# server, which these machines cannot reach (package registries only). Its error message says to save the script
+# in its cache: this stand-in installs pip from the interpreter's own (ensurepip), then the version asked for.
+define ANSIBLE_TEST_GET_PIP
+"""Stand-in for ansible-test's get-pip script, written by `make sanity` (see pibake's Makefile)."""
+import subprocess
+import sys
+
+# In a child: ensurepip turns pip's configuration (index, certificates) off in its own process.
+subprocess.check_call([sys.executable, "-m", "ensurepip"])
+args = [arg for arg in sys.argv[1:] if arg not in ("--no-setuptools", "--no-wheel")]
+sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", "--upgrade", "--force-reinstall", *args]))
+endef
+export ANSIBLE_TEST_GET_PIP
+
+sanity: venv ## ansible-test sanity on plugins/ (every test, locally on the venv's Python; see the Makefile)
+	rm -rf build/sanity && mkdir -p $(SANITY_ROOT)/tests/sanity
+	cp -r galaxy.yml meta plugins $(SANITY_ROOT)/
+	find $(SANITY_ROOT) -name __pycache__ -prune -exec rm -rf {} +
+	@python=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \
+	ansible=$$($(BIN)/python -c 'from ansible.release import __version__ as v; print(".".join(v.split(".")[:2]))') && \
+	pip=$$($(BIN)/python -c 'from ansible_test._internal.python_requirements import get_venv_packages as packages; \
+		print(packages(type("Python", (), {"version": "'$$python'"})())["pip"])') && \
+	get_pip=$(HOME)/.ansible/test/cache/get_pip_$${pip//./_}.py && \
+	{ [ -f $$get_pip ] || { mkdir -p $$(dirname $$get_pip) && printf '%s\n' "$$ANSIBLE_TEST_GET_PIP" > $$get_pip; }; } && \
+	for module in $(MIT_MODULES); do echo "$$module validate-modules:missing-gplv3-license"; done \
+		> $(SANITY_ROOT)/tests/sanity/ignore-$$ansible.txt && \
+	cd $(SANITY_ROOT) && echo "ansible-test sanity --local --python $$python" && ANSIBLE_TEST_CONTENT_ROOT=$$PWD \
+	$(CURDIR)/$(BIN)/ansible-test sanity --local --python $$python --color no
 
 collection: venv ## build the pibake.raspberry collection tarball into build/
 	$(BIN)/ansible-galaxy collection build --force --output-path build .

@@ -64,7 +64,7 @@ notes:
   - At least one of O(board) and O(cpu_features) is required.
   - A shared object without build attributes is reported but not refused (there is nothing to check).
 author:
-  - pibake engineers
+  - pibake engineers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -479,7 +479,7 @@ class _DeadlineReader(io.RawIOBase):
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 # Not TimeoutError: on Python 3.9 (the Pi) socket.timeout is not one, and http.server catches it.
-                raise socket.timeout("the request took too long")  # noqa: UP041
+                raise socket.timeout("the request took too long")
             self._sock.settimeout(remaining)
         return self._sock.recv_into(buffer)
 
@@ -712,7 +712,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self._send_json(exc.status, {"error": exc.message}, close=True, headers=[("Allow", allowed_header)])
             else:
                 self._send_json(exc.status, {"error": exc.message}, close=exc.close)
-        except socket.timeout:  # noqa: UP041 (Python 3.9: socket.timeout is not TimeoutError)
+        except socket.timeout:  # Python 3.9 (the Pi): socket.timeout is not TimeoutError
             log.info("%s: request timed out", self.client_address[0])
             self._send_json(408, {"error": "the request took too long"}, close=True)
         except ConnectionError:

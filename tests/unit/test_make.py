@@ -1,0 +1,113 @@
+"""Every target `make help` lists dry-runs (`make -n`), so a target that names a missing prerequisite cannot land.
+
+`make -n` prints recipes instead of running them, with three exceptions: `$(shell ...)` while the Makefile is read,
+and recipe lines that use `$(MAKE)` or start with `+`. So make runs here with a SHELL that records every command
+it really starts and refuses all but the harmless ones (`id -u`, and sub-makes, which inherit -n): nothing gets
+installed, booted or built, and a new line that would run under -n fails the test instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MAKE = shutil.which("make")
+pytestmark = pytest.mark.skipif(MAKE is None, reason="GNU make is not installed")
+
+# Command-line variables some targets need, harmless ones.
+TARGET_VARIABLES = {"flash": ["DEVICE=/dev/null"]}
+
+# A stand-in for make's SHELL: logs each command make starts, runs it only if it matches ALLOWED.
+GUARD = """#!/bin/bash
+printf '%s\\n' "${@: -1}" >> "$PIBAKE_MAKE_LOG"
+if [[ "${@: -1}" =~ $PIBAKE_MAKE_ALLOWED ]]; then exec /bin/bash "$@"; fi
+printf 'refused under make -n: %s\\n' "${@: -1}" >&2
+exit 97
+"""
+
+
+@dataclass
+class MakeRun:
+    code: int
+    out: str
+    err: str
+    started: list[str]
+
+
+def _make(args: list[str], tmp_path: Path) -> MakeRun:
+    """Run make in the checkout with the guard as its SHELL, outside any make that runs the tests."""
+    assert MAKE is not None
+    guard = tmp_path / "guard.sh"
+    if not guard.exists():
+        guard.write_text(GUARD)
+        guard.chmod(guard.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "started.log"
+    log.write_text("")
+    # A POSIX extended regular expression (bash's =~): a sub-make, maybe behind an `[ -f FILE ] ||` guard.
+    sub_make = rf"(\[ -f [^ ]+ \] \|\| )?{re.escape(MAKE)}( [^ ;&|<>$`]+)*"
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(PIBAKE_MAKE_LOG=str(log), PIBAKE_MAKE_ALLOWED=rf"^(id -u|{sub_make})$")
+    result = subprocess.run(
+        [MAKE, "--no-print-directory", f"SHELL={guard}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return MakeRun(result.returncode, result.stdout, result.stderr, log.read_text().splitlines())
+
+
+def _listed_targets() -> list[str]:
+    assert MAKE is not None
+    env = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run([MAKE, "help"], cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    return [match[1] for match in re.finditer(r"^  make (\S+)", out, re.MULTILINE)]
+
+
+TARGETS = _listed_targets() if MAKE else []
+
+
+def test_help_lists_the_targets() -> None:
+    assert {"help", "venv", "prepare", "finalize", "flash", "lint", "docs", "sanity", "test"} <= set(TARGETS)
+    assert len(TARGETS) == len(set(TARGETS))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_dry_runs(target: str, tmp_path: Path) -> None:
+    run = _make(["-n", target, *TARGET_VARIABLES.get(target, [])], tmp_path)
+    assert run.code == 0, f"make -n {target} failed:\n{run.err}"
+    assert "refused under make -n" not in run.err
+    assert "No rule to make target" not in run.err
+
+
+def test_prepare_and_finalize_install_what_they_need(tmp_path: Path) -> None:
+    for target, command in (("prepare", "image prepare"), ("finalize", "image finalize")):
+        run = _make(["-n", target], tmp_path)
+        assert run.code == 0, run.err
+        assert "apt-get" in run.out and "update-binfmts" in run.out  # deps
+        assert f"pibake {command}" in run.out
+
+
+@pytest.mark.parametrize("dry_run", [["-n"], []], ids=["make -n flash", "make flash"])
+def test_flash_without_device_prints_its_usage_before_anything_runs(dry_run: list[str], tmp_path: Path) -> None:
+    run = _make([*dry_run, "flash"], tmp_path)
+    assert run.code == 2
+    assert "usage: make flash DEVICE=/dev/sdX" in run.err
+    assert run.out == ""
+    assert [command for command in run.started if command != "id -u"] == []
+
+
+def test_flash_passes_device_and_image_through(tmp_path: Path) -> None:
+    run = _make(["-n", "flash", "DEVICE=/dev/null", "IMAGE=build/x.img"], tmp_path)
+    assert run.code == 0, run.err
+    assert re.search(r"pibake flash build/x\.img /dev/null\s*$", run.out, re.MULTILINE)
