@@ -57,7 +57,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
-	$(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
+	$(if $(TIMING),$(TIMED) image --) $(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
 
 fetch: venv ## download Raspberry Pi OS Lite (Legacy bullseye armhf) to RASPIOS_IMAGE: sha256-checked, resumable, cached
 	$(PIBAKE) image fetch -o $(RASPIOS_IMAGE)
@@ -121,14 +121,23 @@ test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
 test-integration: deps kernel-deps venv image
-	PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
+	$(if $(TIMING),$(TIMED) pytest --) env PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q tests
 
 # The raspi2b scenario (the Pi 2 board on QEMU's raspi2b machine) is slower: it runs second.
 molecule: deps venv image ## the Molecule scenarios: boot, converge, idempotence, verify, destroy (virt, then raspi2b)
-	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test
-	PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test -s raspi2b
+	$(if $(TIMING),$(TIMED) molecule-default --) env PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test
+	$(if $(TIMING),$(TIMED) molecule-raspi2b --) env PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test -s raspi2b
 
-test: test-integration molecule ## everything CI runs: installs what it needs, then pytest and Molecule
+# `make test` times its steps (scripts/test_times.py: image, pytest per file, each Molecule scenario and
+# step) into build/test-times.tsv and prints the table at the end, or when a step fails.
+TIMED := $(PYTHON) scripts/test_times.py run
+test: TIMING := 1
+test: test-times-reset test-integration molecule ## everything CI runs: installs what it needs, then pytest and Molecule; prints where the time went
+	@$(PYTHON) scripts/test_times.py report
+
+.PHONY: test-times-reset
+test-times-reset:
+	@$(PYTHON) scripts/test_times.py reset
 
 # Python that runs on the Pi (roles/*/files/*.py): ruff checks it as Python 3.9 (pyproject.toml), mypy under 3.11.
 ROLE_PYTHON := $(wildcard roles/*/files/*.py)

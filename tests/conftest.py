@@ -53,3 +53,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if os.environ.get("PIBAKE_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, and `make test` allows no skips: {report.longrepr}"
+
+
+# Seconds per test file (setup, call and teardown), for the table `make test` prints at the end.
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under scripts/test_times.py (PIBAKE_TEST_TIMES set), add each file's seconds to its record."""
+    record = os.environ.get("PIBAKE_TEST_TIMES")
+    if record and _FILE_SECONDS:
+        with Path(record).open("a") as f:
+            f.writelines(f"pytest/{path}\t{seconds:.1f}\n" for path, seconds in _FILE_SECONDS.items())

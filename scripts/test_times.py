@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Where `make test`'s time went: run a step and record its seconds, then print the table.
+
+    test_times.py run STEP -- COMMAND...   run COMMAND (output passed through), append STEP's seconds;
+                                           Molecule's own steps (create, converge, ...) are read from its
+                                           output and recorded as STEP/create, STEP/converge, ...
+    test_times.py report                   print the table of everything recorded since `reset`
+    test_times.py reset                    forget what was recorded
+
+The record is a TSV file (step, seconds), $PIBAKE_TEST_TIMES or build/test-times.tsv; pytest's
+per-file times are appended to it by tests/conftest.py when that variable is set. When a step
+fails, the table so far is printed before its exit status is passed on. Standard library only:
+it runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RECORD = Path("build/test-times.tsv")
+# Molecule 25 announces each step as "[SCENARIO > STEP] Executing" and ends it with "Executed: ...".
+MOLECULE_STEP = re.compile(r"\[(?P<scenario>[\w.-]+) > (?P<step>[\w-]+)\] (?P<what>Executing|Executed)")
+
+
+def record_path() -> Path:
+    return Path(os.environ.get("PIBAKE_TEST_TIMES") or DEFAULT_RECORD)
+
+
+def append(step: str, seconds: float) -> None:
+    path = record_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(f"{step}\t{seconds:.1f}\n")
+
+
+def read() -> list[tuple[str, float]]:
+    path = record_path()
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        step, _, seconds = line.partition("\t")
+        rows.append((step, float(seconds)))
+    return rows
+
+
+def format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def report() -> str:
+    """The table: top-level steps with their share of the total, their sub-steps indented below them."""
+    rows = read()
+    if not rows:
+        return "test times: nothing recorded"
+    top = [(s, t) for s, t in rows if "/" not in s]
+    total = sum(t for _, t in top)
+    lines = ["", "Where make test's time went:", f"  {'step':<58} {'time':>12} {'share':>6}"]
+    for step, seconds in top:
+        share = f"{seconds / total:.0%}" if total > 0 else "-"
+        lines.append(f"  {step:<58} {format_seconds(seconds):>12} {share:>6}")
+        subs = sorted(((s, t) for s, t in rows if s.startswith(step + "/")), key=lambda r: -r[1])
+        for sub, sub_seconds in subs:
+            lines.append(f"    {sub[len(step) + 1 :]:<56} {format_seconds(sub_seconds):>12}")
+    lines.append(f"  {'total':<58} {format_seconds(total):>12}")
+    return "\n".join(lines)
+
+
+def run(step: str, argv: list[str]) -> int:
+    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve())}
+    t0 = time.monotonic()
+    started: dict[str, float] = {}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            match = MOLECULE_STEP.search(line)
+            if match and match["what"] == "Executing":
+                started[match["step"]] = time.monotonic()
+            elif match and match["step"] in started:
+                append(f"{step}/{match['step']}", time.monotonic() - started.pop(match["step"]))
+    append(step, time.monotonic() - t0)
+    if proc.returncode != 0:
+        print(report())
+    return proc.returncode
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["report"]:
+        print(report())
+        return 0
+    if argv[:1] == ["reset"]:
+        record_path().unlink(missing_ok=True)
+        return 0
+    if len(argv) >= 4 and argv[0] == "run" and argv[2] == "--":
+        return run(argv[1], argv[3:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""scripts/test_times.py: the table `make test` prints of where its time went."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "test_times.py"
+
+MOLECULE_LIKE = (
+    "echo 'INFO     [default > create] Executing'; sleep 1.2; echo 'INFO     [default > create] Executed: Successful';"
+    "echo 'INFO     [default > verify] Executing'; echo 'INFO     [default > verify] Executed: Successful'"
+)
+
+
+def _times(args: list[str], record: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True, check=False)
+
+
+def test_steps_and_molecule_sub_steps_are_timed_and_tabled(tmp_path: Path) -> None:
+    record = tmp_path / "times.tsv"
+    res = _times(["run", "molecule-default", "--", "sh", "-c", MOLECULE_LIKE], record)
+    assert res.returncode == 0, res.stderr
+    assert "[default > verify] Executed" in res.stdout  # the command's output passes through
+    rows = dict(line.split("\t") for line in record.read_text().splitlines())
+    assert float(rows["molecule-default/create"]) >= 1.0
+    assert float(rows["molecule-default"]) >= float(rows["molecule-default/create"])
+    assert "molecule-default/verify" in rows
+    table = _times(["report"], record).stdout
+    assert "Where make test's time went" in table
+    assert "molecule-default" in table and "    create" in table and "total" in table
+
+
+def test_a_failing_step_passes_its_status_on_and_prints_the_table_so_far(tmp_path: Path) -> None:
+    record = tmp_path / "times.tsv"
+    assert _times(["run", "image", "--", "true"], record).returncode == 0
+    res = _times(["run", "pytest", "--", "sh", "-c", "exit 3"], record)
+    assert res.returncode == 3
+    assert "image" in res.stdout and "pytest" in res.stdout and "total" in res.stdout
+    assert _times(["reset"], record).returncode == 0
+    assert not record.exists()
