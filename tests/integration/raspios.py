@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pibake.disk.ext4 import ExtFs
-from pibake.disk.sparse import sync_range
+from pibake.disk.sparse import copy_extents
 
 MIB = 1 << 20
 DISK_ID = 0x3A90E54F
@@ -45,6 +45,9 @@ DPKG_PACKAGES = (
     ("libc6", "2.31-13+rpt2+rpi1+deb11u11", "armhf"),
 )
 
+REGENERATE_UNIT = "/lib/systemd/system/regenerate_ssh_host_keys.service"
+REGENERATE_LINK = "/etc/systemd/system/multi-user.target.wants/regenerate_ssh_host_keys.service"
+
 ROOT_FILES: dict[str, tuple[str, int]] = {
     "/etc/os-release": (
         'PRETTY_NAME="Raspbian GNU/Linux 11 (bullseye)"\nNAME="Raspbian GNU/Linux"\nVERSION_ID="11"\n'
@@ -58,6 +61,16 @@ ROOT_FILES: dict[str, tuple[str, int]] = {
         0o644,
     ),
     "/etc/ld.so.preload": (LD_SO_PRELOAD, 0o644),
+    # pi-gen leaves it empty: systemd makes each card's id at boot.
+    "/etc/machine-id": ("", 0o444),
+    # raspberrypi-sys-mods' first-boot host keys, enabled by pi-gen (REGENERATE_LINK); it disables itself once run.
+    REGENERATE_UNIT: (
+        "[Unit]\nDescription=Regenerate SSH host keys\nBefore=ssh.service\n"
+        "ConditionFileIsExecutable=/usr/bin/ssh-keygen\n\n[Service]\nType=oneshot\n"
+        "ExecStart=/usr/lib/raspberrypi-sys-mods/regenerate_ssh_host_keys\n\n"
+        "[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    ),
     "/etc/hostname": ("raspberrypi\n", 0o644),
     "/etc/hosts": (
         "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n"
@@ -142,6 +155,9 @@ def _root_tree(dest: Path) -> None:
         suffix = f":{arch}" if arch != "all" else ""
         (info / f"{name}{suffix}.md5sums").write_text(f"{md5}  usr/share/doc/{name}/copyright\n")
     (dest / "etc/localtime").symlink_to("/usr/share/zoneinfo/Etc/UTC")
+    link = dest / REGENERATE_LINK.lstrip("/")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(REGENERATE_UNIT)
     (dest / "home/pi").chmod(0o755)
 
 
@@ -181,8 +197,8 @@ def build_image(path: Path, work: Path) -> Path:
         f"start={BOOT_START}, size={BOOT_SECTORS}, type=c\nstart={ROOT_START}, size={ROOT_SECTORS}, type=83\n"
     )
     subprocess.run(["sfdisk", "--quiet", str(path)], input=table, text=True, check=True)
-    sync_range(fat, 0, path, BOOT_START * 512, BOOT_SECTORS * 512)
-    sync_range(ext4, 0, path, ROOT_START * 512, ROOT_SECTORS * 512)
+    copy_extents(fat, 0, path, BOOT_START * 512, BOOT_SECTORS * 512)
+    copy_extents(ext4, 0, path, ROOT_START * 512, ROOT_SECTORS * 512)
     fat.unlink()
     ext4.unlink()
     return path

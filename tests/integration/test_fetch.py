@@ -6,9 +6,12 @@ The server speaks HTTP/1.1 with Range requests, and can cut a response mid-body,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import os
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ class Route:
     cut_after: int | None = None  # close the connection after this many bytes of the body...
     cuts: int = 0  # ...in this many responses, then answer in full
     ranges: bool = True  # honour Range requests
+    headers: dict[str, str] = field(default_factory=dict)  # sent as they are (Content-Encoding, say)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Site:
     url: str = ""
     routes: dict[str, Route] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    accept_encodings: list[str | None] = field(default_factory=list)
 
     def gets(self, path: str) -> list[str | None]:
         """The Range header of every GET of PATH."""
@@ -58,6 +63,7 @@ class Handler(BaseHTTPRequestHandler):
         site = self.server.site
         rng = self.headers.get("Range")
         site.requests.append((self.path, rng))
+        site.accept_encodings.append(self.headers.get("Accept-Encoding"))
         route = site.routes.get(self.path)
         if route is None:
             self._send(404, "text/html", b"<html><body><h1>404 Not Found</h1></body></html>")
@@ -79,6 +85,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", route.content_type)
         self.send_header("Content-Length", str(len(body) - start))
         self.send_header("Accept-Ranges", "bytes" if route.ranges else "none")
+        for name, value in route.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         payload = body[start:]
         if route.cuts and route.cut_after is not None:
@@ -155,7 +163,7 @@ def test_happy_path_verifies_decompresses_and_caches(
     assert "verified" in res.out
     assert sha256_file(out) == release.image_sha256
     assert out.stat().st_size == raspios.SIZE
-    assert raspios.allocated_bytes(out) < raspios.SIZE // 2  # decompressed sparse: holes stay holes
+    assert raspios.allocated_bytes(out) < raspios.SIZE // 2  # every byte written, then free zeros punched
     assert (tmp_path / "raspios.img.sha256").read_text() == f"{release.image_sha256}  raspios.img\n"
     cached = fetch.image_cache_dir(release.archive_sha256)
     assert (cached / "image.img").exists()
@@ -267,8 +275,16 @@ def test_a_truncated_xz_is_refused_even_with_a_matching_checksum(
     )  # fmt: skip
     assert res.code == VerificationFailed.exit_code
     assert "truncated" in res.err
-    assert _leftovers(isolated_cache) == []
+    # The digest matched: downloading again would give the same bytes, so the archive is kept
+    # (and said to be), and nothing else is left behind.
+    (kept,) = _leftovers(isolated_cache)
+    assert kept == isolated_cache / "files" / hashlib.sha256(truncated).hexdigest() / "truncated.img.xz"
+    assert f"kept in {kept}" in res.err
     assert not (tmp_path / "t.img").exists()
+    gets = len(site.gets(path))
+    again = run_cli(["image", "fetch", "--url", _url(site, path), "--sha256", hashlib.sha256(truncated).hexdigest()])
+    assert again.code == VerificationFailed.exit_code and "truncated" in again.err
+    assert len(site.gets(path)) == gets, "a verified archive was downloaded again"
 
 
 def test_404_is_a_clear_error(site: Site, isolated_cache: Path, tmp_path: Path) -> None:
@@ -307,3 +323,78 @@ def test_the_catalogue_lists_the_legacy_bullseye_release() -> None:
     assert res.code == 0
     assert "raspios-bullseye-armhf-lite-2024-10-22 (default)" in res.out
     assert "2024-10-22-raspios-bullseye-armhf-lite.img.xz" in res.out
+
+
+# --- the bytes on disk are the bytes the server sent (issue 15, section 5) -------------------------------
+
+GZ_PATH = f"{RELEASE_DIR}/2024-10-22-raspios-bullseye-armhf-lite.img.gz"
+
+
+@pytest.fixture(scope="module")
+def gz_archive(release: raspios.Release) -> bytes:
+    return gzip.compress(release.image.read_bytes(), compresslevel=1)
+
+
+def test_an_archive_labelled_content_encoding_gzip_is_stored_as_sent(
+    site: Site, release: raspios.Release, gz_archive: bytes, isolated_cache: Path, tmp_path: Path
+) -> None:
+    # Apache with `AddEncoding gzip .gz` labels the .img.gz itself as gzip-encoded.
+    site.routes[GZ_PATH] = Route(gz_archive, content_type="application/octet-stream", headers=_GZIP)
+    digest = hashlib.sha256(gz_archive).hexdigest()
+    got = fetch.fetch(url=_url(site, GZ_PATH), sha256=digest, output=tmp_path / "g.img")
+    assert got.image_sha256 == release.image_sha256 and got.archive_sha256 == digest
+    assert site.accept_encodings[-1] == "identity"
+
+
+def test_a_resume_counts_the_bytes_on_disk_across_content_encoding(
+    site: Site, release: raspios.Release, gz_archive: bytes, isolated_cache: Path, tmp_path: Path
+) -> None:
+    cut = len(gz_archive) * 2 // 5
+    site.routes[GZ_PATH] = Route(gz_archive, content_type="application/x-gzip", headers=_GZIP, cut_after=cut, cuts=1)
+    digest = hashlib.sha256(gz_archive).hexdigest()
+    got = fetch.fetch(url=_url(site, GZ_PATH), sha256=digest, output=tmp_path / "r.img")
+    assert got.image_sha256 == release.image_sha256
+    first, second = site.gets(GZ_PATH)
+    assert first is None and second is not None
+    # Resumed from the encoded bytes that reached the disk, never from a decoded count.
+    assert 0 < int(second.removeprefix("bytes=").rstrip("-")) <= cut
+
+
+_GZIP = {"Content-Encoding": "gzip"}
+
+
+@pytest.fixture
+def small_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 16 MiB tmpfs as PIBAKE_CACHE: room for the archive (3 MiB), not for the image it holds (268 MiB)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    cache = tmp_path / "small-cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(cache)], check=True)
+    monkeypatch.setenv("PIBAKE_CACHE", str(cache))
+    try:
+        yield cache
+    finally:
+        subprocess.run(["umount", str(cache)], check=False)
+
+
+def test_a_full_disk_while_decompressing_keeps_the_verified_archive(
+    site: Site, release: raspios.Release, small_cache: Path, tmp_path: Path
+) -> None:
+    args = ["image", "fetch", "--url", _url(site), "--sha256", release.archive_sha256, "-o", str(tmp_path / "f.img")]
+    res = run_cli(args)
+    assert res.code == PibakeError.exit_code, res.err
+    assert "Traceback" not in res.err
+    assert "no space left" in res.err.lower() and str(small_cache) in res.err
+    archive = small_cache / "files" / release.archive_sha256 / ARCHIVE
+    assert archive.is_file() and f"kept in {archive}" in res.err
+    assert not (small_cache / "raspios").exists() or not any((small_cache / "raspios").iterdir())
+    assert not (tmp_path / "f.img").exists()
+
+    # Room made: the next run unpacks the archive it kept, without downloading it again.
+    subprocess.run(["mount", "-o", "remount,size=600m", str(small_cache)], check=True)
+    gets = len(site.requests)
+    res = run_cli(args)
+    assert res.code == 0, res.err
+    assert len(site.requests) == gets
+    assert sha256_file(tmp_path / "f.img") == release.image_sha256

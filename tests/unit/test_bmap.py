@@ -58,11 +58,6 @@ def test_create_maps_the_data_blocks_with_their_checksums(image: Path) -> None:
     assert made.mapped_blocks == 1 + 768 + 257 + 1
 
 
-def test_skip_zero_blocks_drops_written_zeros(image: Path) -> None:
-    made = bmap.create(image, skip_zero_blocks=True)
-    assert [(r.first, r.last) for r in made.ranges] == [(0, 0), (1024, 1791), (5376, 5376), (16383, 16383)]
-
-
 def test_round_trip_through_the_file(image: Path, tmp_path: Path) -> None:
     out = tmp_path / "card.img.bmap"
     made = bmap.create(image, out)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import lzma
 import os
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from pibake.errors import PibakeError
+from pibake.disk import sparse
+from pibake.errors import PibakeError, UsageError, VerificationFailed
 from pibake.image import fetch
 
 MIB = 1 << 20
@@ -123,15 +126,20 @@ def _compress(kind: str, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["xz", "gz", "zip", "raw"])
-def test_decompression_streams_into_a_sparse_file(tmp_path: Path, kind: fetch.Kind) -> None:
+def test_decompression_writes_every_byte_zeros_included(tmp_path: Path, kind: fetch.Kind) -> None:
     disk = _disk()
     archive = tmp_path / "a"
     archive.write_bytes(_compress(kind, disk))
-    digest, size = fetch.decompress(archive, kind, tmp_path / "out.img")
-    assert (tmp_path / "out.img").read_bytes() == disk
+    out = tmp_path / "out.img"
+    digest, size = fetch.decompress(archive, kind, out)
+    assert out.read_bytes() == disk
     assert (digest, size) == (hashlib.sha256(disk).hexdigest(), len(disk))
-    # Only the blocks with data take space; the zero chunks stay holes.
-    assert (tmp_path / "out.img").stat().st_blocks * 512 <= 2 * MIB
+    # An archive says nothing of holes: its zeros are written, so a block map of the image maps them.
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        assert list(sparse.data_ranges(fd, 0, size)) == [(0, size)]
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("kind", ["xz", "gz", "zip"])
@@ -152,14 +160,65 @@ def test_corrupt_xz_is_an_error(tmp_path: Path) -> None:
         fetch.decompress(archive, "xz", tmp_path / "out.img")
 
 
-def test_a_zip_without_exactly_one_image_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("names", [["README.txt"], ["a.img", "b.img"]])
+def test_a_zip_without_exactly_one_image_is_refused(tmp_path: Path, names: list[str]) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("README.txt", "no image here")
+        for name in names:
+            zf.writestr(name, _disk())
     archive = tmp_path / "a.zip"
     archive.write_bytes(buf.getvalue())
-    with pytest.raises(PibakeError, match=r"expected one \.img"):
+    with pytest.raises(UsageError, match=r"exactly one \.img.*" + re.escape(", ".join(names))) as err:
         fetch.decompress(archive, "zip", tmp_path / "out.img")
+    assert "pibake image prepare" in str(err.value)
+
+
+def _zip_with(method: int | None = None, flags: int | None = None) -> bytes:
+    """A zip of one image whose local and central headers claim METHOD (and FLAGS) instead of deflate."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("2020-05-27-raspios-buster-lite-armhf.img", _disk())
+    blob = bytearray(buf.getvalue())
+    for magic, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = blob.find(magic)
+        if method is not None:
+            blob[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+        if flags is not None:
+            blob[at + flag_at : at + flag_at + 2] = flags.to_bytes(2, "little")
+    return bytes(blob)
+
+
+@pytest.mark.parametrize(("method", "flags"), [(9, None), (None, 1)], ids=["deflate64", "encrypted"])
+def test_a_zip_python_cannot_read_is_a_clear_error(tmp_path: Path, method: int | None, flags: int | None) -> None:
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_zip_with(method, flags))
+    with pytest.raises(UsageError, match="cannot unpack it") as err:
+        fetch.decompress(archive, "zip", tmp_path / "out.img")
+    assert "unzip" in str(err.value).lower()
+
+
+def test_a_corrupt_gz_is_an_error(tmp_path: Path) -> None:
+    blob = bytearray(_compress("gz", os.urandom(MIB)))
+    blob[len(blob) // 2] ^= 0xFF
+    archive = tmp_path / "a"
+    archive.write_bytes(bytes(blob))
+    with pytest.raises(VerificationFailed, match="corrupt"):
+        fetch.decompress(archive, "gz", tmp_path / "out.img")
+
+
+def test_a_full_disk_while_decompressing_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "a"
+    archive.write_bytes(_compress("xz", _disk()))
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if fd > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(PibakeError, match=f"No space left on device. The disk holding {tmp_path} is full"):
+        fetch.decompress(archive, "xz", tmp_path / "out.img")
 
 
 def test_download_refuses_to_run_without_a_digest() -> None:

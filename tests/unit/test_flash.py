@@ -7,10 +7,12 @@ does the same against real loop devices.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pibake.errors import Refused, UsageError, VerificationFailed
+from pibake.errors import Interrupted, Refused, UsageError, VerificationFailed
 from pibake.flash import bmap, device, safety, writer
 from pibake.flash.device import Disk, Holder, Partition
 from pibake.flash.safety import Mount
@@ -259,6 +261,162 @@ def test_sysfs_non_removable_disk(tmp_path: Path) -> None:
     assert not disk.removable and disk.partitions == () and disk.holders == ()
 
 
+# --- built-in card readers: SD cards on the MMC bus (issue 15, section 4) ---------------------------------
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+
+
+def _mmc_sysfs(root: Path, *, card_type: str, name: str = "mmcblk0", major: int = 179, emmc_boot: bool = False) -> Path:
+    """A /sys with one card on an MMC host, laid out as the kernel lays it out.
+
+    /sys/block/mmcblkN is .../mmc_host/mmc0/mmc0:aaaa/block/mmcblkN, its device/ is the card
+    (type, name, serial, subsystem -> bus/mmc), removable is 0 whatever the card, the partitions
+    mmcblkNp1 and p2 are inside it, and eMMC's boot partitions mmcblkNboot0/1 are disks of their
+    own beside it.
+    """
+    (root / "bus" / "mmc").mkdir(parents=True, exist_ok=True)
+    (root / "class" / "block").mkdir(parents=True, exist_ok=True)
+    (root / "dev" / "block").mkdir(parents=True, exist_ok=True)
+    host = root / "devices" / "pci0000:00" / "0000:00:1c.0" / "0000:02:00.0" / "rtsx_pci_sdmmc.0" / "mmc_host" / "mmc0"
+    mmc_card = host / "mmc0:aaaa"
+    _write(mmc_card / "type", card_type)
+    _write(mmc_card / "name", "SD32G" if card_type == "SD" else "DA4032")
+    _write(mmc_card / "serial", "0x1234abcd")
+    (mmc_card / "subsystem").symlink_to(root / "bus" / "mmc")
+
+    def disk(disk_name: str, minor: int, sectors: int) -> Path:
+        node = mmc_card / "block" / disk_name
+        _write(node / "dev", f"{major}:{minor}")
+        _write(node / "size", str(sectors))
+        _write(node / "removable", "0")  # the mmc block driver never sets it
+        (node / "device").symlink_to(mmc_card)
+        (root / "class" / "block" / disk_name).symlink_to(node)
+        (root / "dev" / "block" / f"{major}:{minor}").symlink_to(node)
+        return node
+
+    node = disk(name, 0, 62333952)
+    for i in (1, 2):
+        part = node / f"{name}p{i}"
+        _write(part / "partition", str(i))
+        _write(part / "dev", f"{major}:{i}")
+        _write(part / "size", str(524288 * i))
+        (root / "class" / "block" / part.name).symlink_to(part)
+        (root / "dev" / "block" / f"{major}:{i}").symlink_to(part)
+    if emmc_boot:
+        disk(f"{name}boot0", 8, 8192)
+        disk(f"{name}boot1", 16, 8192)
+    return root
+
+
+def _mmc_mounts(name: str, *mounted: tuple[int, str]) -> list[Mount]:
+    """The mounts of this machine: / on sda2, plus partition I of the mmc disk NAME on each mount point given."""
+    mounts = [Mount("8:2", "/", "ext4", "/dev/sda2")]
+    return mounts + [Mount(f"179:{i}", point, "vfat", f"/dev/{name}p{i}") for i, point in mounted]
+
+
+def test_an_sd_card_in_a_built_in_reader_is_removable_media(tmp_path: Path) -> None:
+    disk = device.disk_from_sysfs("179:0", path=Path("/dev/mmcblk0"), sys_root=_mmc_sysfs(tmp_path, card_type="SD"))
+    assert not disk.removable  # what sysfs says of every mmcblk device
+    assert (disk.mmc_type, disk.mmc_boot, disk.sd_card, disk.emmc) == ("SD", (), True, False)
+    assert (disk.model, disk.serial) == ("SD card SD32G", "0x1234abcd")
+    assert [p.name for p in disk.partitions] == ["mmcblk0p1", "mmcblk0p2"]
+    res = decide(disk, mounts=_mmc_mounts("mmcblk0"))
+    assert res.refusals == () and res.warnings == ()
+    text = safety.describe(disk, image=Path("x.img"), to_unmount=[], plan="2 GiB")
+    assert "removable: an SD card in a built-in reader (its type is SD)" in text
+    sdcombo = dataclasses.replace(disk, mmc_type="SDcombo")  # SD memory and SDIO on one card
+    assert sdcombo.sd_card and decide(sdcombo, mounts=[]).refusals == ()
+
+
+def test_a_mounted_sd_card_in_a_built_in_reader_needs_unmount(tmp_path: Path) -> None:
+    disk = device.disk_from_sysfs("179:0", path=Path("/dev/mmcblk0"), sys_root=_mmc_sysfs(tmp_path, card_type="SD"))
+    mounts = _mmc_mounts("mmcblk0", (1, "/media/pi/bootfs"), (2, "/media/pi/rootfs"))
+    (refusal,) = decide(disk, mounts=mounts).refusals
+    assert "/dev/mmcblk0p1 on /media/pi/bootfs" in refusal and "/dev/mmcblk0p2 on /media/pi/rootfs" in refusal
+    assert "pass --unmount" in refusal
+    res = decide(disk, mounts=mounts, unmount=True)
+    assert res.refusals == ()
+    assert sorted(m.mount_point for m in res.to_unmount) == ["/media/pi/bootfs", "/media/pi/rootfs"]
+
+
+def test_an_sd_card_the_system_runs_from_is_refused(tmp_path: Path) -> None:
+    # A Pi flashing its own card: an SD card, removable media, and still never written.
+    disk = device.disk_from_sysfs("179:0", path=Path("/dev/mmcblk0"), sys_root=_mmc_sysfs(tmp_path, card_type="SD"))
+    mounts = [Mount("179:2", "/", "ext4", "/dev/mmcblk0p2"), Mount("179:1", "/boot/firmware", "vfat", "/dev/mmcblk0p1")]
+    (refusal,) = decide(disk, mounts=mounts, unmount=True, allow_non_removable=True).refusals
+    assert "holds / (from /dev/mmcblk0p2), /boot/firmware (from /dev/mmcblk0p1) of the running system" in refusal
+
+
+def test_emmc_holding_root_is_refused(tmp_path: Path) -> None:
+    root = _mmc_sysfs(tmp_path, card_type="MMC", emmc_boot=True)
+    disk = device.with_udev(
+        device.disk_from_sysfs("179:0", path=Path("/dev/mmcblk0"), sys_root=root),
+        {"ID_DRIVE_FLASH_SD": "1", "ID_DRIVE_MEDIA_FLASH_SD": "1"},  # as udisks' rules say of every mmcblkN
+    )
+    assert (disk.mmc_type, disk.mmc_boot) == ("MMC", ("mmcblk0boot0", "mmcblk0boot1"))
+    assert disk.emmc and not disk.sd_card and disk.udev_flash_sd
+    assert [p.name for p in disk.partitions] == ["mmcblk0p1", "mmcblk0p2"]  # the boot partitions are not among them
+    mounts = [Mount("179:2", "/", "ext4", "/dev/mmcblk0p2"), Mount("179:1", "/boot/efi", "vfat", "/dev/mmcblk0p1")]
+    system, emmc = decide(disk, mounts=mounts, unmount=True).refusals
+    assert "/dev/mmcblk0 holds / (from /dev/mmcblk0p2), /boot/efi (from /dev/mmcblk0p1) of the running system" in system
+    assert emmc == (
+        "/dev/mmcblk0 is eMMC, storage soldered to the board (it has the eMMC boot partitions mmcblk0boot0, "
+        "mmcblk0boot1), not an SD card (/sys/block/mmcblk0/device/type is MMC, whatever udev's ID_DRIVE_FLASH_SD "
+        "says (udisks sets it on every mmcblk device)): if it really is the card, pass --allow-non-removable"
+    )
+    # --allow-non-removable lifts the removable rule and no other: the system disk stays refused.
+    (only,) = decide(disk, mounts=mounts, unmount=True, allow_non_removable=True).refusals
+    assert only == system
+    assert "NOT removable: eMMC" in safety.describe(disk, image=Path("x.img"), to_unmount=[], plan="2 GiB")
+
+
+def test_emmc_that_is_not_the_system_disk_needs_the_flag(tmp_path: Path) -> None:
+    root = _mmc_sysfs(tmp_path, card_type="MMC", emmc_boot=True)
+    disk = device.disk_from_sysfs("179:0", path=Path("/dev/mmcblk0"), sys_root=root)
+    (refusal,) = decide(disk, mounts=_mmc_mounts("mmcblk0")).refusals
+    assert refusal.startswith("/dev/mmcblk0 is eMMC, storage soldered to the board") and "udev" not in refusal
+    assert decide(disk, mounts=_mmc_mounts("mmcblk0"), allow_non_removable=True).refusals == ()
+    # An MMC device without boot partitions (an old MMC card, or eMMC that hides them) is no SD card either.
+    old_mmc = device.disk_from_sysfs(
+        "179:0", path=Path("/dev/mmcblk0"), sys_root=_mmc_sysfs(tmp_path / "b", card_type="MMC")
+    )
+    assert not old_mmc.emmc and not old_mmc.sd_card
+    (refusal,) = decide(old_mmc, mounts=[]).refusals
+    assert "is an MMC device of type MMC, not an SD card" in refusal and "--allow-non-removable" in refusal
+
+
+def test_a_usb_card_reader_is_decided_as_before(tmp_path: Path) -> None:
+    root = _sysfs(tmp_path)
+    # A SCSI disk has a device/type too (its SCSI peripheral type, 0 for a disk): it is no MMC card's type.
+    (root / "bus" / "scsi").mkdir(parents=True)
+    for disk_name in ("sdb", "sda"):
+        _write(root / "devices" / "usb1" / "block" / disk_name / "device" / "type", "0")
+        (root / "devices" / "usb1" / "block" / disk_name / "device" / "subsystem").symlink_to(root / "bus" / "scsi")
+    reader = device.disk_from_sysfs("8:16", path=Path("/dev/sdb"), sys_root=root)
+    assert reader.removable and reader.mmc_type == "" and not reader.sd_card
+    reader = dataclasses.replace(reader, holders=())  # the tree's dm-0 on sdb2 is another test's
+    assert decide(device.with_udev(reader, {"ID_DRIVE_FLASH_SD": "1"}), mounts=[]).refusals == ()
+    fixed = device.disk_from_sysfs("8:0", path=Path("/dev/sda"), sys_root=root)
+    (refusal,) = decide(dataclasses.replace(fixed, size=32 * GB), mounts=[]).refusals
+    assert refusal == (
+        "/dev/sda is not a removable device (/sys/block/sda/removable is 0), as SD card readers are: if it really "
+        "is the card, pass --allow-non-removable"
+    )
+    # udev calling a fixed disk's reader SD flash does not make it removable.
+    (refusal,) = decide(dataclasses.replace(fixed, size=32 * GB, udev_flash_sd=True), mounts=[]).refusals
+    assert "is not a removable device" in refusal
+
+
+def test_an_sd_card_in_a_built_in_reader_is_not_ejected(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="pibake")
+    sd = card("mmcblk0", removable=False, mmc_type="SD")
+    assert device.eject(sd) is False
+    assert "SD card in a built-in reader, which has no eject: it is synced, remove it now" in caplog.text
+
+
 # --- progress and write planning -------------------------------------------------------------------
 
 
@@ -480,6 +638,114 @@ def test_without_sync_file_range_writes_fall_back_to_fdatasync(
     res = writer.flash(image, out, to_file=True)
     assert res.verified and out.read_bytes() == image.read_bytes()
     assert calls == [writer.SYNC_FILE_RANGE_WRITE]  # tried once, then fdatasync only
+
+
+# --- Ctrl-C and SIGTERM while writing (issue 15, section 6) ------------------------------------------
+
+
+class _SlowCard:
+    """A card that writes RATE bytes a second, one request after the other, on a clock of its own.
+
+    sync_file_range(WRITE) queues a chunk; a wait returns when the card has written it, and moves
+    the clock there. Nothing else takes time: the writer is as fast as it can be.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.now, self.busy_until = rate, 0.0, 0.0
+        self.done_at: dict[int, float] = {}
+
+    def clock(self) -> float:
+        return self.now
+
+    def sync_file_range(self, fd: int, offset: int, nbytes: int, flags: int) -> None:
+        if flags == writer.SYNC_FILE_RANGE_WRITE:
+            self.busy_until = max(self.busy_until, self.now) + nbytes / self.rate
+            self.done_at[offset] = self.busy_until
+        else:
+            self.now = max(self.now, self.done_at[offset])
+
+
+@pytest.mark.parametrize("rate", [1e6, 2e6, 20e6, 500e6])
+def test_what_is_in_flight_is_about_a_second_of_the_card(tmp_path: Path, rate: float) -> None:
+    """Ctrl-C waits for what is in flight (closing a block device writes its pages out): a second of the card.
+
+    A fixed 64 MiB window was 36 s of waiting on a card writing 2 MB/s.
+    """
+    card = _SlowCard(rate)
+    fd = os.open(tmp_path / "card", os.O_RDWR | os.O_CREAT)
+    try:
+        behind = writer._WriteBehind(fd, clock=card.clock)
+        behind.sync_range = card.sync_file_range
+        most = 0
+        for offset in range(0, 256 * MIB, writer.CHUNK):
+            behind.written(offset, writer.CHUNK)
+            most = max(most, behind.in_flight)
+    finally:
+        os.close(fd)
+    # The longest Ctrl-C could wait: what was in flight, and the chunk being written then.
+    wait = (most + writer.CHUNK) / rate
+    assert wait <= writer.WRITE_BEHIND_SECONDS + 2 * writer.CHUNK / rate
+    # Still enough in flight to keep the card busy: a second of it, up to WRITE_BEHIND.
+    assert most >= min(rate * writer.WRITE_BEHIND_SECONDS, writer.WRITE_BEHIND) - writer.CHUNK
+
+
+def test_sigterm_stops_a_flash_as_ctrl_c_does(image: Path, tmp_path: Path) -> None:
+    """`kill` (a CI timeout, systemd, a background job that Ctrl-C does not reach) says what the card is left as."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(p: Progress) -> None:
+        if p.phase == "write" and p.done >= 8 * MIB:
+            # Without a handler of its own, SIGTERM would end this test run on the spot.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN), "SIGTERM is not caught"
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match=r"interrupted after \d+ of 48 MiB: .* is INCOMPLETE: its partition table"):
+        writer.flash(image, tmp_path / "out.img", to_file=True, progress=terminate)
+    assert signal.getsignal(signal.SIGTERM) == before  # put back on the way out
+    assert (tmp_path / "out.img").read_bytes()[:512] == bytes(512)  # no partition table
+
+
+def test_ctrl_c_while_the_partition_table_is_written_last_says_so(
+    image: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "it has no partition table": it may have all of the image, unverified."""
+
+    def interrupted(self: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer._WriteBehind, "finish", interrupted)
+    with pytest.raises(Interrupted) as err:
+        writer.flash(image, tmp_path / "out.img", to_file=True)
+    text = str(err.value)
+    assert "interrupted at the very end" in text and "may hold the whole image, but it is NOT verified" in text
+    assert "INCOMPLETE" not in text and "has none" not in text and "Run the same command again" in text
+
+
+def test_a_second_ctrl_c_still_says_what_the_first_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    def flash(*args: object, **kwargs: object) -> None:
+        try:
+            raise Interrupted("interrupted after 8 of 1024 MiB: /dev/sdz is INCOMPLETE")
+        finally:
+            raise KeyboardInterrupt  # pressed again while the card was closed
+
+    monkeypatch.setattr(writer, "flash", flash)
+    res = run_cli(["flash", "x.img", "/dev/sdz"])
+    assert res.code == Interrupted.exit_code
+    assert res.err == "pibake: error: interrupted after 8 of 1024 MiB: /dev/sdz is INCOMPLETE\n"
+
+
+def test_sigterm_is_left_alone_where_someone_else_handles_it() -> None:
+    from pibake.util.interrupt import sigterm_as_interrupt
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_the_script_flashes_the_demo_image_by_default(tmp_path: Path) -> None:

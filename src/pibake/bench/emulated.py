@@ -17,13 +17,13 @@ from pibake.bench.context import Context
 from pibake.bench.inference import infer_on_guest
 from pibake.bench.results import Recorder
 from pibake.bench.wheel import Wheel, cannot_run_model
+from pibake.disk.sparse import copy_file
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.errors import PibakeError
 from pibake.image import build as image
 from pibake.image import prepare
 from pibake.provision import provision
-from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def bench_emulated(
 
 def _converge(project: Path, prepared: Path, provisioned: Path, work: Path, rec: Recorder, *, timed: bool) -> None:
     provisioned.unlink(missing_ok=True)
-    run(["cp", "--sparse=always", str(prepared), str(provisioned)])
+    copy_file(prepared, provisioned)
     inventory = work / "inventory.yml"
     inventory.unlink(missing_ok=True)
     emulator.start(

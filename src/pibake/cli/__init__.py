@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from pibake import __version__
-from pibake.cli import bench, demo, emulate, flash, image, kernel, preflight
+from pibake.cli import bench, demo, emulate, flash, hostkeys, image, kernel, preflight
 from pibake.errors import Interrupted, PibakeError, exit_codes_epilog
 
 log = logging.getLogger("pibake")
 
-GROUPS = (image, kernel, emulate, demo, preflight, flash, bench)
+GROUPS = (image, kernel, emulate, hostkeys, demo, preflight, flash, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("error", exc_info=True)
         print(f"pibake: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         log.debug("interrupted", exc_info=True)
+        if isinstance(e.__context__, Interrupted):
+            # Ctrl-C again while the first one's message was on its way out (a flash waits for the
+            # card as it closes it): that message says what was left behind.
+            print(f"pibake: error: {e.__context__}", file=sys.stderr)
+            return Interrupted.exit_code
         print("pibake: interrupted", file=sys.stderr)
         return Interrupted.exit_code
 

@@ -76,6 +76,9 @@ def _finalize(a: argparse.Namespace) -> int:
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
     if res.undone:
         print(f"  undone: {', '.join(res.undone)}")
+    if res.identity_reset:
+        print(f"  reset, each card makes its own at first boot: {', '.join(res.identity_reset)}")
+    print(f"  SSH host keys made at first boot by: {res.ssh_host_keys_made_by or 'nothing in the image'}")
     if res.shrunk_to:
         print(f"  size for the card: {res.shrunk_to // MIB} MiB")
     for f in (res.sha256_file, res.bmap_file, res.manifest_file):

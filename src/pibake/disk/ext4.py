@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pibake.disk.layout import read_mbr
-from pibake.errors import PibakeError
+from pibake.errors import CommandFailed, PibakeError
 from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,26 @@ class ExtFs:
         entries = self.list_dirs([path])[path]
         return None if entries is None else [e for e in entries if e.name not in (".", "..")]
 
+    def walk(self, path: str) -> list[tuple[str, DirEntry]]:
+        """Everything below the directory PATH, parents before children ([] when PATH is no directory).
+
+        One debugfs session per level of the tree; symlinks are listed, not followed.
+        """
+        found: list[tuple[str, DirEntry]] = []
+        level = [path]
+        while level:
+            following = []
+            for directory, entries in self.list_dirs(level).items():
+                for e in entries or []:
+                    if e.name in (".", ".."):
+                        continue
+                    child = f"{directory.rstrip('/')}/{e.name}"
+                    found.append((child, e))
+                    if e.is_dir:
+                        following.append(child)
+            level = following
+        return found
+
     def stat_many(self, paths: Iterable[str]) -> dict[str, DirEntry | None]:
         wanted = sorted(set(paths))
         listings = self.list_dirs(sorted({_parent(p) for p in wanted}))
@@ -319,3 +339,31 @@ def _check_landed(
 
 
 # ---------------------------------------------------------------- byte ranges
+
+
+def parse_free_blocks(dumpe2fs_output: str) -> list[tuple[int, int]]:
+    """Byte ranges [start, end), from the filesystem's start, of the free blocks `dumpe2fs` lists group by group."""
+    block_size = 0
+    ranges: list[tuple[int, int]] = []
+    for line in dumpe2fs_output.splitlines():
+        if line.startswith("Block size:"):
+            block_size = int(line.split(":", 1)[1])
+        elif line.startswith("  Free blocks: ") and block_size:
+            for part in filter(None, (p.strip() for p in line.split(":", 1)[1].split(","))):
+                first, _, last = part.partition("-")
+                start, end = int(first) * block_size, (int(last or first) + 1) * block_size
+                if ranges and ranges[-1][1] == start:
+                    ranges[-1] = (ranges[-1][0], end)
+                else:
+                    ranges.append((start, end))
+    return ranges
+
+
+def free_blocks(image: Path, offset: int) -> list[tuple[int, int]]:
+    """The free blocks of the ext2/3/4 at OFFSET in IMAGE, as byte ranges from its start; none if it is not one."""
+    try:
+        out = run(["dumpe2fs", f"{image}?offset={offset}"])
+    except CommandFailed as e:
+        log.info("%s at byte %d: no ext2/3/4 free block map (%s)", image.name, offset, e.output.strip()[-200:])
+        return []
+    return parse_free_blocks(out)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from pibake.disk.layout import MIB, SECTOR, MbrEntry, read_mbr
-from pibake.disk.sparse import sync_range
+from pibake.disk.sparse import copy_extents
 from pibake.errors import CommandFailed, PibakeError
 from pibake.util.proc import run
 
@@ -46,7 +46,7 @@ def _resize_fs_copy(image: Path, root: MbrEntry, sectors: int, work: Path) -> Pa
     length = max(root.size, sectors) * SECTOR
     with part.open("wb") as f:
         f.truncate(length)
-    sync_range(image, root.start * SECTOR, part, 0, root.size * SECTOR)
+    copy_extents(image, root.start * SECTOR, part, 0, root.size * SECTOR)
     run(["e2fsck", "-f", "-p", str(part)])
     run(["resize2fs", str(part), f"{sectors}s"])
     return part
@@ -74,7 +74,7 @@ def grow_root(image: Path, size: int, work: Path) -> None:
         part.unlink(missing_ok=True)
         raise
     try:
-        written = sync_range(part, 0, image, root.start * SECTOR, sectors * SECTOR)
+        written = copy_extents(part, 0, image, root.start * SECTOR, sectors * SECTOR)
         log.debug("root filesystem: %d MiB written back", written // MIB)
     finally:
         part.unlink(missing_ok=True)
@@ -97,7 +97,7 @@ def shrink_root(image: Path, size: int, work: Path) -> bool:
             return False
         raise
     try:
-        sync_range(part, 0, image, root.start * SECTOR, sectors * SECTOR)
+        copy_extents(part, 0, image, root.start * SECTOR, sectors * SECTOR)
         _set_root_partition(image, root, sectors)
         with image.open("r+b") as f:
             f.truncate(size)

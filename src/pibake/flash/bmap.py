@@ -5,14 +5,14 @@ files. Its bmap lists the block ranges that matter, each with a sha256, so that
 flashing writes (and verifies) only those. The format is bmaptool's own, so
 `bmaptool copy` takes the bmaps written here and `pibake flash` takes bmaptool's.
 
-Data ranges are found with SEEK_DATA/SEEK_HOLE (holes of a sparse file are not
-data); ``skip_zero_blocks=True`` also drops blocks that were written but hold
-only zeros, for images that were not kept sparse.
+Data ranges are found with SEEK_DATA/SEEK_HOLE: holes are left out, written bytes (zeros
+included) are mapped. A card keeps its old bytes wherever a bmap maps nothing, so an image's
+holes must be space nothing uses: pibake makes them so (``pibake.disk.sparse``) before it maps
+an image, and never leaves out written zeros here.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+from pibake.disk.sparse import data_ranges
 from pibake.errors import PibakeError, UsageError
 
 log = logging.getLogger(__name__)
@@ -183,34 +184,10 @@ def find_for(image: Path) -> Path | None:
 # --- creating ---------------------------------------------------------------------------------
 
 
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges of a file that hold data, from SEEK_DATA/SEEK_HOLE.
-
-    A filesystem without hole reporting makes the whole file one range (correct,
-    just not sparse).
-    """
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data after offset
-                return
-            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                yield offset, size
-                return
-            raise
-        if start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        offset = end
-
-
 def _block_extents(fd: int, size: int, block_size: int) -> list[tuple[int, int]]:
     """Data ranges widened to whole blocks and merged: (first_block, last_block) inclusive."""
     merged: list[tuple[int, int]] = []
-    for start, end in data_extents(fd, size):
+    for start, end in data_ranges(fd, 0, size):
         first, last = start // block_size, (end - 1) // block_size
         if merged and first <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(last, merged[-1][1]))
@@ -249,7 +226,6 @@ def create(
     out: Path | None = None,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
-    skip_zero_blocks: bool = False,
 ) -> Bmap:
     """Map the data blocks of IMAGE, with a sha256 for each range; write the bmap to OUT if given.
 
@@ -268,19 +244,13 @@ def create(
             raise UsageError(f"{image} is empty: there is nothing to map")
         builder = _RangeBuilder(CHECKSUM_TYPE)
         buf = bytearray(READ_CHUNK)
-        zero_block = bytes(block_size)
         for first, last in _block_extents(fd, size, block_size):
             offset, end = first * block_size, min((last + 1) * block_size, size)
             while offset < end:
                 n = os.preadv(fd, [memoryview(buf)[: min(READ_CHUNK, end - offset)]], offset)
                 if n <= 0:
                     raise PibakeError(f"{image} ended at {offset} bytes while mapping it: was it changed meanwhile?")
-                data = memoryview(buf)[:n]
-                block = offset // block_size
-                if skip_zero_blocks:
-                    _feed_nonzero(builder, block, data, block_size, zero_block)
-                else:
-                    builder.feed(block, data, -(-n // block_size))
+                builder.feed(offset // block_size, memoryview(buf)[:n], -(-n // block_size))
                 offset += n
         builder.close()
     finally:
@@ -297,25 +267,6 @@ def create(
         bmap.write(out)
         log.info("wrote %s", out)
     return bmap
-
-
-def _feed_nonzero(builder: _RangeBuilder, block: int, data: memoryview, block_size: int, zero_block: bytes) -> None:
-    """Feed the runs of blocks of DATA that are not all zeros."""
-    n = len(data)
-    if data == bytes(n):  # the common case in a written-but-empty area: one memcmp
-        return
-    run_start = -1
-    nblocks = -(-n // block_size)
-    for i in range(nblocks + 1):
-        is_data = False
-        if i < nblocks:
-            piece = data[i * block_size : (i + 1) * block_size]
-            is_data = piece != zero_block[: len(piece)]
-        if is_data and run_start < 0:
-            run_start = i
-        elif not is_data and run_start >= 0:
-            builder.feed(block + run_start, data[run_start * block_size : i * block_size], i - run_start)
-            run_start = -1
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The block device a card is written to: what sysfs and udev say about it, and handling it (open, cache, eject).
 
 Looking: ``inspect_disk`` gives a ``Disk`` (size, removable, model, serial, partitions,
-device-mapper holders, a loop device's backing file); a partition is refused with the disk
-to name instead. Handling: opening the target exclusively, dropping its cached pages before
-reading back, re-reading its partition table, unmounting a filesystem, ejecting the card.
+device-mapper holders, a loop device's backing file, and for a device on the MMC bus the
+card's type and eMMC boot partitions); a partition is refused with the disk to name instead.
+Handling: opening the target exclusively, dropping its cached pages before reading back,
+re-reading its partition table, unmounting a filesystem, ejecting the card.
 Whether the device may be written at all is ``pibake.flash.safety``'s decision.
 """
 
@@ -14,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import stat
 from collections import deque
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SECTOR = 512
 SYS = Path("/sys")
+SD_TYPES = ("SD", "SDcombo")  # /sys/bus/mmc/devices/*/type of an SD memory card
 
 BLKRRPART = 0x125F
 BLKFLSBUF = 0x1261
@@ -75,6 +78,27 @@ class Disk:
     partitions: tuple[Partition, ...] = ()
     holders: tuple[Holder, ...] = ()
     backing_file: Path | None = None  # loop devices
+    # On the MMC bus (/dev/mmcblkN): the card's type as the kernel read it from the card (SD,
+    # SDcombo, MMC), and the hardware boot partitions (mmcblkNboot0, ...) that only eMMC has.
+    mmc_type: str = ""
+    mmc_boot: tuple[str, ...] = ()
+    udev_flash_sd: bool = False  # udev's ID_DRIVE_FLASH_SD or ID_DRIVE_MEDIA_FLASH_SD
+
+    @property
+    def sd_card(self) -> bool:
+        """An SD card in an MMC host, such as a laptop's built-in reader: removable media, though removable is 0.
+
+        The kernel's word, from the card itself: its type is SD (or SDcombo, SD memory with SDIO),
+        and it has no eMMC boot partitions. The mmc block driver never sets removable (the card
+        comes and goes with its block device), and udev's ID_DRIVE_FLASH_SD is no proof either:
+        udisks sets it on every mmcblkN, eMMC soldered to the board included.
+        """
+        return self.mmc_type in SD_TYPES and not self.mmc_boot
+
+    @property
+    def emmc(self) -> bool:
+        """eMMC: an MMC device with hardware boot partitions, storage soldered to the board."""
+        return self.mmc_type == "MMC" and bool(self.mmc_boot)
 
     def members(self) -> dict[str, str]:
         """Every device whose use makes this disk busy: itself, its partitions, what is stacked on them."""
@@ -132,6 +156,9 @@ def disk_from_sysfs(devno: str, *, path: Path, sys_root: Path = SYS) -> Disk:
     model = " ".join(_read(node / "device" / f) for f in ("vendor", "model") if _read(node / "device" / f))
     serial = _read(node / "device" / "serial")
     backing = _read(node / "loop" / "backing_file")
+    mmc_type, mmc_boot = _mmc(node)
+    if mmc_type and not model:  # an MMC bus card has a product name (e.g. SD32G), no vendor or model
+        model = f"{mmc_type} card {_read(node / 'device' / 'name')}".strip()
     return Disk(
         path=path,
         name=node.name,
@@ -143,20 +170,43 @@ def disk_from_sysfs(devno: str, *, path: Path, sys_root: Path = SYS) -> Disk:
         partitions=partitions,
         holders=tuple(_holders(sys_root, [node.name, *(p.name for p in partitions)])),
         backing_file=Path(backing) if backing else None,
+        mmc_type=mmc_type,
+        mmc_boot=mmc_boot,
     )
 
 
-def _udev_identity(path: Path) -> tuple[str, str]:
-    """Model and serial from udev, for devices whose sysfs has none (e.g. some USB readers)."""
+def _mmc(node: Path) -> tuple[str, tuple[str, ...]]:
+    """For a disk on the MMC bus: the card's type and its eMMC boot partitions; ("", ()) for any other disk.
+
+    The boot partitions are block devices of their own beside the disk (mmcblk0boot0 next to
+    mmcblk0 under the card's block/), not partitions of it.
+    """
+    device_dir = node / "device"
+    if (device_dir / "subsystem").resolve().name != "mmc":
+        return "", ()  # a SCSI disk's device/type is its SCSI peripheral type, not a card's
+    block = device_dir / "block"
+    siblings = sorted(child.name for child in block.iterdir()) if block.is_dir() else []
+    boot = tuple(name for name in siblings if re.fullmatch(rf"{re.escape(node.name)}boot\d+", name))
+    return _read(device_dir / "type"), boot
+
+
+def _udev_properties(path: Path) -> dict[str, str]:
+    """What udev says about PATH (`udevadm info --query=property`); {} without udev."""
     if not shutil.which("udevadm"):
-        return "", ""
+        return {}
     try:
         out = run(["udevadm", "info", "--query=property", f"--name={path}"], timeout=10)
     except PibakeError:
-        return "", ""
-    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return {}
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def with_udev(disk: Disk, props: dict[str, str]) -> Disk:
+    """DISK with what udev adds: model and serial where sysfs has none (some USB readers), its SD flags."""
     model = props.get("ID_MODEL", "").replace("_", " ")
-    return model, props.get("ID_SERIAL_SHORT", props.get("ID_SERIAL", ""))
+    serial = props.get("ID_SERIAL_SHORT", props.get("ID_SERIAL", ""))
+    flash_sd = "1" in (props.get("ID_DRIVE_FLASH_SD"), props.get("ID_DRIVE_MEDIA_FLASH_SD"))
+    return dataclasses.replace(disk, model=disk.model or model, serial=disk.serial or serial, udev_flash_sd=flash_sd)
 
 
 def is_block_device(path: Path) -> bool:
@@ -177,11 +227,7 @@ def inspect_disk(device: Path) -> Disk:
         raise PibakeError(f"cannot look at {device}: {e.strerror}") from e
     if not stat.S_ISBLK(st.st_mode):
         raise UsageError(f"{device} is not a block device")
-    disk = disk_from_sysfs(devno(st.st_rdev), path=device)
-    if not (disk.model and disk.serial):
-        model, serial = _udev_identity(device)
-        disk = dataclasses.replace(disk, model=disk.model or model, serial=disk.serial or serial)
-    return disk
+    return with_udev(disk_from_sysfs(devno(st.st_rdev), path=device), _udev_properties(device))
 
 
 def describe_partition(p: Partition) -> str:
@@ -267,6 +313,9 @@ def unmount(mount_point: str, source: str) -> None:
 
 def eject(disk: Disk) -> bool:
     """Eject a removable DISK once it is written; False (with why, in the log) where it was not."""
+    if disk.sd_card and not disk.removable:
+        log.info("%s is an SD card in a built-in reader, which has no eject: it is synced, remove it now", disk.path)
+        return False
     if not disk.removable:
         log.info("%s is not removable: not ejecting it", disk.path)
         return False

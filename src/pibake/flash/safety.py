@@ -8,8 +8,10 @@ All decided before a single byte is written:
   swap, device-mapper volumes (LVM, LUKS) or the image file itself;
 - no mounted filesystem on it; ``unmount=True`` unmounts those (a desktop's
   automounts of the old card) after the confirmation, and then goes on;
-- a removable device, unless ``allow_non_removable=True``; a warning for one
-  larger than ``large_device_threshold``;
+- removable media: a device whose sysfs ``removable`` is 1 (USB card readers), or an SD
+  card in an MMC host (a laptop's built-in reader: the card's type is SD, though
+  ``removable`` is 0 there), unless ``allow_non_removable=True``; never eMMC or other
+  fixed disks without it; a warning for one larger than ``large_device_threshold``;
 - the image fits on it;
 - the user types the device name back, after seeing its model, serial, size,
   partitions and mounts (unless ``assume_yes=True``).
@@ -50,9 +52,13 @@ Safety rules, all checked before a single byte is written:
     swap, one used by the device mapper (LVM, LUKS), or the one the image is on.
   - Nothing on it may be mounted. --unmount unmounts its filesystems (a desktop's
     automounts of the old card) after you confirm, then goes on.
-  - It must be removable (/sys/block/DEV/removable is 1, as for SD card readers);
-    --allow-non-removable overrides that. A device larger than
-    --large-device-gb (default 64) gets a warning: cards rarely are.
+  - It must be removable media: /sys/block/DEV/removable is 1 (USB card
+    readers), or it is an SD card in a built-in reader (/dev/mmcblkN: removable
+    is 0 there, but the kernel reads the card's type, SD, from the card:
+    /sys/block/DEV/device/type). eMMC (type MMC, with boot partitions
+    mmcblkNboot0/1: storage soldered to the board) and other fixed disks are
+    refused; --allow-non-removable overrides this rule and no other. A device
+    larger than --large-device-gb (default 64) gets a warning: cards rarely are.
   - The image must fit on it.
   - You see its model, serial, size, partitions and mounts, and type its name
     back (e.g. sdb); --yes skips that question.
@@ -176,11 +182,8 @@ def assess(
         refusals.append(f"{disk.path} has a size of 0: is there a card in the reader?")
     elif image_size > disk.size:
         refusals.append(f"the image ({format_size(image_size)}) does not fit on {disk.path} ({format_size(disk.size)})")
-    if not disk.removable and not allow_non_removable:
-        refusals.append(
-            f"{disk.path} is not a removable device (/sys/block/{disk.name}/removable is 0), as SD card readers "
-            "are: if it really is the card, pass --allow-non-removable"
-        )
+    if not (disk.removable or disk.sd_card) and not allow_non_removable:
+        refusals.append(_not_removable(disk))
     if disk.size > large_device_threshold:
         warnings.append(
             f"{disk.path} is {format_size(disk.size)}, larger than {large_device_threshold / 1e9:.0f} GB: SD cards "
@@ -188,6 +191,35 @@ def assess(
         )
     to_unmount = tuple(sorted(others, key=lambda m: m.mount_point.count("/"), reverse=True)) if unmount else ()
     return Assessment(tuple(refusals), tuple(warnings), to_unmount)
+
+
+def _not_removable(disk: Disk) -> str:
+    """Why DISK is not taken for a card, in the kernel's words."""
+    if not disk.mmc_type:
+        return (
+            f"{disk.path} is not a removable device (/sys/block/{disk.name}/removable is 0), as SD card readers "
+            "are: if it really is the card, pass --allow-non-removable"
+        )
+    boot = ", ".join(disk.mmc_boot)
+    if disk.emmc:
+        what = f"eMMC, storage soldered to the board (it has the eMMC boot partitions {boot})"
+    else:
+        what = f"an MMC device of type {disk.mmc_type}{f' with the boot partitions {boot}' if boot else ''}"
+    udev = ", whatever udev's ID_DRIVE_FLASH_SD says (udisks sets it on every mmcblk device)"
+    return (
+        f"{disk.path} is {what}, not an SD card (/sys/block/{disk.name}/device/type is {disk.mmc_type}"
+        f"{udev if disk.udev_flash_sd else ''}): if it really is the card, pass --allow-non-removable"
+    )
+
+
+def _removable_text(disk: Disk) -> str:
+    if disk.removable:
+        return "removable"
+    if disk.sd_card:
+        return f"removable: an SD card in a built-in reader (its type is {disk.mmc_type})"
+    if disk.emmc:
+        return "NOT removable: eMMC"
+    return "NOT removable"
 
 
 def same_path(a: Path, b: Path) -> bool:
@@ -205,7 +237,7 @@ def describe(disk: Disk, *, image: Path, to_unmount: Sequence[Mount], plan: str)
         f"{disk.path} will be overwritten with {image}:",
         f"  model       {disk.model or 'unknown'}",
         f"  serial      {disk.serial or 'unknown'}",
-        f"  size        {format_size(disk.size)}, {'removable' if disk.removable else 'NOT removable'}",
+        f"  size        {format_size(disk.size)}, {_removable_text(disk)}",
         f"  partitions  {parts}",
     ]
     if disk.backing_file is not None:

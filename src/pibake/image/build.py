@@ -15,10 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pibake import hostkeys
 from pibake.boards import DEFAULT_BOARD
 from pibake.boards import firmware as piboot
 from pibake.disk.layout import MIB, Layout, partuuid
-from pibake.disk.sparse import write_at
+from pibake.disk.sparse import match_free_space, write_at
 from pibake.emulate import sshkey
 from pibake.errors import PibakeError, ToolMissing, UsageError
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 # Bump when the way a stage turns its recipe into bytes changes, so caches rebuild.
 ROOTFS_FORMAT = 1
-IMAGE_FORMAT = 4
+# 5: SSH host keys made by pibake.hostkeys' unit (fingerprints on the console), not an ssh.service drop-in.
+IMAGE_FORMAT = 5
 
 BASE_PACKAGES = (
     "systemd-sysv",
@@ -340,20 +342,19 @@ def customise(root: Path, spec: ImageSpec) -> None:
     _write(
         root / "etc/ssh/sshd_config.d/pibake.conf",
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
+        + "".join(f"HostKey /etc/ssh/ssh_host_{t}_key\n" for t in hostkeys.KEY_TYPES),
     )
-    # Host keys made at build time would be shared by every card: make them on first boot.
-    # Ed25519 and ECDSA only: an RSA-3072 key takes some 15 s under emulation and every
-    # client of the last decade speaks one of these two.
+    # Host keys made at build time would be shared by every card: each device makes its own on
+    # its first boot (Debian's openssh-server makes them at install, never at boot) and prints
+    # their fingerprints on its consoles. The unit and its script are pibake.hostkeys'.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    _write(
-        root / "etc/systemd/system/ssh.service.d/pibake-hostkeys.conf",
-        "[Service]\nExecStartPre=\n"
-        "ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do f=/etc/ssh/ssh_host_$${t}_key; "
-        '[ -e $$f ] || ssh-keygen -q -t $$t -N "" -f $$f; done\'\n'
-        "ExecStartPre=/usr/sbin/sshd -t\n",
-    )
+    _write(root / hostkeys.SCRIPT.lstrip("/"), hostkeys.script_text(), 0o755)
+    _write(root / "etc/systemd/system" / hostkeys.UNIT, hostkeys.unit_text())
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / hostkeys.UNIT).unlink(missing_ok=True)
+    (wants / hostkeys.UNIT).symlink_to(f"/etc/systemd/system/{hostkeys.UNIT}")
 
 
 def _firmware_files(root: Path) -> list[Path]:
@@ -414,6 +415,9 @@ def assemble(out: Path, layout: Layout, disk_id: int, root: Path, boot: Path, wo
     write_at(ext4, out, layout.root.offset)
     fat.unlink()
     ext4.unlink()
+    # mke2fs left ext4's inode tables and journal as holes it counts as zeroed: make them data,
+    # so that a block map of the image leaves out nothing but free space.
+    match_free_space(out)
 
 
 def build_image(spec: ImageSpec, *, output: Path | None = None, rebuild: bool = False) -> BuiltImage:

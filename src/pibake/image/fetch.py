@@ -5,18 +5,23 @@
     image    cache/raspios/<archive sha256>/image.img + meta.json, written only once the
              archive's sha256 matched and it decompressed to the end (the archive is then dropped)
 
-Nothing reaches the image cache before its archive's sha256 has been checked, and an
-archive that failed the check is deleted, so no later run resumes or reuses it.
+What is stored is what the server sent (no content decoding), so a download resumes at the
+right byte and is checked against the published digest. Nothing reaches the image cache
+before its archive's sha256 has been checked, and an archive that failed the check is
+deleted, so no later run resumes or reuses it. An archive that matched but does not unpack
+(corrupt as published, no room to unpack it) is kept: downloading it again cannot help.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import itertools
 import json
 import logging
 import lzma
+import os
 import re
 import shutil
 import time
@@ -30,9 +35,11 @@ from typing import IO, Literal
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from pibake import __version__
 from pibake.disk.layout import MIB, parse_mbr
+from pibake.disk.sparse import match_free_space
 from pibake.errors import PibakeError, Refused, UsageError, VerificationFailed
 from pibake.util.cache import cache_root, recipe_hash, sha256_file
 from pibake.util.progress import Meter
@@ -303,8 +310,21 @@ def transfer(
     )
 
 
+def _raw_chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The body as the server sent it: no content decoding, so that what is stored (and resumed) is the file.
+
+    A server may label an .img.gz ``Content-Encoding: gzip`` (Apache's AddEncoding does): requests
+    would then hand over the decompressed image, and a Range request would count bytes of the wrong
+    stream.
+    """
+    for chunk in resp.raw.stream(NET_CHUNK, decode_content=False):
+        if chunk:
+            yield chunk
+
+
 def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: Kind | None, timeout: float) -> int:
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: ask for the file's own bytes; whatever the server labels them, they are stored undecoded.
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     with http.get(url, headers=headers, stream=True, timeout=timeout) as resp:
         if resp.status_code == 416 and have:
             # The server has no bytes past ours: PART is complete or longer than the file.
@@ -339,22 +359,47 @@ def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: K
         progress = Meter(part.name.removesuffix(".part"), total, logger=log, interval=PROGRESS_INTERVAL, start=have)
         done = have
         try:
-            chunks = resp.iter_content(NET_CHUNK)
+            chunks = _raw_chunks(resp)
             first = next(chunks, b"")
             if have == 0:
                 # Before a byte is written: an HTML page must not become a .part to resume.
                 check_head(first, kind, url)
             with part.open(mode) as out:
                 for chunk in itertools.chain([first], chunks):
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise _write_failed(part, e) from e
                     done += len(chunk)
                     progress.update(done)
-        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, requests.Timeout) as e:
+                try:
+                    out.flush()
+                except OSError as e:
+                    raise _write_failed(part, e) from e
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as e:
             raise _Retry(f"{type(e).__name__}: {e}") from e
     if total is not None and done < total:
         raise _Retry(f"got {done} of {total} bytes")
     progress.finish()
     return done
+
+
+def _write_failed(part: Path, e: OSError) -> PibakeError:
+    room = _free_space_hint(part.parent, e)
+    return PibakeError(
+        f"writing the download to {part} failed: {e.strerror}.{room} What reached the disk "
+        f"({part.stat().st_size / MIB if part.exists() else 0:.1f} MiB) is kept: run the same command again to resume"
+    )
+
+
+def _free_space_hint(directory: Path, e: OSError) -> str:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return f" The disk holding {directory} is full: make room there."
+    return f" The disk holding {directory} is full ({free / MIB:.0f} MiB free): make room there."
 
 
 def _content_range_start(value: str) -> int:
@@ -370,6 +415,14 @@ def _content_range_total(value: str) -> int | None:
 # ---------------------------------------------------------------- decompression
 
 
+class _Unpack(Exception):
+    """Why an archive could not be unpacked: the error to raise, built where the cause is known."""
+
+    def __init__(self, error: PibakeError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @contextmanager
 def _open_archive(archive: Path, kind: Kind) -> Iterator[IO[bytes]]:
     if kind == "xz":
@@ -383,7 +436,12 @@ def _open_archive(archive: Path, kind: Kind) -> Iterator[IO[bytes]]:
             images = [i for i in zf.infolist() if i.filename.lower().endswith(".img") and not i.is_dir()]
             if len(images) != 1:
                 names = ", ".join(i.filename for i in zf.infolist()) or "nothing"
-                raise PibakeError(f"{archive.name}: expected one .img in the zip, found {names}")
+                raise _Unpack(
+                    UsageError(
+                        f"{archive.name}: pibake takes a zip holding exactly one .img, and this one holds {names}. "
+                        "Unzip it yourself and give the image you mean to `pibake image prepare IMAGE`"
+                    )
+                )
             with zf.open(images[0]) as f:
                 yield f
     else:
@@ -392,29 +450,97 @@ def _open_archive(archive: Path, kind: Kind) -> Iterator[IO[bytes]]:
 
 
 def decompress(archive: Path, kind: Kind, out: Path) -> tuple[str, int]:
-    """Stream ARCHIVE into OUT (sparse: all-zero blocks stay holes); return OUT's sha256 and size."""
+    """Stream ARCHIVE into OUT, every byte written (zeros too); return OUT's sha256 and size.
+
+    An archive knows nothing of holes, so none is made here: a hole in place of written zeros
+    would leave a card's old bytes there when it is flashed with a block map. Holes come later,
+    where the image's filesystems say the space is free (``pibake.disk.sparse.match_free_space``).
+    Every way of failing is a PibakeError: the archive's own faults, and the disk filling up.
+    """
     digest = hashlib.sha256()
-    zero = bytes(CHUNK)
     pos = 0
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with _open_archive(archive, kind) as src, out.open("wb") as dst:
+        with _open_archive(archive, kind) as src:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
-                if chunk != zero[: len(chunk)]:
-                    dst.seek(pos)
-                    dst.write(chunk)
+                try:
+                    _write_all(fd, chunk)
+                except OSError as e:
+                    raise _Unpack(_unpack_write_failed(archive, out, pos, e)) from e
                 pos += len(chunk)
-            dst.truncate(pos)
+    except _Unpack as e:
+        raise e.error from e.__cause__
     except EOFError as e:
         raise VerificationFailed(f"{archive.name} is truncated: it ends before its last block ({e})") from e
     except (lzma.LZMAError, gzip.BadGzipFile, zlib.error, zipfile.BadZipFile) as e:
         raise VerificationFailed(f"{archive.name} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    except (NotImplementedError, RuntimeError) as e:  # zipfile: a method it lacks (deflate64), or encryption
+        raise UsageError(
+            f"{archive.name}: Python's zipfile cannot unpack it ({e}). Unzip it with a tool that can "
+            "(7z, unzip) and give the image to `pibake image prepare IMAGE`"
+        ) from e
     except OSError as e:
-        raise PibakeError(f"decompressing {archive.name} into {out} failed: {e}") from e
+        raise PibakeError(f"reading {archive.name} to unpack it failed: {e.strerror or e}") from e
+    finally:
+        os.close(fd)
     return digest.hexdigest(), pos
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unpack_write_failed(archive: Path, out: Path, pos: int, e: OSError) -> PibakeError:
+    room = _free_space_hint(out.parent, e)
+    return PibakeError(
+        f"unpacking {archive.name} failed after writing {pos / MIB:.0f} MiB of the image to {out.parent}: "
+        f"{e.strerror}.{room} The whole image must fit there before pibake leaves its free space as holes"
+    )
+
+
 # ---------------------------------------------------------------- the whole step
+
+
+def _unpack(src: Source, archive: Path, archive_sha256: str, tmp: Path) -> None:
+    """Decompress ARCHIVE into TMP/image.img, check it is a disk image, punch its free zeros, write meta.json."""
+    log.info("%s: decompressing", src.filename)
+    t0 = time.monotonic()
+    image = tmp / "image.img"
+    image_sha256, size = decompress(archive, src.kind, image)
+    with image.open("rb") as f:
+        try:
+            parse_mbr(f.read(512))
+        except PibakeError as e:
+            raise VerificationFailed(f"{src.filename} does not hold a disk image: {e}") from e
+    match_free_space(image)
+    log.info("%s: %.0f MiB image in %.1f s", src.filename, size / MIB, time.monotonic() - t0)
+    meta = {
+        "url": src.url,
+        "release": src.release,
+        "archive": src.filename,
+        "archive_sha256": archive_sha256,
+        "verified": src.sha256 is not None,
+        "image": image_name(src.filename),
+        "image_sha256": image_sha256,
+        "size": size,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _archive_fate(archive: Path, *, verified: bool) -> str:
+    """What became of an archive that did not unpack, for the end of the error."""
+    if verified:
+        # Its bytes are the published ones: a new download would bring the same bytes and the same failure.
+        return (
+            f"The archive matched its sha256, so downloading it again cannot help: it is kept in {archive}, and the "
+            f"next run unpacks it from there. If the archive itself is at fault, choose another release, and delete "
+            f"{archive.parent} to free its space"
+        )
+    shutil.rmtree(archive.parent, ignore_errors=True)
+    return "The archive was not verified (--insecure-no-verify), so it was deleted: the next run downloads it again"
 
 
 def image_cache_dir(archive_sha256: str) -> Path:
@@ -531,34 +657,22 @@ def _download_and_unpack(src: Source, *, retries: int, timeout: float, session: 
     top = image_cache_dir(actual)
     tmp = top.with_name(top.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        log.info("%s: decompressing", src.filename)
-        t0 = time.monotonic()
-        image_sha256, size = decompress(archive, src.kind, tmp / "image.img")
-        with (tmp / "image.img").open("rb") as f:
-            try:
-                parse_mbr(f.read(512))
-            except PibakeError as e:
-                raise PibakeError(f"{src.filename} does not hold a disk image: {e}") from e
-        log.info("%s: %.0f MiB image in %.1f s", src.filename, size / MIB, time.monotonic() - t0)
-        meta = {
-            "url": src.url,
-            "release": src.release,
-            "archive": src.filename,
-            "archive_sha256": actual,
-            "verified": src.sha256 is not None,
-            "image": image_name(src.filename),
-            "image_sha256": image_sha256,
-            "size": size,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(top, ignore_errors=True)
-        tmp.rename(top)
-    except BaseException:
+        try:
+            tmp.mkdir(parents=True)
+            _unpack(src, archive, actual, tmp)
+            shutil.rmtree(top, ignore_errors=True)
+            tmp.rename(top)
+        except OSError as e:  # the cache's own files: meta.json, the rename
+            raise PibakeError(
+                f"unpacking {src.filename} into {tmp} failed: {e.strerror}.{_free_space_hint(tmp.parent, e)}"
+            ) from e
+    except PibakeError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        # An archive that verified but does not unpack must not be taken as good later.
-        shutil.rmtree(archive.parent, ignore_errors=True)
+        e.args = (f"{e}\n{_archive_fate(archive, verified=src.sha256 is not None)}",)  # the same kind
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # Ctrl-C: the archive stays for the next run
         raise
     # The image is what is kept: the archive would only double the space.
     shutil.rmtree(archive.parent, ignore_errors=True)

@@ -1,10 +1,13 @@
-"""Finalize an image for the card: undo the emulation tweaks, check it, and describe it.
+"""Finalize an image for the card: undo the emulation tweaks, reset what is per device, check it, describe it.
 
-Writes, next to IMAGE:
+What a boot made that must be unique per device (machine-id, SSH host keys, random seed, DHCP
+leases, cloud-init's instance) is reset, so that each card makes its own on its first boot
+(image/identity.py). Writes, next to IMAGE:
   IMAGE.sha256         the image's digest, sha256sum format
   IMAGE.bmap           bmaptool's block map of the data (pibake.bmap)
   IMAGE.manifest.json  what is on it: base image digest, Debian packages, Python
-                       distributions, the model's files, each with a version and a digest
+                       distributions, the model's files, each with a version and a digest;
+                       and what was reset for each card to make its own
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from pibake.disk.ext4 import ExtFs
 from pibake.disk.fsck import check_filesystems
 from pibake.disk.layout import MIB
 from pibake.disk.resize import root_partition, shrink_root
+from pibake.disk.sparse import match_free_space
 from pibake.errors import UsageError
 from pibake.flash import bmap
 from pibake.image import check as bootcheck
+from pibake.image import identity
 from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
 from pibake.util.cache import sha256_file
 from pibake.util.publish import write_sha256
@@ -49,6 +54,9 @@ class FinalizedImage:
     bmap_file: Path | None
     manifest_file: Path
     undone: tuple[str, ...]
+    # Per-device state reset (image/identity.py), one entry per kind; what makes the card's SSH host keys.
+    identity_reset: tuple[str, ...]
+    ssh_host_keys_made_by: str | None
     shrunk_to: int | None
     packages: int
     python_distributions: int
@@ -210,7 +218,13 @@ def finalize(
     if not image.is_file():
         raise UsageError(f"no image at {image}")
     root_partition(image)
+    # Planned before anything changes: an image that would lose its host keys with nothing to make
+    # new ones is refused as it is.
+    reset = identity.plan(ExtFs.partition(image, 2))
     record, undone = undo_tweaks(image)
+    identity.apply(ExtFs.partition(image, 2), reset)
+    if reset.resets:
+        log.info("%s: reset for each card to make its own: %s", image.name, ", ".join(reset.summary) or "-")
     shrunk_to = None
     with work_dir(image) as work:
         card_size = int(record["card_size"]) if record else None
@@ -240,6 +254,9 @@ def finalize(
         packages = installed_packages(root, work)
         dists = python_distributions(root)
         model = model_files(root, work)
+    # Holes only where a filesystem says the space is free: the bmap then leaves out nothing that
+    # matters, even for bmaptool, which leaves a card's old bytes wherever the bmap does not map.
+    match_free_space(image)
     digest = write_sha256(image)
     bmap_file = None
     if write_bmap:
@@ -256,6 +273,10 @@ def finalize(
         "base": base,
         "os": parse_os_release(os_release.decode(errors="replace")).get("PRETTY_NAME", ""),
         "emulation_tweaks_undone": list(undone),
+        "identity": {
+            "reset": [r.to_json() for r in reset.resets],
+            "ssh_host_keys_made_by": reset.host_keys_made_by,
+        },
         "packages": packages,
         "python": dists,
         "model": model,
@@ -273,6 +294,8 @@ def finalize(
         bmap_file=bmap_file,
         manifest_file=manifest,
         undone=undone,
+        identity_reset=reset.summary,
+        ssh_host_keys_made_by=reset.host_keys_made_by,
         shrunk_to=shrunk_to,
         packages=len(packages),
         python_distributions=len(dists),

@@ -33,10 +33,10 @@ from pibake.disk.ext4 import Change, ExtFs, MakeDir, Remove, Symlink, WriteFile
 from pibake.disk.fat import FatFs
 from pibake.disk.layout import MIB, SECTOR
 from pibake.disk.resize import grow_root, root_partition
+from pibake.disk.sparse import copy_file
 from pibake.emulate import profiles, sshkey
 from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import sha256_file
-from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ USER_GROUPS = ("adm", "dialout", "cdrom", "sudo", "audio", "video", "plugdev", "
 LD_SO_PRELOAD = "/etc/ld.so.preload"
 CMDLINE = "cmdline.txt"
 SERIAL_CONSOLES = ("serial0", "serial1", "ttyAMA0", "ttyS0")
+# Raspberry Pi OS's first-boot programs, run as init= from cmdline.txt (see tweak_cmdline).
+FIRST_BOOT_INITS = ("/init_resize.sh", "/raspberrypi-sys-mods/firstboot")
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -211,14 +213,16 @@ def tweak_cmdline(text: str, console: str) -> str | None:
     - The serial console: the Pi's firmware turns console=serial0 into the right UART;
       a direct kernel boot does not, so it becomes the emulated board's (ttyAMA0),
       last so that /dev/console (and the emulator's serial log) is the serial line.
-    - init=/usr/lib/raspi-config/init_resize.sh: the first-boot resize grows the root
-      partition to the card and reboots, which ends a QEMU started with -no-reboot.
-      prepare has grown the image already; on the card it must run, so finalize puts it back.
+    - init=/usr/lib/raspi-config/init_resize.sh (Raspberry Pi OS before 2022-09) and
+      init=/usr/lib/raspberrypi-sys-mods/firstboot (after): the base's first-boot step grows
+      the root partition to the card (firstboot also makes new SSH host keys and a new disk
+      id) and reboots, which ends a QEMU started with -no-reboot. prepare has grown the image
+      already; on the card it must run, so finalize puts it back.
     """
     tokens = text.split()
     ours = f"console={console},115200"
     serial = [t for t in tokens if t.startswith("console=") and t.split("=", 1)[1].split(",")[0] in SERIAL_CONSOLES]
-    resize = [t for t in tokens if t.startswith("init=") and t.endswith("init_resize.sh")]
+    resize = [t for t in tokens if t.startswith("init=") and t.endswith(FIRST_BOOT_INITS)]
     consoles = [t for t in tokens if t.startswith("console=")]
     if not resize and serial == [ours] and consoles[-1] == ours:
         return None
@@ -336,14 +340,10 @@ class PreparedImage:
 
 
 def copy_image(image: Path, output: Path) -> Path:
-    """Copy IMAGE to OUTPUT (sparse, atomically)."""
+    """Copy IMAGE to OUTPUT atomically, with IMAGE's holes and only those."""
     if not image.is_file():
         raise UsageError(f"no image at {image}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    part = output.with_name(output.name + ".part")
-    run(["cp", "--sparse=always", str(image), str(part)])
-    part.rename(output)
-    return output
+    return copy_file(image, output)
 
 
 def prepare(

@@ -1,19 +1,16 @@
-"""Publishing a finished file: an atomic sparse copy with ``NAME.sha256`` beside it."""
+"""Publishing a finished file: an atomic copy with the source's holes (and only those), ``NAME.sha256`` beside it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pibake.disk.sparse import copy_file
 from pibake.util.cache import sha256_file
-from pibake.util.proc import run
 
 
 def publish(image: Path, output: Path, digest: str) -> Path:
-    """Copy IMAGE to OUTPUT atomically (sparse), with OUTPUT.sha256 beside it."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    part = output.with_name(output.name + ".part")
-    run(["cp", "--sparse=always", str(image), str(part)])
-    part.rename(output)
+    """Copy IMAGE to OUTPUT atomically, keeping IMAGE's extents (written zeros stay written), with OUTPUT.sha256."""
+    copy_file(image, output)
     write_sha256(output, digest)
     return output
 
