@@ -76,16 +76,20 @@ def run(step: str, argv: list[str]) -> int:
     env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve())}
     t0 = time.monotonic()
     started: dict[str, float] = {}
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True) as proc:
+    pending = b""
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            match = MOLECULE_STEP.search(line)
-            if match and match["what"] == "Executing":
-                started[match["step"]] = time.monotonic()
-            elif match and match["step"] in started:
-                append(f"{step}/{match['step']}", time.monotonic() - started.pop(match["step"]))
+        # Passed through as it comes, not line by line: pytest's progress dots have no newline.
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                match = MOLECULE_STEP.search(line.decode(errors="replace"))
+                if match and match["what"] == "Executing":
+                    started[match["step"]] = time.monotonic()
+                elif match and match["step"] in started:
+                    append(f"{step}/{match['step']}", time.monotonic() - started.pop(match["step"]))
     append(step, time.monotonic() - t0)
     if proc.returncode != 0:
         print(report())
