@@ -22,3 +22,12 @@ device_tree=bcm2837-rpi-3-b-plus.dtb
 
 def test_empty_config_txt_names_nothing() -> None:
     assert parse_config_txt("\n# nothing\n") == {}
+
+
+def test_an_emulated_boot_waits_longer_for_devices_than_systemd_s_90_s() -> None:
+    from pibake.emulate.boot import emulated_cmdline
+
+    cmdline = "console=ttyAMA0,115200 root=PARTUUID=0000abcd-02 rootwait"
+    assert emulated_cmdline(cmdline) == cmdline + " systemd.default_timeout_start_sec=600"
+    mine = "root=/dev/vda2 systemd.default_timeout_start_sec=30"
+    assert emulated_cmdline(mine) == mine  # the image's own choice stays

@@ -50,6 +50,23 @@ def boot_inputs(
     )
 
 
+# systemd waits DefaultTimeoutStartSec (90 s) for a device named in fstab, then drops to emergency
+# mode (no sshd). An emulated raspi2b (4 vCPUs on TCG) was measured here reaching udev 160 s after
+# systemd started, with the kernel's soft-lockup warnings on the way: /boot/firmware's device came
+# too late. The emulated boot gets longer start timeouts; the image itself is not changed.
+EMULATION_CMDLINE = ("systemd.default_timeout_start_sec=600",)
+
+
+def emulated_cmdline(cmdline: str) -> str:
+    """CMDLINE (the image's cmdline.txt) with what an emulated boot needs added: EMULATION_CMDLINE.
+
+    A setting the image names already is left as the image has it.
+    """
+    words = cmdline.split()
+    keys = {w.split("=", 1)[0] for w in words}
+    return " ".join(words + [a for a in EMULATION_CMDLINE if a.split("=", 1)[0] not in keys])
+
+
 def check_power_of_two(image: Path, prof: profiles.Profile) -> None:
     size = image.stat().st_size
     if prof.needs_power_of_two and size & (size - 1):

@@ -26,7 +26,7 @@ from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, sshkey
-from pibake.emulate.boot import boot_inputs, check_power_of_two
+from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import cache_root
@@ -270,7 +270,7 @@ def start(
         launch = profiles.Launch(
             kernel=boot.kernel,
             initrd=boot.initrd,
-            cmdline=boot.cmdline,
+            cmdline=emulated_cmdline(boot.cmdline),
             dtb=boot.dtb,
             drive=drive,
             drive_format=fmt,
