@@ -23,8 +23,12 @@ import time
 from pathlib import Path
 
 DEFAULT_RECORD = Path("build/test-times.tsv")
-# Molecule 25 announces each step as "[SCENARIO > STEP] Executing" and ends it with "Executed: ...".
-MOLECULE_STEP = re.compile(r"\[(?P<scenario>[\w.-]+) > (?P<step>[\w-]+)\] (?P<what>Executing|Executed)")
+# Molecule announces each step as "SCENARIO ➜ STEP: Executing" (older releases: "[SCENARIO > STEP]
+# Executing") and ends it with "Executed: ..."; colour codes are dropped before matching.
+MOLECULE_STEP = re.compile(
+    r"(?:\[(?P<s1>[\w.-]+) > (?P<step1>[\w-]+)\]|(?P<s2>[\w.-]+) ➜ (?P<step2>[\w-]+):) (?P<what>Executing|Executed)"
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def record_path() -> Path:
@@ -85,11 +89,12 @@ def run(step: str, argv: list[str]) -> int:
             sys.stdout.buffer.flush()
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                match = MOLECULE_STEP.search(line.decode(errors="replace"))
-                if match and match["what"] == "Executing":
-                    started[match["step"]] = time.monotonic()
-                elif match and match["step"] in started:
-                    append(f"{step}/{match['step']}", time.monotonic() - started.pop(match["step"]))
+                match = MOLECULE_STEP.search(ANSI.sub("", line.decode(errors="replace")))
+                name = match and (match["step1"] or match["step2"])
+                if match and name and match["what"] == "Executing":
+                    started[name] = time.monotonic()
+                elif match and name in started:
+                    append(f"{step}/{name}", time.monotonic() - started.pop(name))
     append(step, time.monotonic() - t0)
     if proc.returncode != 0:
         print(report())

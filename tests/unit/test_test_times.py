@@ -11,7 +11,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "test_times.py"
 
 MOLECULE_LIKE = (
     "echo 'INFO     [default > create] Executing'; sleep 1.2; echo 'INFO     [default > create] Executed: Successful';"
-    "echo 'INFO     [default > verify] Executing'; echo 'INFO     [default > verify] Executed: Successful'"
+    "echo 'INFO     [default > verify] Executing'; echo 'INFO     [default > verify] Executed: Successful';"
+    "printf 'INFO \\033[32mdefault\\033[0m ➜ \\033[33mconverge\\033[0m: Executing\\n';"
+    "printf 'INFO default ➜ converge: Executed: Successful\\n'"
 )
 
 
@@ -29,6 +31,7 @@ def test_steps_and_molecule_sub_steps_are_timed_and_tabled(tmp_path: Path) -> No
     assert float(rows["molecule-default/create"]) >= 1.0
     assert float(rows["molecule-default"]) >= float(rows["molecule-default/create"])
     assert "molecule-default/verify" in rows
+    assert "molecule-default/converge" in rows  # Molecule 25's "default ➜ converge: Executing", coloured
     table = _times(["report"], record).stdout
     assert "Where make test's time went" in table
     assert "molecule-default" in table and "    create" in table and "total" in table
