@@ -104,7 +104,7 @@ def test_overlay_leaves_the_image_untouched_and_a_second_start_is_refused(
 def test_timeout_quotes_the_serial_log_and_leaves_no_qemu(base_image: Path, stop_guests: list[str]) -> None:
     stop_guests.append("it-timeout")
     with pytest.raises(PibakeError) as err:
-        emulator.start(base_image, name="it-timeout", timeout=4, inventory=None)
+        emulator.start(base_image, name="it-timeout", timeout=4, inventory=None, cold=True)
     msg = str(err.value)
     assert "did not answer SSH within 4 s" in msg
     assert "  | " in msg  # quoted serial console lines
@@ -121,7 +121,7 @@ def test_a_boot_that_fails_says_why(base_image: Path, tmp_path: Path, stop_guest
     subprocess.run(["mcopy", "-o", "-i", f"{disk}@@{boot.start * 512}", str(cmdline), "::/cmdline.txt"], check=True)
     stop_guests.append("it-broken")
     with pytest.raises(PibakeError) as err:
-        emulator.start(disk, name="it-broken", timeout=240, inventory=None)
+        emulator.start(disk, name="it-broken", timeout=240, inventory=None, cold=True)
     msg = str(err.value)
     assert "qemu exited while it-broken was booting" in msg
     assert "deadbeef-02" in msg or "Gave up waiting for root" in msg

@@ -212,7 +212,7 @@ def test_two_cards_from_one_finalized_image_have_their_own_identity(
     for n in (1, 2):
         card = _copy(work, tmp_path / f"card{n}.img")  # what flashing writes, byte for byte
         t0 = time.monotonic()
-        guest = emulator.start(card, name=f"it-id-card{n}", inventory=None)
+        guest = emulator.start(card, name=f"it-id-card{n}", inventory=None, cold=True)
         boots[f"card{n}"] = time.monotonic() - t0
         cards[n] = _identity(guest)
         # An empty machine-id is not a "first boot" for systemd 247: no unit enabled by presets on the card.

@@ -42,7 +42,9 @@ def test_the_image_boots_without_initrd(
     assert build.kernel == debian_kernel.kernel  # one kernel for every board
     name = f"it-kernel-{profile}"
     stop_guests.append(name)
-    guest = emulator.start(base_image, profile=profile, name=name, kernel=build.kernel, dtb=build.dtb, inventory=None)
+    guest = emulator.start(
+        base_image, profile=profile, name=name, kernel=build.kernel, dtb=build.dtb, inventory=None, cold=True
+    )
     code, out = ssh_run(guest, "uname -r; cat /proc/cmdline; systemctl is-system-running --wait || true")
     assert code == 0
     release, cmdline, state = out.split("\n")[:3]

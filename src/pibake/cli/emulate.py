@@ -18,7 +18,8 @@ def _forwards(a: argparse.Namespace) -> tuple[int, ...] | None:
 
 
 def _print_guest(guest: Guest) -> None:
-    print(f"{guest.name}: ssh -p {guest.ssh_port} {guest.user}@127.0.0.1 (booted in {guest.boot_seconds:.1f} s)")
+    how = f"restored from snapshot {guest.snapshot[:12]}" if guest.snapshot else "booted"
+    print(f"{guest.name}: ssh -p {guest.ssh_port} {guest.user}@127.0.0.1 ({how} in {guest.boot_seconds:.1f} s)")
     for gp, hp in sorted(guest.forwards.items()):
         print(f"  guest port {gp}: 127.0.0.1:{hp}")
 
@@ -39,6 +40,7 @@ def _start(a: argparse.Namespace) -> int:
         kernel=a.kernel,
         dtb=a.dtb,
         forward=_forwards(a),
+        cold=a.cold,
     )
     _print_guest(started)
     return 0
@@ -57,6 +59,7 @@ def _run(a: argparse.Namespace) -> int:
         kernel=a.kernel,
         dtb=a.dtb,
         forward=_forwards(a),
+        cold=a.cold,
     )
 
 
@@ -81,6 +84,26 @@ def _status(a: argparse.Namespace) -> int:
     st = guest.status(a.name)
     print(json.dumps(st.as_dict(), indent=2, sort_keys=True) if a.json else st.describe())
     return 0 if st.running else 3
+
+
+def _snapshots(a: argparse.Namespace) -> int:
+    from pibake.emulate import snapshot
+
+    if a.clear:
+        print(f"removed {snapshot.clear()} snapshot(s) from {snapshot.snapshots_dir()}")
+        return 0
+    saved = snapshot.listing()
+    if a.json:
+        print(json.dumps(saved, indent=2, sort_keys=True))
+        return 0
+    if not saved:
+        print(f"no snapshots in {snapshot.snapshots_dir()}")
+    for s in saved:
+        print(
+            f"{s['key'][:12]}  {s['profile']:<12} {s['cpu']:<11} {s['bytes'] >> 20:>5} MiB  "
+            f"cold boot {s['boot_seconds']:.0f} s  {s['image']}"
+        )
+    return 0
 
 
 def _ssh(a: argparse.Namespace) -> int:
@@ -126,6 +149,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             metavar="PORT",
             help="forward the guest's TCP PORT to a free port on 127.0.0.1 (repeatable; `emulate status` shows "
             "where; default: 8000, the inference service)",
+        )
+        p.add_argument(
+            "--cold",
+            action="store_true",
+            help="boot from scratch: neither restore nor save a snapshot (default: restore the snapshot saved by an "
+            "earlier start of the same image and settings, or save one once SSH answers)",
         )
         add_guest_options(p)
         if action == "start":
@@ -173,6 +202,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_guest_options(p)
     p.add_argument("--json", action="store_true", help="print the guest's state as JSON (for scripts and Molecule)")
     p.set_defaults(func=_status)
+    p = emu_sub.add_parser(
+        "snapshots",
+        help="list the saved guests that `start` restores, or remove them all (--clear)",
+        description="A start boots cold the first time an image boots with given settings and saves the running "
+        "guest once SSH answers; later starts restore it in seconds. Snapshots are keyed by the image's sha256 and "
+        "every launch setting, kept in the cache (least recently used removed past $PIBAKE_SNAPSHOT_MAX_MB, "
+        "default 4096).",
+    )
+    p.add_argument("--clear", action="store_true", help="remove every snapshot")
+    p.add_argument("--json", action="store_true", help="print each snapshot's record as JSON")
+    p.set_defaults(func=_snapshots)
     p = emu_sub.add_parser("ssh", help="open a shell on the guest, or run COMMAND there")
     add_guest_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="command to run on the guest")

@@ -17,7 +17,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import paramiko
@@ -25,7 +25,7 @@ import paramiko
 from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
-from pibake.emulate import profiles, sshkey
+from pibake.emulate import profiles, snapshot, sshkey
 from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
@@ -66,6 +66,8 @@ class Guest:
     memory_mb: int | None = None
     kernel: str | None = None
     dtb: str | None = None
+    # The snapshot key this guest was restored from; None after a cold boot.
+    snapshot: str | None = None
 
     def host_port(self, guest_port: int) -> int:
         try:
@@ -152,7 +154,7 @@ def _alive(pid: int, sdir: Path) -> bool:
     except OSError:
         return False
     process_state = stat.rsplit(")", 1)[-1].split()[0]
-    return process_state != "Z" and "qemu-system-arm" in cmdline and str(sdir) in cmdline
+    return process_state != "Z" and "qemu-system-" in cmdline and str(sdir) in cmdline
 
 
 def status(name: str) -> Status:
@@ -210,13 +212,19 @@ def start(
     kernel: Path | None = None,
     dtb: Path | None = None,
     forward: tuple[int, ...] | None = None,
+    cold: bool = False,
+    renew_snapshot: bool = False,
     _reuse: Guest | None = None,
 ) -> Guest:
     """Boot IMAGE in the background and return once SSH answers.
 
     PROFILE and CPU default to those that emulate BOARD (`emulation_for`). FORWARD: guest TCP
     ports reachable on 127.0.0.1 (each at a free host port, in Guest.forwards; default
-    DEFAULT_FORWARDS).
+    DEFAULT_FORWARDS). Unless COLD or PERSIST, the guest is restored from a snapshot of the same
+    image and launch when one exists (seconds instead of a boot), and saved as one after a cold
+    boot when none does (`pibake.emulate.snapshot`); RENEW_SNAPSHOT boots cold and saves a new one
+    (what `pibake bench` times). Raises UsageError for bad arguments,
+    Refused when a guest of that NAME runs, PibakeError when the guest never answers SSH.
     """
     profile, cpu = emulation_for(board, profile, cpu)
     forward = DEFAULT_FORWARDS if forward is None else forward
@@ -247,44 +255,136 @@ def start(
     sdir.mkdir(parents=True)
     keys = sshkey.ensure_keypair()
     boot = boot_inputs(image, prof, sdir, kernel=kernel, dtb=dtb)
-    overlay: Path | None = None
+    launch = profiles.Launch(
+        kernel=boot.kernel,
+        initrd=boot.initrd,
+        cmdline=emulated_cmdline(boot.cmdline),
+        dtb=boot.dtb,
+        drive=image,
+        drive_format="raw",
+        ssh_port=0,
+        serial_log=sdir / "serial.log",
+        qmp_socket=sdir / "qmp.sock",
+        pidfile=sdir / "qemu.pid",
+        cpu=cpu,
+        memory_mb=memory_mb,
+        forwards=tuple((0, gp) for gp in forward),
+    )
+    template = Guest(
+        name=name,
+        pid=0,
+        ssh_port=0,
+        user="pi",
+        private_key=str(keys.private_key),
+        serial_log=str(launch.serial_log),
+        profile=prof.name,
+        cpu=cpu,
+        image=str(image),
+        overlay=None,
+        inventory=str(inventory.resolve()) if inventory else None,
+        started_at=0.0,
+        board=board,
+        memory_mb=memory_mb,
+        kernel=str(kernel) if kernel else None,
+        dtb=str(dtb) if dtb else None,
+    )
+    snap_key: str | None = None
+    snap: snapshot.Snapshot | None = None
+    guest: Guest | None = None
     if persist:
-        drive, fmt = image, "raw"
+        guest = _boot(prof, launch, template, sdir, timeout=timeout, reuse=_reuse)
     else:
         overlay = sdir / "overlay.qcow2"
-        if kept_overlay is not None:
-            kept_overlay.replace(overlay)
-        else:
-            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw", str(overlay)])
-        drive, fmt = overlay, "qcow2"
-    serial = sdir / "serial.log"
+        launch = replace(launch, drive=overlay, drive_format="qcow2")
+        template = replace(template, overlay=str(overlay))
+        if not cold and _reuse is None:
+            snap_key = snapshot.launch_key(image, prof, launch, profiles.qemu_binary(prof))
+            snap = snapshot.find(snap_key)
+            if snap is not None and renew_snapshot:
+                snapshot.discard(snap, "a new one was asked for")
+                snap = None
+        if snap is not None:
+            snapshot.restore_disk(snap, image, overlay)
+            try:
+                guest = _boot(prof, replace(launch, incoming=snap.incoming()), template, sdir, timeout=timeout)
+                guest.snapshot = snap.key
+            except PibakeError as e:
+                if guest is not None:
+                    _terminate(guest.pid, sdir)
+                snapshot.discard(snap, f"restoring it failed ({e}); booting cold")
+                guest = None
+        if guest is None:
+            if kept_overlay is not None:
+                kept_overlay.replace(overlay)
+            else:
+                run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw", str(overlay)])
+            try:
+                guest = _boot(prof, launch, template, sdir, timeout=timeout, reuse=_reuse)
+            except BaseException:
+                overlay.unlink(missing_ok=True)
+                raise
+            if snap_key is not None and snapshot.unsupported(snap_key) is None:
+                _save_snapshot(guest, snap_key, launch)
+    assert guest is not None
+    (sdir / "state.json").write_text(guest.to_json())
+    if inventory:
+        ansible_inventory.add_host(inventory, _inventory_host(guest))
+    how = f"restored from snapshot {guest.snapshot[:12]}" if guest.snapshot else "booted"
+    log.info("%s answers SSH after %.1f s (%s)", name, guest.boot_seconds, how)
+    return guest
+
+
+def _save_snapshot(guest: Guest, key: str, launch: profiles.Launch) -> None:
+    """Save GUEST as the snapshot KEY and set its clock again (it stood still while saved)."""
+    meta = {
+        "image": guest.image,
+        "profile": guest.profile,
+        "cpu": guest.cpu,
+        "memory_mb": launch.memory_mb,
+        "guest_ports": sorted(guest.forwards),
+        "boot_seconds": round(guest.boot_seconds, 1),
+    }
+    try:
+        saved = snapshot.save(guest, key, qmp_socket=launch.qmp_socket, overlay=launch.drive, meta=meta)
+    except OSError as e:
+        log.warning("could not save a snapshot of %s (%s); later starts boot cold", guest.name, e)
+        return
+    if saved is not None:
+        snapshot.refresh(guest)
+
+
+def _boot(
+    prof: profiles.Profile,
+    launch: profiles.Launch,
+    template: Guest,
+    sdir: Path,
+    *,
+    timeout: float,
+    reuse: Guest | None = None,
+) -> Guest:
+    """Start qemu for LAUNCH (ports chosen here, or REUSE's), wait for SSH, return the running Guest.
+
+    On failure nothing is left running and PibakeError says why (the serial console's last lines).
+    """
     guest: Guest | None = None
     for attempt in range(3):
-        if _reuse is not None and attempt == 0:
+        if reuse is not None and attempt == 0:
             # Same ports as before the reboot, so inventories and URLs stay valid.
-            port = _reuse.ssh_port
-            forwards = {str(gp): _reuse.forwards.get(str(gp)) or free_port() for gp in forward}
+            port = reuse.ssh_port
+            forwards = {str(gp): reuse.forwards.get(str(gp)) or free_port() for _, gp in launch.forwards}
         else:
             port = free_port()
-            forwards = {str(gp): free_port() for gp in forward}
-        launch = profiles.Launch(
-            kernel=boot.kernel,
-            initrd=boot.initrd,
-            cmdline=emulated_cmdline(boot.cmdline),
-            dtb=boot.dtb,
-            drive=drive,
-            drive_format=fmt,
-            ssh_port=port,
-            serial_log=serial,
-            qmp_socket=sdir / "qmp.sock",
-            pidfile=sdir / "qemu.pid",
-            cpu=cpu,
-            memory_mb=memory_mb,
-            forwards=tuple((hp, int(gp)) for gp, hp in forwards.items()),
-        )
-        argv = profiles.qemu_command(prof, launch)
+            forwards = {str(gp): free_port() for _, gp in launch.forwards}
+        this = replace(launch, ssh_port=port, forwards=tuple((hp, int(gp)) for gp, hp in forwards.items()))
+        argv = profiles.qemu_command(prof, this)
         log.info(
-            "booting %s on %s (cpu %s), ssh on 127.0.0.1:%d, serial log %s", image.name, prof.name, cpu, port, serial
+            "%s %s on %s (cpu %s), ssh on 127.0.0.1:%d, serial log %s",
+            "restoring" if this.incoming else "booting",
+            Path(template.image).name,
+            prof.name,
+            template.cpu,
+            port,
+            this.serial_log,
         )
         log.debug("qemu: %s", " ".join(argv))
         with (sdir / "qemu.log").open("wb") as qlog:
@@ -293,25 +393,7 @@ def start(
                 argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT, start_new_session=True
             )
         _children[proc.pid] = proc
-        guest = Guest(
-            name=name,
-            pid=proc.pid,
-            ssh_port=port,
-            user="pi",
-            private_key=str(keys.private_key),
-            serial_log=str(serial),
-            profile=prof.name,
-            cpu=cpu,
-            image=str(image),
-            overlay=str(overlay) if overlay else None,
-            inventory=str(inventory.resolve()) if inventory else None,
-            started_at=time.time(),
-            board=board,
-            forwards=forwards,
-            memory_mb=memory_mb,
-            kernel=str(kernel) if kernel else None,
-            dtb=str(dtb) if dtb else None,
-        )
+        guest = replace(template, pid=proc.pid, ssh_port=port, forwards=forwards, started_at=time.time())
         (sdir / "state.json").write_text(guest.to_json())
         time.sleep(0.5)
         if proc.poll() is not None and "hostfwd" in (sdir / "qemu.log").read_text(errors="replace"):
@@ -320,19 +402,22 @@ def start(
         break
     assert guest is not None
     t0 = time.monotonic()
+    running = guest
     try:
-        wait_for_ssh(guest, timeout=timeout)
+        if launch.incoming:
+            # The restored guest's sshd was running when it was saved: its banner is enough, and the
+            # clock and CRNG refresh is the first command, before anything else runs.
+            seconds = snapshot.resume(launch.qmp_socket, alive=lambda: _alive(running.pid, sdir), timeout=timeout)
+            log.debug("snapshot read in %.1f s", seconds)
+            wait_for_ssh(guest, timeout=timeout, banner_only=True)
+            snapshot.refresh(guest)
+        else:
+            wait_for_ssh(guest, timeout=timeout)
     except BaseException:
         _terminate(guest.pid, sdir)
         (sdir / "state.json").unlink(missing_ok=True)
-        if overlay:
-            overlay.unlink(missing_ok=True)
         raise
     guest.boot_seconds = time.monotonic() - t0
-    (sdir / "state.json").write_text(guest.to_json())
-    if inventory:
-        ansible_inventory.add_host(inventory, _inventory_host(guest))
-    log.info("%s answers SSH after %.1f s", name, guest.boot_seconds)
     return guest
 
 
@@ -442,6 +527,7 @@ def reboot(name: str, *, timeout: float = 300) -> Guest:
         kernel=Path(guest.kernel) if guest.kernel else None,
         dtb=Path(guest.dtb) if guest.dtb else None,
         forward=tuple(int(gp) for gp in guest.forwards),
+        cold=True,
         _reuse=guest,
     )
 
@@ -477,8 +563,9 @@ def run_foreground(
     kernel: Path | None = None,
     dtb: Path | None = None,
     forward: tuple[int, ...] | None = None,
+    cold: bool = False,
 ) -> int:
-    """Boot, print how to reach the guest, and shut it down cleanly on Ctrl-C or when it powers off."""
+    """Boot (or restore, unless COLD), say how to reach the guest, and stop it cleanly on Ctrl-C or at poweroff."""
     guest = start(
         image,
         profile=profile,
@@ -490,6 +577,7 @@ def run_foreground(
         kernel=kernel,
         dtb=dtb,
         forward=forward,
+        cold=cold,
     )
     print(f"{name} is up: `pibake emulate ssh --name {name}` or ssh -p {guest.ssh_port} {guest.user}@127.0.0.1")
     for gp, hp in sorted(guest.forwards.items()):
@@ -505,7 +593,11 @@ def run_foreground(
     return 0 if stopped.clean else 1
 
 
-def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
+def wait_for_ssh(guest: Guest, *, timeout: float, banner_only: bool = False) -> None:
+    """Return once GUEST's sshd greets and (unless BANNER_ONLY) runs a command for the harness key.
+
+    Raises PibakeError, quoting the serial console, when qemu exits or TIMEOUT seconds pass.
+    """
     sdir = state_dir(guest.name)
     deadline = time.monotonic() + timeout
     last_report = time.monotonic()
@@ -517,6 +609,8 @@ def wait_for_ssh(guest: Guest, *, timeout: float) -> None:
                 + serial_tail(guest.serial_log)
             )
         if ssh_banner(guest.ssh_port):
+            if banner_only:
+                return
             try:
                 status_code, _ = ssh_run(guest, "true", timeout=30)
                 if status_code == 0:

@@ -124,6 +124,13 @@ class Launch:
     dtb: Path | None = None
     # (host port, guest port) pairs forwarded on 127.0.0.1 besides SSH.
     forwards: tuple[tuple[int, int], ...] = ()
+    # Restore a saved guest from this migration URI (qemu -incoming) instead of booting.
+    incoming: str | None = None
+
+
+def qemu_binary(profile: Profile) -> str:
+    """The qemu system emulator that runs PROFILE's machine."""
+    return "qemu-system-arm"
 
 
 def qemu_command(profile: Profile, launch: Launch) -> list[str]:
@@ -136,7 +143,7 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
     hostfwd = ",".join(
         f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in ((launch.ssh_port, 22), *launch.forwards)
     )
-    argv = ["qemu-system-arm", "-M", profile.machine]
+    argv = [qemu_binary(profile), "-M", profile.machine]
     if profile.fixed_soc:
         if launch.cpu not in (None, profile.cpu) or launch.memory_mb not in (None, profile.memory_mb):
             raise UsageError(f"profile {profile.name} emulates a fixed SoC: its CPU and RAM cannot be changed")
@@ -158,6 +165,8 @@ def qemu_command(profile: Profile, launch: Launch) -> list[str]:
         # A guest reboot ends qemu instead of looping; poweroff ends it too.
         "-no-reboot",
     ]  # fmt: skip
+    if launch.incoming:
+        argv += ["-incoming", launch.incoming]
     if profile.disk_bus == "virtio":
         drive = f"file={launch.drive},if=none,format={launch.drive_format},id=hd0"
         argv += ["-drive", drive, "-device", "virtio-blk-device,drive=hd0"]
