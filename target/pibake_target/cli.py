@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pibake_target.errors import ModelError
 
@@ -206,9 +208,16 @@ def run_serve(args: argparse.Namespace) -> int:
         port,
         " (token required)" if token else "",
     )
+    # uvicorn handles SIGTERM and SIGINT while it serves (a graceful stop); newer releases raise the signal again
+    # afterwards, for the handler that was there before: this one, so that a stop ends with status 0.
+    signal.signal(signal.SIGTERM, _stopped)
     asyncio.run(serve(server, sock, ready_status=f"serving {model.name} {model.version} on port {port}"))
     work.close()
     return 0
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    """SIGTERM after uvicorn's graceful stop: nothing left to do."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,8 +8,10 @@ on the event loop (epoll): idle and slow clients cost a few kilobytes each and n
 uvicorn cuts idle kept-alive connections (timeout_keep_alive), but not a connection that never
 completes its first request. DeadlineH11Protocol adds that: a connection must deliver a whole request
 header within the request timeout of opening (or of its previous answer), or it gets 408 and is closed.
-It uses only what the three releases' H11Protocol share: connection_made, on_response_complete,
-connection_lost, `cycle` and `transport`.
+It also answers a client that sends a whole request and then shuts down its sending side (uvicorn
+alone takes that for a disconnect and drops the answer). It uses only what the three releases'
+H11Protocol share: connection_made, eof_received, on_response_complete, connection_lost, `conn`,
+`cycle` (response_complete, more_body) and `transport`.
 """
 
 from __future__ import annotations
@@ -37,13 +39,27 @@ def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
 
     class DeadlineH11Protocol(H11Protocol):  # type: ignore[misc]
         _pibake_timer: asyncio.TimerHandle | None = None
+        _pibake_half_closed = False
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._pibake_arm()
 
+        def eof_received(self) -> bool | None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and not cycle.more_body:
+                # The client sent a whole request and then shut its side down (as `nc -N` does): keep the
+                # connection to answer, then close it. uvicorn alone takes the EOF for a disconnect.
+                self._pibake_half_closed = True
+                return True
+            result: bool | None = super().eof_received()
+            return result
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self._pibake_half_closed:
+                self.transport.close()
+                return
             self._pibake_arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
