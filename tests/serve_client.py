@@ -42,7 +42,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-# The server's defaults (pibake_serve.py --max-body-bytes, --max-batch-size): the fuzz aims just past them.
+# The service's defaults (pibake_target serve --max-body-bytes, --max-batch-size): the fuzz aims just past them.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 8
 _RESAMPLE = getattr(Image, "Resampling", Image).BILINEAR
