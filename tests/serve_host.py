@@ -1,7 +1,7 @@
 """The inference service (target/pibake_target) started on the host as a real process, for the tests.
 
-    with serve(tmp_path, "--timeout", "10") as server:
-        server.client.predict(...)
+with serve(tmp_path, "--timeout", "10") as server:
+    server.client.predict(...)
 """
 
 from __future__ import annotations

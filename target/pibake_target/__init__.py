@@ -1,4 +1,4 @@
-"""pibake's code that runs on the Raspberry Pi: one package, importable on the oldest Python a supported base ships (3.9).
+"""pibake's code that runs on the Raspberry Pi: one package, importable on the oldest Python a base ships (3.9).
 
 Modules, each owning one thing:
 

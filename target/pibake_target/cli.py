@@ -60,7 +60,11 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=_positive_int, default=5, metavar="K", help="classes in /predict's top_k (default: %(default)s)"
     )
     parser.add_argument(
-        "--max-batch-size", type=_positive_int, default=8, metavar="N", help="largest batch /infer accepts (%(default)s)"
+        "--max-batch-size",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="largest batch /infer accepts (%(default)s)",
     )
     parser.add_argument(
         "--max-image-pixels",

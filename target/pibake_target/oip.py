@@ -219,5 +219,3 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
-
-

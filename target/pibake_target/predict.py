@@ -1,7 +1,7 @@
 """The predict command: classify image files and report one JSON object.
 
-    {"runtime": "tflite_runtime 2.11.0",
-     "results": [{"image": "car_1.png", "label": "car", "probability": 0.99, "probabilities": [0.99, 0.01]}]}
+{"runtime": "tflite_runtime 2.11.0",
+ "results": [{"image": "car_1.png", "label": "car", "probability": 0.99, "probabilities": [0.99, 0.01]}]}
 """
 
 from __future__ import annotations

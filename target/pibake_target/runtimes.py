@@ -64,5 +64,7 @@ def load_interpreter(model_path: str, num_threads: int | None = None) -> tuple[A
     loader = LOADERS.get(suffix)
     if loader is None:
         known = ", ".join(sorted(LOADERS))
-        raise ModelError(f"no runtime for {suffix or 'a file without a suffix'} models ({model_path}): known are {known}")
+        raise ModelError(
+            f"no runtime for {suffix or 'a file without a suffix'} models ({model_path}): known are {known}"
+        )
     return loader(model_path, num_threads)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 from typing import Any
@@ -37,7 +38,7 @@ TIMEOUT_RESPONSE = (
 def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a deadline for each request's headers."""
 
-    class DeadlineH11Protocol(H11Protocol):  # type: ignore[misc]
+    class DeadlineH11Protocol(H11Protocol):
         _pibake_timer: asyncio.TimerHandle | None = None
         _pibake_half_closed = False
 
@@ -45,7 +46,7 @@ def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
             super().connection_made(transport)
             self._pibake_arm()
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and not cycle.more_body:
                 # The client sent a whole request and then shut its side down (as `nc -N` does): keep the
@@ -121,9 +122,7 @@ def notify_systemd(state: str) -> None:
         log.warning("cannot notify systemd at %s: %s", address, exc)
 
 
-def make_server(
-    app: Any, *, request_timeout: float, max_connections: int, backlog: int = 1024
-) -> uvicorn.Server:
+def make_server(app: Any, *, request_timeout: float, max_connections: int, backlog: int = 1024) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         http=deadline_protocol(request_timeout),
@@ -136,7 +135,8 @@ def make_server(
         access_log=False,
         # More connections than this, or as many requests in progress: 503 at once.
         limit_concurrency=max_connections,
-        timeout_keep_alive=request_timeout,
+        # Whole seconds (uvicorn's type); DeadlineH11Protocol holds idle connections to the exact timeout anyway.
+        timeout_keep_alive=max(1, math.ceil(request_timeout)),
         backlog=backlog,
     )
     return uvicorn.Server(config)

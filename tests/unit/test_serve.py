@@ -21,11 +21,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +89,16 @@ def test_help() -> None:
         target_command("serve", "--help"), capture_output=True, text=True, env=target_env(), check=False
     )
     assert result.returncode == 0
-    for option in ("--model", "--labels", "--name", "--version", "--port", "--max-body-bytes", "--top-k", "--queue-size"):
+    for option in (
+        "--model",
+        "--labels",
+        "--name",
+        "--version",
+        "--port",
+        "--max-body-bytes",
+        "--top-k",
+        "--queue-size",
+    ):
         assert option in result.stdout
 
 

@@ -108,7 +108,9 @@ def _measure(client: ServeClient, *, rounds: int = 4) -> tuple[list[float], list
             seconds, failures = _timed_requests(client, per_round)
             # The slow ones are still open: nobody freed the service by cutting them off.
             still_open = sum(1 for sock in held if sock.fileno() >= 0)
-        assert not failures, f"{len(failures)} requests failed with {SLOW_CONNECTIONS} connections held: {failures[:10]}"
+        assert not failures, (
+            f"{len(failures)} requests failed with {SLOW_CONNECTIONS} connections held: {failures[:10]}"
+        )
         assert still_open == SLOW_CONNECTIONS
         loaded += seconds
     return unloaded, loaded
