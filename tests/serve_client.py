@@ -42,7 +42,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
-# The server's defaults (pibake_serve.py --max-body-bytes, --max-batch-size): the fuzz aims just past them.
+# The service's defaults (pibake_target serve --max-body-bytes, --max-batch-size): the fuzz aims just past them.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 8
 _RESAMPLE = getattr(Image, "Resampling", Image).BILINEAR
@@ -391,6 +391,9 @@ class FuzzCase:
     data: bytes  # a whole raw request
     # Statuses that are right for it; None among them: the server may close without answering.
     expect: tuple[int | None, ...]
+    # False for what the HTTP library refuses before the application sees a request (a broken request line or
+    # header syntax): uvicorn answers those in plain text.
+    json_error: bool = True
 
 
 @dataclass
@@ -470,14 +473,23 @@ def fuzz_cases(
 
     fixed = [
         # Request line and headers
-        FuzzCase("garbage line", b"\x00\xff\xfe garbage \x01\r\n\r\n", (*ANY_4XX, None)),
-        FuzzCase("empty line", b"\r\n\r\n", (None,)),
-        FuzzCase("bad version", b"GET / HTTP/9\r\n\r\n", (400,)),
-        FuzzCase("HTTP/2 line", b"GET / HTTP/2.0\r\n\r\n", (505,)),
-        FuzzCase("four words", b"GET / x HTTP/1.1\r\n\r\n", (400,)),
-        FuzzCase("long URI", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", (414,)),
-        FuzzCase("long header", _http("GET", "/", headers=[("X-Long", "b" * 70000)]), (431,)),
-        FuzzCase("many headers", _http("GET", "/", headers=[(f"X-H{i}", "1") for i in range(150)]), (431,)),
+        # The HTTP library's own answers: any refusal will do, or, for what it takes leniently (a long header
+        # that arrives whole, an HTTP/2.0 version on an HTTP/1 request line), the answer to the request.
+        FuzzCase("garbage line", b"\x00\xff\xfe garbage \x01\r\n\r\n", (*ANY_4XX, None), json_error=False),
+        FuzzCase("empty line", b"\r\n\r\n", (None, 400), json_error=False),
+        FuzzCase("bad version", b"GET / HTTP/9\r\n\r\n", (400, 505), json_error=False),
+        FuzzCase("HTTP/2 line", b"GET / HTTP/2.0\r\n\r\n", (200, 400, 505), json_error=False),
+        FuzzCase("four words", b"GET / x HTTP/1.1\r\n\r\n", (400,), json_error=False),
+        FuzzCase("long URI", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", (400, 404, 414), json_error=False),
+        FuzzCase(
+            "long header", _http("GET", "/", headers=[("X-Long", "b" * 70000)]), (200, 400, 431), json_error=False
+        ),
+        FuzzCase(
+            "many headers",
+            _http("GET", "/", headers=[(f"X-H{i}", "1") for i in range(150)]),
+            (200, 400, 431),
+            json_error=False,
+        ),
         FuzzCase("unknown method", _http("BREW", "/predict", png), (405,)),
         FuzzCase("unknown method, unknown path", _http("BREW", "/pot"), (404,)),
         # Routing
@@ -500,22 +512,25 @@ def fuzz_cases(
         FuzzCase(
             "chunked",
             _http("POST", "/predict", b"5\r\nhello\r\n0\r\n\r\n", [("Transfer-Encoding", "chunked")], length=False),
-            (411,),
+            (400, 411),  # "hello" is not an image
         ),
         FuzzCase(
             "Content-Length not a number",
             _http("POST", "/predict", headers=[("Content-Length", "12a")], length=False),
             (400,),
+            json_error=False,
         ),
         FuzzCase(
             "Content-Length negative",
             _http("POST", "/predict", headers=[("Content-Length", "-5")], length=False),
             (400,),
+            json_error=False,
         ),
         FuzzCase(
             "Content-Length twice, different",
             _http("POST", "/predict", png, [("Content-Type", "image/png"), ("Content-Length", "3")]),
             (400,),
+            json_error=False,
         ),
         FuzzCase(
             "Content-Length huge",
@@ -537,7 +552,8 @@ def fuzz_cases(
             ),
             (413,),
         ),
-        FuzzCase("body shorter than Content-Length", _http("POST", "/predict", png)[:-100], (400,)),
+        # The client ends its side mid-body: nobody is left to answer (or a 400).
+        FuzzCase("body shorter than Content-Length", _http("POST", "/predict", png)[:-100], (400, None)),
         FuzzCase("Content-Encoding br", _http("POST", "/predict", png, [("Content-Encoding", "br")]), (415,)),
         FuzzCase(
             "gzip garbage", _http("POST", "/predict", b"\x1f\x8b" + b"x" * 50, [("Content-Encoding", "gzip")]), (400,)
@@ -692,7 +708,9 @@ def fuzz_cases(
             "corrupt PNG", _http("POST", "/predict", _corrupt(rng, png), [("Content-Type", "image/png")]), (200, 400)
         ),
         # Random bytes as a request, and as an infer body.
-        lambda: FuzzCase("random request", rng.randbytes(rng.randint(1, 2048)) + b"\r\n\r\n", (*ANY_4XX, None)),
+        lambda: FuzzCase(
+            "random request", rng.randbytes(rng.randint(1, 2048)) + b"\r\n\r\n", (*ANY_4XX, None), json_error=False
+        ),
         lambda: FuzzCase("random infer body", _http("POST", infer, rng.randbytes(rng.randint(0, 4096))), (400,)),
         # A good binary request with its numbers changed.
         lambda: infer_binary({"inputs": [tensor(shape=_bad_shape(rng, shape))]}),
@@ -787,7 +805,7 @@ def run_fuzz(
         if status not in case.expect:
             body = b"" if reply is None else reply.body[:200]
             report.failures.append(f"#{number} {case.name}: answered {status}, expected {case.expect[:6]}: {body!r}")
-        elif reply is not None and status != 200:
+        elif reply is not None and status != 200 and case.json_error:
             try:
                 reply.error()
             except (AssertionError, ValueError) as exc:

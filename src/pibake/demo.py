@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # The model role's current version (versions/<version>, switched by a symlink).
 MODEL_DIR = "/opt/pibake/model/current"
+# Where pibake.raspberry.python_runtime installs the Pi-side package (python_runtime_package_dir).
+GUEST_PACKAGE_DIR = "/usr/local/lib/pibake"
 # The inference service's port on the guest (pibake.raspberry.inference_service), forwarded by the emulator.
 SERVICE_PORT = 8000
 
@@ -39,9 +41,10 @@ class DemoResult:
 
 
 def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[str, object]:
+    # The predict command of the Pi-side package, where pibake.raspberry.python_runtime installed it.
     cmd = (
-        f"python3 {model_dir}/predict.py --model {model_dir}/car.tflite --labels {model_dir}/labels.txt "
-        f"{model_dir}/samples/*.png"
+        f"PYTHONPATH={GUEST_PACKAGE_DIR} python3 -B -m pibake_target predict --model {model_dir}/car.tflite "
+        f"--labels {model_dir}/labels.txt {model_dir}/samples/*.png"
     )
     code, out = ssh_run(guest, cmd, timeout=300)
     if code != 0:
@@ -49,7 +52,7 @@ def predict_on_guest(guest: emulator.Guest, model_dir: str = MODEL_DIR) -> dict[
     try:
         result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError) as e:
-        raise PibakeError(f"predict.py printed no JSON on the guest:\n{out[-2000:]}") from e
+        raise PibakeError(f"the predict command printed no JSON on the guest:\n{out[-2000:]}") from e
     return result
 
 

@@ -1,14 +1,13 @@
 """The crash itself, reproduced without booting: the demo model under qemu-user with several CPUs.
 
 The tflite-runtime 2.11.0 wheel is installed into a copy of the cached Debian bullseye armhf
-root (built by `make image`) and predict.py runs there through qemu-arm binfmt. With the
+root (built by `make image`) and the Pi-side package's predict command runs there through qemu-arm binfmt. With the
 Cortex-A9 of QEMU's vexpress-a9 board it dies with SIGILL; with the Pi 2's Cortex-A7 and the
 Cortex-A15 that emulates the Pi 3/4 it gives the same probabilities as the host.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -70,9 +69,12 @@ def guest_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copy2(wheel, root / "tmp" / wheel.name)
         work = root / GUEST_DIR.lstrip("/")
         work.mkdir(parents=True)
-        for name in ("predict.py", "car.tflite", "labels.txt"):
+        for name in ("car.tflite", "labels.txt"):
             shutil.copy2(MODELS / name, work / name)
         shutil.copytree(MODELS / "samples", work / "samples")
+        shutil.copytree(
+            REPO / "target" / "pibake_target", work / "pibake_target", ignore=shutil.ignore_patterns("__pycache__")
+        )
         res = in_chroot(
             root, ["python3", "-m", "pip", "install", "-q", "--no-deps", "--no-index", f"/tmp/{wheel.name}"]
         )
@@ -86,8 +88,13 @@ def predict_in_guest(root: Path, cpu: str) -> subprocess.CompletedProcess[str]:
     return in_chroot(
         root,
         [
+            "env",
+            f"PYTHONPATH={GUEST_DIR}",
             "python3",
-            f"{GUEST_DIR}/predict.py",
+            "-B",
+            "-m",
+            "pibake_target",
+            "predict",
             "--model",
             f"{GUEST_DIR}/car.tflite",
             "--labels",
@@ -101,11 +108,9 @@ def predict_in_guest(root: Path, cpu: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def host_result() -> dict[str, Any]:
     """The same model on the host's x86_64 TFLite: the reference."""
-    spec = importlib.util.spec_from_file_location("predict", MODELS / "predict.py")
-    assert spec and spec.loader
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
-    result: dict[str, Any] = predict.predict(
+    from pibake_target.predict import predict
+
+    result: dict[str, Any] = predict(
         str(MODELS / "car.tflite"), str(MODELS / "labels.txt"), [str(MODELS / "samples" / n) for n in SAMPLES]
     )
     return result

@@ -3,7 +3,7 @@
 The conversion tests need TensorFlow, the host-only extra pibake[convert] that `make venv`
 installs. TensorFlow only ever runs in subprocesses here (the converter's CLI and a helper
 that builds tiny Keras models), so this process loads the host's tflite-runtime alone, as
-predict.py does, and checks the converted models with it. The car model tests need only
+the Pi-side package's predict command does, and checks the converted models with it. The car model tests need only
 tflite-runtime.
 """
 
@@ -43,12 +43,12 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 convert_model = _load("convert_model", CONVERTER)
-predict = _load("predict", MODELS / "predict.py")
 
 
 def _interpreter(model: Path) -> Any:
-    interpreter_class, _ = predict.load_interpreter_class()
-    interpreter = interpreter_class(model_path=str(model))
+    from pibake_target.runtimes import load_interpreter
+
+    interpreter, _ = load_interpreter(str(model))
     interpreter.allocate_tensors()
     return interpreter
 
@@ -275,7 +275,9 @@ def test_samples_are_128px_rgb_pngs_named_by_their_label() -> None:
 
 
 def test_car_model_classifies_every_sample_as_its_name_says() -> None:
-    result = predict.predict(str(MODELS / "car.tflite"), str(MODELS / "labels.txt"), [str(p) for p in SAMPLES])
+    from pibake_target.predict import predict
+
+    result = predict(str(MODELS / "car.tflite"), str(MODELS / "labels.txt"), [str(p) for p in SAMPLES])
     assert [r["image"] for r in result["results"]] == [p.name for p in SAMPLES]
     for r in result["results"]:
         assert r["label"] == r["image"].rsplit("_", 1)[0], r

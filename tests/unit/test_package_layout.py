@@ -43,13 +43,8 @@ def test_each_image_action_lives_in_its_own_module() -> None:
         assert (SRC / "image" / f"{action}.py").is_file(), f"`pibake image {action}` is not in pibake/image/{action}.py"
 
 
-# Runs on the Pi (copied there by the bench) beside the model's predict.py, which it imports from that
-# directory: Pi-side code, not the harness's, until the Pi-side package exists (issue 17).
-GUEST_SCRIPTS = {SRC / "bench" / "infer_timing.py"}
-
-
 def test_nothing_is_imported_by_file_path() -> None:
-    for path in set(MODULES) - GUEST_SCRIPTS:
+    for path in MODULES:
         text = path.read_text()
         assert "spec_from_file_location" not in text, f"{path} imports a module by its file path"
         assert "sys.path.insert" not in text and "sys.path.append" not in text, f"{path} edits sys.path"

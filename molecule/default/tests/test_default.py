@@ -8,11 +8,9 @@ and the image's security basics hold.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -42,15 +40,13 @@ MODEL_DIR = f"{MODEL_ROOT}/current"
 MODEL_FILE: str = MODEL["model_file"]
 MODEL_VERSION = (MODELS / "VERSION").read_text().split()[0]
 SAMPLES = sorted(MODELS.glob("samples/*.png"))
+PACKAGE_DIR: str = RUNTIME["python_runtime_package_dir"]
 
 
 def _load_predict() -> Callable[[str, str, list[str]], dict[str, Any]]:
-    """Import the repository's models/predict.py (not a package) and return its predict()."""
-    spec = importlib.util.spec_from_file_location("pibake_models_predict", MODELS / "predict.py")
-    assert spec is not None and spec.loader is not None, f"cannot import {MODELS / 'predict.py'}"
-    module: ModuleType = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    predict: Callable[[str, str, list[str]], dict[str, Any]] = module.predict
+    """The predict() of the repository's Pi-side package (target/ is on pytest's pythonpath)."""
+    from pibake_target.predict import predict
+
     return predict
 
 
@@ -68,16 +64,16 @@ def host_report() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def guest_report(host: Any) -> dict[str, Any]:
-    """The model run on the guest by the installed predict.py over the same samples."""
+    """The model run on the guest by the installed package's predict command over the same samples."""
     images = [f"{MODEL_DIR}/samples/{p.name}" for p in SAMPLES]
     cmd = host.run(
-        "python3 %s --model %s --labels %s" + " %s" * len(images),
-        f"{MODEL_DIR}/predict.py",
+        "PYTHONPATH=%s python3 -B -m pibake_target predict --model %s --labels %s" + " %s" * len(images),
+        PACKAGE_DIR,
         f"{MODEL_DIR}/{MODEL_FILE}",
         f"{MODEL_DIR}/labels.txt",
         *images,
     )
-    assert cmd.rc == 0, f"predict.py failed on the guest (rc {cmd.rc}):\n{cmd.stderr}"
+    assert cmd.rc == 0, f"the predict command failed on the guest (rc {cmd.rc}):\n{cmd.stderr}"
     # One JSON line; anything a runtime chatters before it is not ours.
     report: dict[str, Any] = json.loads(cmd.stdout.strip().splitlines()[-1])
     return report
@@ -101,7 +97,7 @@ def test_runtime_imports_with_the_system_python(host: Any) -> None:
     assert cmd.stdout.strip() == RUNTIME_VERSION
 
 
-MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644), ("predict.py", 0o755)] + [
+MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644)] + [
     (f"samples/{p.name}", 0o644) for p in SAMPLES
 ]
 

@@ -1,14 +1,15 @@
 """The bench's inference steps: the demo model timed on this machine, under qemu-user, and on a booted guest.
 
-``infer_timing.py`` (standalone, copied into the chroot or onto the guest) does the timing;
-this module puts it, the model and the wheel where it runs, and reads its numbers.
+The Pi-side package's ``time`` command (``python3 -m pibake_target time``) does the timing: on the host from
+the project's ``target/``, in the chroot from a copy of it, on the guest as the python_runtime role installed it.
+This module puts the package, the model and the wheel where it runs, and reads its numbers.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -27,15 +28,17 @@ from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
-TIMING_SCRIPT = Path(__file__).with_name("infer_timing.py")
+PACKAGE = "pibake_target"
 GUEST_MODEL_DIR = "/opt/pibake/model/current"
+# Where pibake.raspberry.python_runtime installs the package (python_runtime_package_dir).
+GUEST_PACKAGE_DIR = "/usr/local/lib/pibake"
 CHROOT_DIR = "/opt/pibake-bench"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def _timing_args(model_dir: str, samples: Sequence[str], *, runs: int) -> list[str]:
     return [
-        "--predict-dir", model_dir, "--model", f"{model_dir}/car.tflite", "--labels", f"{model_dir}/labels.txt",
+        "-B", "-m", PACKAGE, "time", "--model", f"{model_dir}/car.tflite", "--labels", f"{model_dir}/labels.txt",
         "--runs", str(runs), *samples,
     ]  # fmt: skip
 
@@ -54,8 +57,8 @@ def infer_on_host(project: Path, *, runs: int) -> dict[str, Any]:
     """The timing script's result for the model under PROJECT/models, on this machine's Python."""
     models = project / "models"
     samples = sorted(str(p) for p in (models / "samples").glob("*.png"))
-    script = TIMING_SCRIPT
-    return _parse_timing(run([sys.executable, str(script), *_timing_args(str(models), samples, runs=runs)]))
+    env = {**os.environ, "PYTHONPATH": str(project / "target")}
+    return _parse_timing(run([sys.executable, *_timing_args(str(models), samples, runs=runs)], env=env))
 
 
 def qemu_user_root(project: Path, wheel: Wheel) -> Path:
@@ -79,13 +82,13 @@ def qemu_user_root(project: Path, wheel: Wheel) -> Path:
             env={"PATH": CHROOT_PATH, "HOME": "/root", "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
         )  # fmt: skip
         (top / "complete").write_text(wheel.path.name + "\n")
-    # The model and the script are refreshed every time: they are small and may have changed.
+    # The model and the package are refreshed every time: they are small and may have changed.
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    for name in ("predict.py", "car.tflite", "labels.txt"):
+    for name in ("car.tflite", "labels.txt"):
         shutil.copy2(project / "models" / name, work / name)
     shutil.copytree(project / "models" / "samples", work / "samples")
-    shutil.copy2(TIMING_SCRIPT, work / "infer_timing.py")
+    shutil.copytree(project / "target" / PACKAGE, work / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 
@@ -94,21 +97,15 @@ def infer_on_qemu_user(root: Path, cpu: str, *, runs: int) -> dict[str, Any]:
     samples = sorted(
         f"{CHROOT_DIR}/samples/{p.name}" for p in (root / CHROOT_DIR.lstrip("/") / "samples").glob("*.png")
     )
-    argv = [
-        "chroot",
-        str(root),
-        "python3",
-        f"{CHROOT_DIR}/infer_timing.py",
-        *_timing_args(CHROOT_DIR, samples, runs=runs),
-    ]
-    return _parse_timing(run(argv, env={"PATH": CHROOT_PATH, "HOME": "/root", "QEMU_CPU": cpu}, timeout=900))
+    argv = ["chroot", str(root), "python3", *_timing_args(CHROOT_DIR, samples, runs=runs)]
+    env = {"PATH": CHROOT_PATH, "HOME": "/root", "QEMU_CPU": cpu, "PYTHONPATH": CHROOT_DIR}
+    return _parse_timing(run(argv, env=env, timeout=900))
 
 
 def infer_on_guest(guest: emulator.Guest, *, runs: int) -> dict[str, Any]:
-    """The timing script's result on the booted GUEST, over SSH, with the model its role installed."""
-    script = base64.b64encode(TIMING_SCRIPT.read_bytes()).decode()
+    """The time command's result on the booted GUEST, over SSH, with the model and the package its roles installed."""
     args = " ".join(_timing_args(GUEST_MODEL_DIR, [f"{GUEST_MODEL_DIR}/samples/*.png"], runs=runs))
-    cmd = f"echo {script} | base64 -d > /tmp/pibake_infer_timing.py && python3 /tmp/pibake_infer_timing.py {args}"
+    cmd = f"PYTHONPATH={GUEST_PACKAGE_DIR} python3 {args}"
     code, out = ssh_run(guest, cmd, timeout=900)
     if code != 0:
         raise PibakeError(f"the timing script failed on the guest (exit {code}):\n{out[-1500:]}")

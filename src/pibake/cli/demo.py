@@ -12,7 +12,7 @@ def _demo(a: argparse.Namespace) -> int:
     from pibake import demo
 
     res = demo.demo(project=a.project, board=a.board, profile=a.profile, cpu=a.cpu, output=a.output)
-    print("\nPredictions of the demo model, run on the emulated Pi (predict.py, then the service's POST /predict):")
+    print("\nPredictions of the demo model, run on the emulated Pi (predict command, then POST /predict):")
     served = {str(p["image"]): p for p in res.served}
     for p in res.predictions:
         s = served.get(str(p["image"]), {})
