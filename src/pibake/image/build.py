@@ -51,6 +51,10 @@ BASE_PACKAGES = (
     "python3-numpy",
     "python3-pil",
     "python3-pip",
+    # The model service's HTTP stack (roles/inference_service): in the image, so that a Pi with no
+    # network at first boot serves, and the role installs nothing over the network.
+    "python3-uvicorn",
+    "python3-prometheus-client",
     "linux-image-armmp",
     "initramfs-tools",
     # The Pi's GPU firmware (bootcode.bin, start*.elf, fixup*.dat), from non-free: its
