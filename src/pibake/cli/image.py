@@ -77,7 +77,15 @@ def _check(a: argparse.Namespace) -> int:
 def _finalize(a: argparse.Namespace) -> int:
     from pibake.image import finalize
 
-    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest, board=a.board)
+    res = finalize.finalize(
+        a.image,
+        write_bmap=not a.no_bmap,
+        manifest=a.manifest,
+        board=a.board,
+        imager_url=a.imager_url,
+        imager_name=a.imager_name,
+        init_format=a.init_format,
+    )
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
     if res.undone:
         print(f"  undone: {', '.join(res.undone)}")
@@ -86,7 +94,7 @@ def _finalize(a: argparse.Namespace) -> int:
     print(f"  SSH host keys made at first boot by: {res.ssh_host_keys_made_by or 'nothing in the image'}")
     if res.shrunk_to:
         print(f"  size for the card: {res.shrunk_to // MIB} MiB")
-    for f in (res.sha256_file, res.bmap_file, res.manifest_file):
+    for f in (res.sha256_file, res.bmap_file, res.manifest_file, res.imager_file, res.sbom_file):
         if f is not None:
             print(f"  {f}")
     return 0
@@ -214,14 +222,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = image_sub.add_parser(
         "finalize",
-        help="undo the emulation tweaks, fsck, write IMAGE.sha256, IMAGE.bmap and IMAGE.manifest.json",
+        help="undo the emulation tweaks, fsck, write IMAGE.sha256, .bmap, .manifest.json, .os_list.json, .cdx.json",
         description="Puts back exactly what `prepare` changed for emulation, shrinks an image grown to a power of "
         "two back to the size asked for, checks both filesystems, and describes the result: the base image's "
-        "digest, Debian packages, Python distributions and the model's files, with versions and digests.",
+        "digest, Debian packages, Python distributions and the model's files, with versions and digests "
+        "(IMAGE.manifest.json, and the same as a CycloneDX 1.6 SBOM, IMAGE.cdx.json), and IMAGE.os_list.json, "
+        "an OS list with the image's entry for Raspberry Pi Imager (`rpi-imager --repo IMAGE.os_list.json`: "
+        "Imager then checks the image's sha256 as it writes and offers its customisation screen).",
     )
     p.add_argument("image", type=Path, help="prepared (and provisioned) raw image")
     p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
     p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
+    p.add_argument(
+        "--imager-url",
+        default=None,
+        metavar="URL",
+        help="where Imager will download the image, http(s):// or file://, naming the .img itself "
+        "(default: the image's file:// URL, for Imager on this machine)",
+    )
+    p.add_argument(
+        "--imager-name", default=None, metavar="NAME", help="the name Imager shows (default: 'IMAGE-STEM (pibake)')"
+    )
+    p.add_argument(
+        "--init-format",
+        default=None,
+        choices=("none", "systemd", "cloudinit", "cloudinit-rpi"),
+        help="which first-boot settings Imager may write (default: read from the image: cloudinit-rpi for "
+        "Raspberry Pi OS with cloud-init, systemd for earlier Raspberry Pi OS, none for the Debian-built base)",
+    )
     p.add_argument(
         "--board",
         default=None,
