@@ -254,7 +254,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--board",
         default=None,
         choices=boards.names(),
-        help="check the boot partition for this board (default: the one recorded in config.txt; "
-        "images without one, such as Raspberry Pi OS, are not checked)",
+        help="check the boot partition for this board, and name it in IMAGE.os_list.json's devices (default: "
+        "the one recorded in config.txt; images without one, such as Raspberry Pi OS, are not checked and "
+        "list every board of their architecture)",
     )
     p.set_defaults(func=_finalize)
