@@ -12,7 +12,8 @@ PROFILE ?=
 EMULATION = --board $(BOARD) $(if $(PROFILE),--profile $(PROFILE))
 NAME ?= pibake
 PROVIDER ?= debian-source
-RASPIOS_IMAGE ?= build/2024-10-22-raspios-bullseye-armhf-lite.img
+RELEASE ?= latest-armhf-lite
+RASPIOS_IMAGE ?= build/raspios-$(RELEASE).img
 PREPARED ?= build/pibake-prepared.img
 GROW ?= 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -59,8 +60,8 @@ $(VENV)/.installed: pyproject.toml
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
 	$(if $(TIMING),$(TIMED) image --) $(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
 
-fetch: venv ## download Raspberry Pi OS Lite (Legacy bullseye armhf) to RASPIOS_IMAGE: sha256-checked, resumable, cached
-	$(PIBAKE) image fetch -o $(RASPIOS_IMAGE)
+fetch: venv ## download RELEASE (default: the current Raspberry Pi OS Lite armhf; pibake image fetch --list) to RASPIOS_IMAGE, checked against Raspberry Pi's OS list, resumable, cached
+	$(PIBAKE) image fetch --release $(RELEASE) -o $(RASPIOS_IMAGE)
 
 prepare: deps venv ## copy IMAGE to PREPARED and prepare it for PROFILE: GROW MiB, SSH, user + key, emulation tweaks
 	$(PIBAKE) image prepare $(IMAGE) -o $(PREPARED) --grow $(GROW) $(if $(PROFILE),--profile $(PROFILE))

@@ -69,6 +69,9 @@ class Board:
     cpu: str | None
     # Why that profile and CPU (or why none), for messages.
     emulation: str
+    # Raspberry Pi Imager's tag for the board running a 32-bit OS (the "devices" of its OS list:
+    # the Zero shares the Pi 1's, the Zero 2 W the Pi 3's).
+    imager_device: str
     # The first mainline Linux with upstream_dtb, where it is later than 5.10 (Debian bullseye's
     # kernel, the oldest pibake builds for); None: 5.10 has it.
     upstream_dtb_since: str | None = None
@@ -112,6 +115,7 @@ _A15_FOR_ARMV8 = (
 _TABLE = (
     Board(
         name="pi1",
+        imager_device="pi1-32bit",
         model="Raspberry Pi 1 Model A/B/A+/B+",
         soc="BCM2835",
         core="ARM1176JZF-S",
@@ -129,6 +133,7 @@ _TABLE = (
     ),
     Board(
         name="pi-zero",
+        imager_device="pi1-32bit",
         model="Raspberry Pi Zero / Zero W",
         soc="BCM2835",
         core="ARM1176JZF-S",
@@ -147,6 +152,7 @@ _TABLE = (
     ),
     Board(
         name="pi2",
+        imager_device="pi2-32bit",
         # The Pi 2 v1.2 has the Pi 3's BCM2837 (Cortex-A53): treat it as pi3.
         model="Raspberry Pi 2 Model B v1.1",
         soc="BCM2836",
@@ -167,6 +173,7 @@ _TABLE = (
     # mini UART, ttyS1 under the mainline device trees.
     Board(
         name="pi3",
+        imager_device="pi3-32bit",
         model="Raspberry Pi 3 Model B",
         soc="BCM2837",
         core="Cortex-A53",
@@ -184,6 +191,7 @@ _TABLE = (
     ),
     Board(
         name="pi3b-plus",
+        imager_device="pi3-32bit",
         model="Raspberry Pi 3 Model B+",
         soc="BCM2837B0",
         core="Cortex-A53",
@@ -201,6 +209,7 @@ _TABLE = (
     ),
     Board(
         name="pi-zero-2",
+        imager_device="pi3-32bit",
         model="Raspberry Pi Zero 2 W",
         soc="RP3A0 (BCM2710A1)",
         core="Cortex-A53",
@@ -219,6 +228,7 @@ _TABLE = (
     ),
     Board(
         name="pi4",
+        imager_device="pi4-32bit",
         model="Raspberry Pi 4 Model B / 400, 32-bit kernel",
         soc="BCM2711",
         core="Cortex-A72",

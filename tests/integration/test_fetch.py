@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import re
 import socket
@@ -21,11 +22,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from pibake.errors import PibakeError, Refused, VerificationFailed
+from pibake.errors import PibakeError, Refused, UsageError, VerificationFailed
 from pibake.image import fetch
 from pibake.util.cache import sha256_file
 from tests.conftest import run_cli
-from tests.integration import raspios
+from tests.integration import oslist, raspios
 
 RELEASE_DIR = "/raspios_oldstable_lite_armhf/images/raspios_oldstable_lite_armhf-2024-10-28"
 ARCHIVE = "2024-10-22-raspios-bullseye-armhf-lite.img.xz"
@@ -177,32 +178,6 @@ def test_happy_path_verifies_decompresses_and_caches(
     assert len(site.requests) == gets
 
 
-def test_catalogue_release_is_the_default(
-    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    entry = fetch.Release("test-bullseye", _url(site), release.archive_sha256, "the fixture release")
-    monkeypatch.setitem(fetch.CATALOGUE, entry.name, entry)
-    monkeypatch.setitem(fetch.ALIASES, fetch.DEFAULT_RELEASE, entry.name)
-    got = fetch.fetch(output=tmp_path / "default.img")
-    assert got.release == "test-bullseye" and got.verified and not got.cached
-    assert got.image_sha256 == release.image_sha256
-
-
-def test_catalogue_entry_without_a_digest_needs_the_user_to_confirm_one(
-    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    entry = fetch.Release("unpinned", _url(site), None, "a release whose digest pibake does not know")
-    monkeypatch.setitem(fetch.CATALOGUE, entry.name, entry)
-    res = run_cli(["image", "fetch", "--release", "unpinned", "-o", str(tmp_path / "x.img")])
-    assert res.code == Refused.exit_code
-    assert "--sha256" in res.err and f"{_url(site)}.sha256" in res.err
-    assert site.requests == []
-    res = run_cli(
-        ["image", "fetch", "--release", "unpinned", "--sha256", release.archive_sha256, "-o", str(tmp_path / "x.img")]
-    )
-    assert res.code == 0, res.err
-
-
 def test_a_cut_connection_is_resumed_with_a_range_request(
     site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
 ) -> None:
@@ -318,13 +293,6 @@ def test_a_url_outside_the_catalogue_needs_a_digest(
     assert "NOT VERIFIED" in res.out and release.archive_sha256 in res.out
 
 
-def test_the_catalogue_lists_the_legacy_bullseye_release() -> None:
-    res = run_cli(["image", "fetch", "--list"])
-    assert res.code == 0
-    assert "raspios-bullseye-armhf-lite-2024-10-22 (default)" in res.out
-    assert "2024-10-22-raspios-bullseye-armhf-lite.img.xz" in res.out
-
-
 # --- the bytes on disk are the bytes the server sent (issue 15, section 5) -------------------------------
 
 GZ_PATH = f"{RELEASE_DIR}/2024-10-22-raspios-bullseye-armhf-lite.img.gz"
@@ -398,3 +366,192 @@ def test_a_full_disk_while_decompressing_keeps_the_verified_archive(
     assert res.code == 0, res.err
     assert len(site.requests) == gets
     assert sha256_file(tmp_path / "f.img") == release.image_sha256
+
+
+# --- the catalogue: Raspberry Pi's OS list, served on loopback (issue 14) --------------------------------
+
+TRIXIE_DIR = "/raspios_lite_armhf/images/raspios_lite_armhf-2026-06-19"
+TRIXIE = "2026-06-18-raspios-trixie-armhf-lite.img.xz"
+BOOKWORM_DIR = "/raspios_oldstable_lite_armhf/images/raspios_oldstable_lite_armhf-2026-06-19"
+BOOKWORM = "2026-06-18-raspios-bookworm-armhf-lite.img.xz"
+OS_LIST = "/os_list_imagingutility_v4.json"
+
+
+def _serve_os_list(site: Site, release: raspios.Release, **trixie: object) -> str:
+    """Serve the release's archive as trixie-armhf-lite (image digest only, as Raspberry Pi lists it) and
+    bookworm-armhf-lite (archive and image digests), and the OS list naming both; TRIXIE overrides fields."""
+    data = release.archive.read_bytes()
+    site.routes[f"{TRIXIE_DIR}/{TRIXIE}"] = Route(data)
+    site.routes[f"{BOOKWORM_DIR}/{BOOKWORM}"] = Route(data)
+    fields: dict[str, object] = {
+        "image_sha256": release.image_sha256,
+        "image_size": raspios.SIZE,
+        "download_size": len(data),
+        **trixie,
+    }
+    served = [
+        oslist.served_entry("Raspberry Pi OS Lite (32-bit)", site.url + f"{TRIXIE_DIR}/{TRIXIE}", **fields),  # type: ignore[arg-type]
+        oslist.served_entry(
+            "Raspberry Pi OS (Legacy, 32-bit) Lite",
+            site.url + f"{BOOKWORM_DIR}/{BOOKWORM}",
+            image_sha256=release.image_sha256,
+            image_size=raspios.SIZE,
+            download_size=len(data),
+            download_sha256=release.archive_sha256,
+            init_format="systemd",
+        ),
+    ]
+    site.routes[OS_LIST] = Route(oslist.render(served), content_type="application/json")
+    return site.url + OS_LIST
+
+
+def test_the_default_release_is_the_current_lite_and_its_image_digest_is_checked(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    url = _serve_os_list(site, release)
+    res = run_cli(["image", "fetch", "--catalogue-url", url, "-o", str(tmp_path / "d.img")])
+    assert res.code == 0, res.err
+    # latest-armhf-lite: trixie, the newest suite, though bookworm was released the same day.
+    assert "release trixie-armhf-lite of 2026-06-18, init_format cloudinit-rpi" in res.out
+    assert "verified" in res.out
+    assert sha256_file(tmp_path / "d.img") == release.image_sha256
+    assert site.gets(f"{TRIXIE_DIR}/{TRIXIE}") == [None]
+    meta = json.loads((fetch.image_cache_dir(release.archive_sha256) / "meta.json").read_text())
+    assert meta["image_verified"] and not meta["archive_verified"] and meta["init_format"] == "cloudinit-rpi"
+
+    # Cached: found by the image's digest, and the list is not asked again within a day.
+    gets = len(site.requests)
+    args = ["image", "fetch", "--catalogue-url", url, "--release", "trixie-armhf-lite", "-o", str(tmp_path / "e.img")]
+    res = run_cli(args)
+    assert res.code == 0, res.err
+    assert "cached" in res.out and len(site.requests) == gets
+
+
+def test_both_digests_are_checked_for_a_release_that_lists_both(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    url = _serve_os_list(site, release)
+    got = fetch.fetch(release="bookworm-armhf-lite", catalogue_url=url, output=tmp_path / "b.img")
+    assert got.verified and got.init_format == "systemd" and got.release == "bookworm-armhf-lite"
+    meta = json.loads((fetch.image_cache_dir(release.archive_sha256) / "meta.json").read_text())
+    assert meta["archive_verified"] and meta["image_verified"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"image_sha256": "e" * 64}, "extract_sha256"),
+        ({"image_size": raspios.SIZE + 512}, "extract_size"),
+    ],
+)
+def test_an_image_that_is_not_the_listed_one_leaves_nothing_behind(
+    site: Site,
+    release: raspios.Release,
+    isolated_cache: Path,
+    tmp_path: Path,
+    override: dict[str, object],
+    message: str,
+) -> None:
+    url = _serve_os_list(site, release, **override)
+    out = tmp_path / "x.img"
+    res = run_cli(["image", "fetch", "--catalogue-url", url, "--release", "trixie-armhf-lite", "-o", str(out)])
+    assert res.code == VerificationFailed.exit_code, res.err
+    assert message in res.err and "nothing was cached" in res.err
+    # The archive had no digest of its own: it goes too, so the next run downloads it again.
+    assert "deleted" in res.err
+    assert [p for p in _leftovers(isolated_cache) if "catalogue" not in p.parts] == []
+    assert not out.exists() and not out.with_name("x.img.sha256").exists()
+
+
+def test_a_release_not_in_the_list_is_a_usage_error_naming_those_that_are(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    url = _serve_os_list(site, release)
+    res = run_cli(["image", "fetch", "--catalogue-url", url, "--release", "bullseye-armhf-lite"])
+    assert res.code == UsageError.exit_code
+    assert "unknown release 'bullseye-armhf-lite'" in res.err
+    assert "trixie-arm64-lite" in res.err and "latest-armhf-lite" in res.err and "--url" in res.err
+    # Ubuntu is in the list, but not a Raspberry Pi OS release.
+    assert "ubuntu" not in res.err
+
+
+def test_an_entry_without_any_digest_needs_the_user_to_confirm_one(
+    site: Site, release: raspios.Release, isolated_cache: Path, tmp_path: Path
+) -> None:
+    url = _serve_os_list(site, release, image_sha256=None)
+    args = ["image", "fetch", "--catalogue-url", url, "--release", "trixie-armhf-lite", "-o", str(tmp_path / "x.img")]
+    res = run_cli(args)
+    assert res.code == Refused.exit_code
+    assert "--sha256" in res.err and f"{TRIXIE}.sha256" in res.err
+    assert site.gets(f"{TRIXIE_DIR}/{TRIXIE}") == []
+    res = run_cli([*args, "--sha256", release.archive_sha256])
+    assert res.code == 0, res.err
+
+
+def test_the_list_prints_every_raspios_release_with_the_default_marked(
+    site: Site, release: raspios.Release, isolated_cache: Path
+) -> None:
+    url = _serve_os_list(site, release)
+    res = run_cli(["image", "fetch", "--catalogue-url", url, "--list"])
+    assert res.code == 0, res.err
+    assert f"Raspberry Pi OS releases from {url}" in res.out
+    names = [line.split()[0] for line in res.out.splitlines() if line and not line.startswith(" ")][1:]
+    assert names == [
+        "trixie-armhf-lite",
+        "trixie-armhf",
+        "trixie-arm64-lite",
+        "trixie-arm64-full",
+        "trixie-arm64",
+        "bookworm-armhf-lite",
+        "bookworm-arm64-lite",
+    ]
+    assert "trixie-armhf-lite (default)  alias latest-armhf-lite" in res.out
+    assert "init_format cloudinit-rpi" in res.out and "devices pi5-32bit, pi4-32bit" in res.out
+
+
+def _age_cached_list(url: str, days: float) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pibake.image import catalogue
+
+    meta_file = catalogue.cache_dir(url) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["fetched_at"] = (datetime.now(UTC) - timedelta(days=days)).isoformat()
+    meta_file.write_text(json.dumps(meta))
+
+
+def test_offline_the_cached_list_is_used_with_its_age(
+    site: Site, release: raspios.Release, isolated_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _serve_os_list(site, release)
+    assert run_cli(["image", "fetch", "--catalogue-url", url, "--list"]).code == 0
+    _age_cached_list(url, 3)
+    del site.routes[OS_LIST]  # the server no longer has it: as good as offline
+    with caplog.at_level("WARNING"):
+        res = run_cli(["image", "fetch", "--catalogue-url", url, "--list"])
+    assert res.code == 0, res.err
+    assert "trixie-armhf-lite (default)" in res.out and "cached copy" in res.out
+    assert "using the cached copy" in caplog.text and "3 days old" in caplog.text and "HTTP 404" in caplog.text
+
+    # Asked to refresh, it says so instead of quietly using the old copy.
+    res = run_cli(["image", "fetch", "--catalogue-url", url, "--list", "--refresh-catalogue"])
+    assert res.code == Refused.exit_code
+    assert "3 days old" in res.err and "drop --refresh-catalogue" in res.err
+
+
+def test_no_list_and_no_cached_copy_is_a_clear_error(site: Site, isolated_cache: Path) -> None:
+    res = run_cli(["image", "fetch", "--catalogue-url", site.url + "/nothing-here.json"])
+    assert res.code == PibakeError.exit_code
+    assert "HTTP 404" in res.err and "no cached copy" in res.err and "--sha256" in res.err
+
+
+@pytest.mark.parametrize("body", [HTML, b'{"imager": {}}'])
+def test_something_that_is_not_an_os_list_is_refused_and_not_cached(
+    site: Site, isolated_cache: Path, body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.routes["/bad.json"] = Route(body, content_type="application/json")
+    monkeypatch.setenv("PIBAKE_OS_LIST_URL", site.url + "/bad.json")  # the environment variable, this time
+    res = run_cli(["image", "fetch", "--list"])
+    assert res.code == VerificationFailed.exit_code
+    assert ("not JSON" in res.err) or ("no os_list" in res.err)
+    assert not (isolated_cache / "catalogue").exists() or not any((isolated_cache / "catalogue").rglob("*.json"))

@@ -10,32 +10,44 @@ import lzma
 import os
 import re
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from pibake.disk import sparse
-from pibake.errors import PibakeError, UsageError, VerificationFailed
-from pibake.image import fetch
+from pibake.errors import PibakeError, Refused, UsageError, VerificationFailed
+from pibake.image import catalogue, fetch
 
 MIB = 1 << 20
 
 
-def test_the_default_release_is_legacy_bullseye_lite_armhf() -> None:
-    src = fetch.resolve()
-    assert src.release == "raspios-bullseye-armhf-lite-2024-10-22"
-    assert src.url.startswith("https://downloads.raspberrypi.com/raspios_oldstable_lite_armhf/")
-    assert src.filename == "2024-10-22-raspios-bullseye-armhf-lite.img.xz"
-    assert src.kind == "xz"
-    assert src.sha256 is not None and len(src.sha256) == 64
+def _catalogue(*releases: catalogue.Release) -> catalogue.Catalogue:
+    return catalogue.Catalogue({r.name: r for r in releases}, "file:///os_list.json", datetime.now(UTC))
 
 
-def test_every_catalogue_entry_is_a_bullseye_lite_armhf_xz_with_a_digest() -> None:
-    for name, rel in fetch.CATALOGUE.items():
-        assert rel.name == name
-        assert "bullseye-armhf-lite" in rel.filename and rel.filename.endswith(".img.xz")
-        assert rel.sha256 is None or fetch.normalise_sha256(rel.sha256) == rel.sha256
-    assert set(fetch.ALIASES.values()) <= set(fetch.CATALOGUE)
+def _release(name: str, sha256: str | None, image_sha256: str | None = None, **kw: object) -> catalogue.Release:
+    parsed = catalogue.name_from_filename(f"2026-06-18-raspios-{name}.img.xz")
+    assert parsed is not None
+    _, suite, arch, variant, date = parsed
+    return catalogue.Release(
+        name=name, suite=suite, arch=arch, variant=variant, url=f"https://example.invalid/{date}-raspios-{name}.img.xz",
+        sha256=sha256, size=None, image_sha256=image_sha256, image_size=None, release_date=date, description=name,
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_the_default_release_is_the_current_lite_armhf() -> None:
+    cat = _catalogue(
+        _release("trixie-armhf-lite", None, "ab" * 32, init_format="cloudinit-rpi"),
+        _release("bookworm-armhf-lite", None, "cd" * 32),
+        _release("trixie-arm64-lite", None, "ef" * 32),
+    )
+    src = fetch.resolve(catalogue=cat)
+    assert src.release == "trixie-armhf-lite" and catalogue.DEFAULT_RELEASE == "latest-armhf-lite"
+    assert src.filename == "2026-06-18-raspios-trixie-armhf-lite.img.xz" and src.kind == "xz"
+    assert src.sha256 is None and src.image_sha256 == "ab" * 32 and src.verified
+    assert src.entry is not None and src.entry.init_format == "cloudinit-rpi"
 
 
 def test_a_url_needs_a_digest_or_an_explicit_opt_out() -> None:
@@ -45,24 +57,21 @@ def test_a_url_needs_a_digest_or_an_explicit_opt_out() -> None:
     assert fetch.resolve(url=url, insecure_no_verify=True).sha256 is None
     assert fetch.resolve(url=url, sha256="SHA256:" + "AB" * 32).sha256 == "ab" * 32
     with pytest.raises(PibakeError, match="not both"):
-        fetch.resolve(url=url, release="bullseye-legacy", sha256="ab" * 32)
+        fetch.resolve(url=url, release="trixie-armhf-lite", sha256="ab" * 32)
     with pytest.raises(PibakeError, match="http"):
         fetch.resolve(url="ftp://example.invalid/x.img.xz", sha256="ab" * 32)
 
 
 def test_catalogue_digest_wins_and_contradictions_are_errors() -> None:
-    catalogue = {
-        "pinned": fetch.Release("pinned", "https://example.invalid/a.img.xz", "aa" * 32, "pinned"),
-        "unpinned": fetch.Release("unpinned", "https://example.invalid/b.img.xz", None, "unpinned"),
-    }
-    assert fetch.resolve(release="pinned", catalogue=catalogue).sha256 == "aa" * 32
+    cat = _catalogue(_release("trixie-armhf-lite", "aa" * 32), _release("trixie-arm64-lite", None))
+    assert fetch.resolve(release="trixie-armhf-lite", catalogue=cat).sha256 == "aa" * 32
     with pytest.raises(PibakeError, match="contradicts"):
-        fetch.resolve(release="pinned", sha256="bb" * 32, catalogue=catalogue)
-    with pytest.raises(PibakeError, match=r"b\.img\.xz\.sha256"):
-        fetch.resolve(release="unpinned", catalogue=catalogue)
-    assert fetch.resolve(release="unpinned", sha256="cc" * 32, catalogue=catalogue).sha256 == "cc" * 32
-    with pytest.raises(PibakeError, match="known releases: pinned"):
-        fetch.resolve(release="nope", catalogue=catalogue)
+        fetch.resolve(release="trixie-armhf-lite", sha256="bb" * 32, catalogue=cat)
+    with pytest.raises(Refused, match=r"arm64-lite\.img\.xz\.sha256"):
+        fetch.resolve(release="trixie-arm64-lite", catalogue=cat)
+    assert fetch.resolve(release="trixie-arm64-lite", sha256="cc" * 32, catalogue=cat).sha256 == "cc" * 32
+    with pytest.raises(UsageError, match=r"unknown release 'nope'.*trixie-arm64-lite"):
+        fetch.resolve(release="nope", catalogue=cat)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pibake import boards
 from pibake.cli.common import DEFAULT_IMAGE
+from pibake.image.catalogue import DEFAULT_RELEASE, DEFAULT_URL, URL_ENV
 
 MIB = 1 << 20
 
@@ -20,10 +21,10 @@ def _build(a: argparse.Namespace) -> int:
 
 
 def _fetch(a: argparse.Namespace) -> int:
-    from pibake.image import fetch
+    from pibake.image import catalogue, fetch
 
     if a.list:
-        print(fetch.describe_catalogue())
+        print(catalogue.load(a.catalogue_url, refresh=a.refresh_catalogue).describe())
         return 0
     got = fetch.fetch(
         release=a.release,
@@ -33,9 +34,13 @@ def _fetch(a: argparse.Namespace) -> int:
         output=a.output,
         output_dir=Path("build"),
         retries=a.retries,
+        catalogue_url=a.catalogue_url,
+        refresh_catalogue=a.refresh_catalogue,
     )
     state = "cached" if got.cached else ("verified" if got.verified else "NOT VERIFIED")
     print(f"{got.path}  sha256 {got.image_sha256}  (archive sha256 {got.archive_sha256}, {state}, {got.seconds:.1f} s)")
+    if got.release:
+        print(f"  release {got.release} of {got.release_date}, init_format {got.init_format or 'none'}")
     return 0
 
 
@@ -72,7 +77,15 @@ def _check(a: argparse.Namespace) -> int:
 def _finalize(a: argparse.Namespace) -> int:
     from pibake.image import finalize
 
-    res = finalize.finalize(a.image, write_bmap=not a.no_bmap, manifest=a.manifest, board=a.board)
+    res = finalize.finalize(
+        a.image,
+        write_bmap=not a.no_bmap,
+        manifest=a.manifest,
+        board=a.board,
+        imager_url=a.imager_url,
+        imager_name=a.imager_name,
+        init_format=a.init_format,
+    )
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
     if res.undone:
         print(f"  undone: {', '.join(res.undone)}")
@@ -81,7 +94,7 @@ def _finalize(a: argparse.Namespace) -> int:
     print(f"  SSH host keys made at first boot by: {res.ssh_host_keys_made_by or 'nothing in the image'}")
     if res.shrunk_to:
         print(f"  size for the card: {res.shrunk_to // MIB} MiB")
-    for f in (res.sha256_file, res.bmap_file, res.manifest_file):
+    for f in (res.sha256_file, res.bmap_file, res.manifest_file, res.imager_file, res.sbom_file):
         if f is not None:
             print(f"  {f}")
     return 0
@@ -135,12 +148,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = image_sub.add_parser(
         "fetch",
-        help="download a Raspberry Pi OS Lite image, check its sha256, decompress it (cached by checksum)",
-        description="Download a release from the catalogue (default: the Legacy bullseye Lite armhf release) or "
-        "any URL with its sha256. Resumes an interrupted download, verifies the archive before anything is "
-        "cached, decompresses .xz, .gz and .zip, and copies the image to OUTPUT with OUTPUT.sha256.",
+        help="download a Raspberry Pi OS image named in Raspberry Pi's OS list, check it, decompress it (cached)",
+        description="Download a release of Raspberry Pi OS as Raspberry Pi Imager finds it, from Raspberry Pi's "
+        "published OS list (os_list_imagingutility_v4.json, cached for a day; offline, an older cached copy is "
+        "used with a warning of its age), or any URL with its sha256. Release names come from the image's file "
+        "name: trixie-arm64-lite, bookworm-armhf-lite, trixie-armhf (the desktop image), and latest-ARCH[-lite|-full] "
+        f"for the newest Debian suite; the default is {DEFAULT_RELEASE}, the current Lite for the 32-bit OS every "
+        "board in pibake's table runs. The archive's sha256 (where the list gives it) is checked before it is "
+        "unpacked, and the image's extract_sha256 and extract_size after; nothing is cached unless they match. "
+        "Resumes an interrupted download, decompresses .xz, .gz and .zip, and copies the image to OUTPUT with "
+        "OUTPUT.sha256.",
     )
-    p.add_argument("--release", default=None, help="catalogue release or alias (see --list)")
+    p.add_argument(
+        "--release", default=None, help=f"release or alias from the OS list (see --list; default: {DEFAULT_RELEASE})"
+    )
     p.add_argument("--url", default=None, help="download this URL instead of a catalogue release (needs --sha256)")
     p.add_argument("--sha256", default=None, metavar="HEX", help="the archive's published sha256")
     p.add_argument(
@@ -150,7 +171,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--retries", type=int, default=3, help="resume a cut download this many times (default: %(default)s)"
     )
-    p.add_argument("--list", action="store_true", help="list the catalogue and exit")
+    p.add_argument("--list", action="store_true", help="list the releases of the OS list and exit")
+    p.add_argument(
+        "--catalogue-url",
+        default=None,
+        metavar="URL",
+        help=f"the OS list to read (http(s):// or file://; default: ${URL_ENV}, else Raspberry Pi's, {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--refresh-catalogue",
+        action="store_true",
+        help="fetch the OS list again even if the cached copy is less than a day old (an error if that fails)",
+    )
     p.set_defaults(func=_fetch)
 
     p = image_sub.add_parser(
@@ -190,19 +222,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = image_sub.add_parser(
         "finalize",
-        help="undo the emulation tweaks, fsck, write IMAGE.sha256, IMAGE.bmap and IMAGE.manifest.json",
+        help="undo the emulation tweaks, fsck, write IMAGE.sha256, .bmap, .manifest.json, .os_list.json, .cdx.json",
         description="Puts back exactly what `prepare` changed for emulation, shrinks an image grown to a power of "
         "two back to the size asked for, checks both filesystems, and describes the result: the base image's "
-        "digest, Debian packages, Python distributions and the model's files, with versions and digests.",
+        "digest, Debian packages, Python distributions and the model's files, with versions and digests "
+        "(IMAGE.manifest.json, and the same as a CycloneDX 1.6 SBOM, IMAGE.cdx.json), and IMAGE.os_list.json, "
+        "an OS list with the image's entry for Raspberry Pi Imager (`rpi-imager --repo IMAGE.os_list.json`: "
+        "Imager then checks the image's sha256 as it writes and offers its customisation screen).",
     )
     p.add_argument("image", type=Path, help="prepared (and provisioned) raw image")
     p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
     p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
     p.add_argument(
+        "--imager-url",
+        default=None,
+        metavar="URL",
+        help="where Imager will download the image, http(s):// or file://, naming the .img itself "
+        "(default: the image's file:// URL, for Imager on this machine)",
+    )
+    p.add_argument(
+        "--imager-name", default=None, metavar="NAME", help="the name Imager shows (default: 'IMAGE-STEM (pibake)')"
+    )
+    p.add_argument(
+        "--init-format",
+        default=None,
+        choices=("none", "systemd", "cloudinit", "cloudinit-rpi"),
+        help="which first-boot settings Imager may write (default: read from the image: cloudinit-rpi for "
+        "Raspberry Pi OS with cloud-init, systemd for earlier Raspberry Pi OS, none for the Debian-built base)",
+    )
+    p.add_argument(
         "--board",
         default=None,
         choices=boards.names(),
-        help="check the boot partition for this board (default: the one recorded in config.txt; "
-        "images without one, such as Raspberry Pi OS, are not checked)",
+        help="check the boot partition for this board, and name it in IMAGE.os_list.json's devices (default: "
+        "the one recorded in config.txt; images without one, such as Raspberry Pi OS, are not checked and "
+        "list every board of their architecture)",
     )
     p.set_defaults(func=_finalize)

@@ -1,14 +1,17 @@
-"""Download a Raspberry Pi OS image: catalogue, resumable verified download, streaming decompression.
+"""Download a Raspberry Pi OS image: a release of the OS list, resumable verified download, streaming decompression.
 
     partial  cache/downloads/<sha256>-<name>.part   grows across attempts and runs (HTTP Range)
     file     cache/files/<sha256>/<name>            download(): any file, once its sha256 matched
     image    cache/raspios/<archive sha256>/image.img + meta.json, written only once the
-             archive's sha256 matched and it decompressed to the end (the archive is then dropped)
+             archive's sha256 matched, it decompressed to the end and the image matched the
+             OS list's extract_sha256 and extract_size (the archive is then dropped)
 
-What is stored is what the server sent (no content decoding), so a download resumes at the
+Releases come from Raspberry Pi's OS list (pibake.image.catalogue), which gives the image's
+digest always and the archive's sometimes: whichever it gives is checked, both when it gives
+both. What is stored is what the server sent (no content decoding), so a download resumes at the
 right byte and is checked against the published digest. Nothing reaches the image cache
-before its archive's sha256 has been checked, and an archive that failed the check is
-deleted, so no later run resumes or reuses it. An archive that matched but does not unpack
+before its digests have been checked, and an archive that failed the check is deleted, so no
+later run resumes or reuses it. An archive that matched its own digest but does not unpack
 (corrupt as published, no room to unpack it) is kept: downloading it again cannot help.
 """
 
@@ -27,7 +30,7 @@ import shutil
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +44,8 @@ from pibake import __version__
 from pibake.disk.layout import MIB, parse_mbr
 from pibake.disk.sparse import match_free_space
 from pibake.errors import PibakeError, Refused, UsageError, VerificationFailed
+from pibake.image import catalogue as oslist
+from pibake.image.catalogue import Catalogue
 from pibake.util.cache import cache_root, recipe_hash, sha256_file
 from pibake.util.progress import Meter
 from pibake.util.publish import publish
@@ -53,57 +58,6 @@ NET_CHUNK = 256 << 10
 PROGRESS_INTERVAL = 5.0  # seconds between two lines of download progress
 Kind = Literal["xz", "gz", "zip", "raw"]
 
-
-@dataclass(frozen=True)
-class Release:
-    """A published Raspberry Pi OS Lite armhf image: where it is and what its archive hashes to."""
-
-    name: str
-    url: str
-    # The sha256 of the compressed archive, as published next to it (URL + ".sha256").
-    # None: not known to pibake; fetching it then needs --sha256 from the user.
-    sha256: str | None
-    description: str
-    size: int | None = None  # of the archive, in bytes, where known
-
-    @property
-    def filename(self) -> str:
-        return url_filename(self.url)
-
-
-# The digests below are those Raspberry Pi publishes in each archive's .sha256 file.
-# downloads.raspberrypi.com cannot be reached from the machines pibake is developed on,
-# so they were not re-computed here; each one was cross-checked against several
-# independent public build configurations (Packer, Bazel, shell build scripts) that
-# pin the same URL to the same digest. A wrong digest fails safe: the download is
-# refused and nothing is cached.
-_RELEASES = (
-    Release(
-        name="raspios-bullseye-armhf-lite-2024-10-22",
-        url="https://downloads.raspberrypi.com/raspios_oldstable_lite_armhf/images/"
-        "raspios_oldstable_lite_armhf-2024-10-28/2024-10-22-raspios-bullseye-armhf-lite.img.xz",
-        sha256="45dd65d579ec2b106a1e3181032144406eab61df892fcd2da8d83382fa4f7e51",
-        description="Raspberry Pi OS Lite (Legacy), bullseye, armhf, 2024-10-22: the last bullseye release",
-    ),
-    Release(
-        name="raspios-bullseye-armhf-lite-2023-05-03",
-        url="https://downloads.raspberrypi.com/raspios_lite_armhf/images/"
-        "raspios_lite_armhf-2023-05-03/2023-05-03-raspios-bullseye-armhf-lite.img.xz",
-        sha256="b5e3a1d984a7eaa402a6e078d707b506b962f6804d331dcc0daa61debae3a19a",
-        description="Raspberry Pi OS Lite, bullseye, armhf, 2023-05-03 (kernel 6.1)",
-        size=381_558_864,
-    ),
-    Release(
-        name="raspios-bullseye-armhf-lite-2022-04-04",
-        url="https://downloads.raspberrypi.com/raspios_lite_armhf/images/"
-        "raspios_lite_armhf-2022-04-07/2022-04-04-raspios-bullseye-armhf-lite.img.xz",
-        sha256="34987327503fac1076e53f3584f95ca5f41a6a790943f1979262d58d62b04175",
-        description="Raspberry Pi OS Lite, bullseye, armhf, 2022-04-04: the first release without a default password",
-    ),
-)
-CATALOGUE: dict[str, Release] = {r.name: r for r in _RELEASES}
-ALIASES: dict[str, str] = {"bullseye-legacy": "raspios-bullseye-armhf-lite-2024-10-22"}
-DEFAULT_RELEASE = "bullseye-legacy"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAGIC: dict[Kind, tuple[bytes, ...]] = {
@@ -119,9 +73,19 @@ class Source:
     """What to download and how to check it, after the catalogue and the options are resolved."""
 
     url: str
-    sha256: str | None  # None only with insecure_no_verify
+    # The archive's sha256: None with --insecure-no-verify, or for a release whose OS list entry
+    # gives only the image's (IMAGE_SHA256, checked once the archive is unpacked).
+    sha256: str | None
     release: str | None
     size: int | None = None
+    image_sha256: str | None = None
+    image_size: int | None = None
+    entry: oslist.Release | None = None
+
+    @property
+    def verified(self) -> bool:
+        """Checked against a published digest: the archive's, the image's, or both."""
+        return self.sha256 is not None or self.image_sha256 is not None
 
     @property
     def filename(self) -> str:
@@ -143,6 +107,11 @@ class FetchedImage:
     cached: bool
     size: int
     seconds: float
+    # From the OS list entry, for a catalogue release: how the image takes first-boot settings, and
+    # Imager's board tags.
+    init_format: str | None = None
+    devices: tuple[str, ...] = ()
+    release_date: str | None = None
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -190,27 +159,22 @@ def parse_sha256_file(text: str, filename: str | None = None) -> str:
     raise PibakeError(f"no sha256 for {filename} in the checksum file")
 
 
-def describe_catalogue() -> str:
-    """The catalogue as `pibake image fetch --list` prints it: name, default mark, aliases, URL and sha256."""
-    lines = []
-    for name, rel in sorted(CATALOGUE.items()):
-        aliases = [k for k, v in ALIASES.items() if v == name]
-        default = " (default)" if DEFAULT_RELEASE in aliases else ""
-        lines.append(f"{name}{default}{'  alias ' + ', '.join(aliases) if aliases else ''}\n  {rel.description}")
-        lines.append(f"  {rel.url}\n  sha256 {rel.sha256 or 'unknown: needs --sha256'}")
-    return "\n".join(lines)
-
-
 def resolve(
     *,
     release: str | None = None,
     url: str | None = None,
     sha256: str | None = None,
     insecure_no_verify: bool = False,
-    catalogue: Mapping[str, Release] | None = None,
+    catalogue: Catalogue | None = None,
+    catalogue_url: str | None = None,
+    refresh_catalogue: bool = False,
+    session: requests.Session | None = None,
 ) -> Source:
-    """Turn the user's choice (a release name, or a URL with its sha256) into a Source."""
-    catalogue = CATALOGUE if catalogue is None else catalogue
+    """Turn the user's choice (a release name, or a URL with its sha256) into a Source.
+
+    A release name is looked up in CATALOGUE, or in the OS list loaded from CATALOGUE_URL (a URL
+    needs no list at all). No name and no URL: the catalogue's DEFAULT_RELEASE.
+    """
     digest = normalise_sha256(sha256) if sha256 else None
     if url and release:
         raise UsageError("give either --release or --url, not both")
@@ -224,23 +188,30 @@ def resolve(
                 "its publisher gives (the .sha256 file next to the image), or --insecure-no-verify to take it unchecked"
             )
         return Source(url=url, sha256=digest, release=None)
-    name = ALIASES.get(release or DEFAULT_RELEASE, release or DEFAULT_RELEASE)
-    if name not in catalogue:
-        known = ", ".join(sorted([*catalogue, *(a for a, n in ALIASES.items() if n in catalogue)]))
-        raise UsageError(f"unknown release {release!r}; known releases: {known} (or give --url and --sha256)")
-    entry = catalogue[name]
+    if catalogue is None:
+        catalogue = oslist.load(catalogue_url, refresh=refresh_catalogue, session=session)
+    entry = catalogue.lookup(release or oslist.DEFAULT_RELEASE)
+    archive_kind(entry.filename)
     if entry.sha256 and digest and entry.sha256 != digest:
         raise UsageError(
-            f"--sha256 {digest} contradicts the catalogue's {entry.sha256} for {name}; "
-            "drop --sha256 to use the catalogue's, or give the URL with --url"
+            f"--sha256 {digest} contradicts the OS list's {entry.sha256} for {entry.name}; "
+            "drop --sha256 to use the list's, or give the URL with --url"
         )
     checked = entry.sha256 or digest
-    if checked is None and not insecure_no_verify:
+    if checked is None and entry.image_sha256 is None and not insecure_no_verify:
         raise Refused(
-            f"the catalogue has no verified sha256 for {name}: confirm it with --sha256 "
-            f"(from {entry.url}.sha256), or pass --insecure-no-verify"
+            f"the OS list gives no sha256 for {entry.name}, of the archive or of the image: confirm one with "
+            f"--sha256 (from {entry.url}.sha256), or pass --insecure-no-verify"
         )
-    return Source(url=entry.url, sha256=checked, release=name, size=entry.size)
+    return Source(
+        url=entry.url,
+        sha256=checked,
+        release=entry.name,
+        size=entry.size,
+        image_sha256=entry.image_sha256,
+        image_size=entry.image_size,
+        entry=entry,
+    )
 
 
 def looks_like_html(head: bytes) -> bool:
@@ -510,6 +481,17 @@ def _unpack(src: Source, archive: Path, archive_sha256: str, tmp: Path) -> None:
     t0 = time.monotonic()
     image = tmp / "image.img"
     image_sha256, size = decompress(archive, src.kind, image)
+    # Before anything else looks at it: the image the OS list promises, to the byte.
+    if src.image_size is not None and size != src.image_size:
+        raise VerificationFailed(
+            f"{src.filename} unpacks to {size} bytes where the OS list gives {src.image_size} (extract_size): "
+            "not the published image; nothing was cached"
+        )
+    if src.image_sha256 is not None and image_sha256 != src.image_sha256:
+        raise VerificationFailed(
+            f"the image in {src.filename} has sha256 {image_sha256} where the OS list gives {src.image_sha256} "
+            "(extract_sha256): not the published image; nothing was cached"
+        )
     with image.open("rb") as f:
         try:
             parse_mbr(f.read(512))
@@ -522,10 +504,21 @@ def _unpack(src: Source, archive: Path, archive_sha256: str, tmp: Path) -> None:
         "release": src.release,
         "archive": src.filename,
         "archive_sha256": archive_sha256,
-        "verified": src.sha256 is not None,
+        "verified": src.verified,
+        "archive_verified": src.sha256 is not None,
+        "image_verified": src.image_sha256 is not None,
         "image": image_name(src.filename),
         "image_sha256": image_sha256,
         "size": size,
+        **(
+            {
+                "release_date": src.entry.release_date,
+                "init_format": src.entry.init_format,
+                "devices": list(src.entry.devices),
+            }
+            if src.entry
+            else {}
+        ),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -540,11 +533,31 @@ def _archive_fate(archive: Path, *, verified: bool) -> str:
             f"{archive.parent} to free its space"
         )
     shutil.rmtree(archive.parent, ignore_errors=True)
-    return "The archive was not verified (--insecure-no-verify), so it was deleted: the next run downloads it again"
+    return (
+        "The archive had no published sha256 of its own (--insecure-no-verify, or an OS list entry that gives only "
+        "the image's), so it was deleted: the next run downloads it again"
+    )
 
 
 def image_cache_dir(archive_sha256: str) -> Path:
     return cache_root() / "raspios" / archive_sha256
+
+
+def _cached_image(src: Source) -> Path | None:
+    """The cache entry holding SRC's image: by the archive's digest, or else by the image's (checked when cached)."""
+    if src.sha256 is not None:
+        top = image_cache_dir(src.sha256)
+        return top if (top / "meta.json").exists() else None
+    if src.image_sha256 is None:
+        return None
+    for meta_file in sorted((cache_root() / "raspios").glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("image_sha256") == src.image_sha256 and meta.get("verified"):
+            return meta_file.parent
+    return None
 
 
 def fetch(
@@ -557,25 +570,45 @@ def fetch(
     output_dir: Path | None = None,
     retries: int = 3,
     timeout: float = 30.0,
-    catalogue: Mapping[str, Release] | None = None,
+    catalogue: Catalogue | None = None,
+    catalogue_url: str | None = None,
+    refresh_catalogue: bool = False,
     session: requests.Session | None = None,
 ) -> FetchedImage:
     """Download, verify and decompress a Raspberry Pi OS image into the cache; copy it to OUTPUT if given.
 
-    Without OUTPUT but with OUTPUT_DIR, the copy goes to OUTPUT_DIR/NAME.img (NAME from the archive's).
+    A release comes from CATALOGUE, or from the OS list at CATALOGUE_URL (default: Raspberry Pi's,
+    cached a day; REFRESH_CATALOGUE fetches it again). Without OUTPUT but with OUTPUT_DIR, the copy
+    goes to OUTPUT_DIR/NAME.img (NAME from the archive's).
     """
     t0 = time.monotonic()
-    src = resolve(release=release, url=url, sha256=sha256, insecure_no_verify=insecure_no_verify, catalogue=catalogue)
+    src = resolve(
+        release=release,
+        url=url,
+        sha256=sha256,
+        insecure_no_verify=insecure_no_verify,
+        catalogue=catalogue,
+        catalogue_url=catalogue_url,
+        refresh_catalogue=refresh_catalogue,
+        session=session,
+    )
     if output is None and output_dir is not None:
         output = output_dir / image_name(src.filename)
-    cached = src.sha256 is not None and (image_cache_dir(src.sha256) / "meta.json").exists()
-    if cached:
-        assert src.sha256 is not None
-        top = image_cache_dir(src.sha256)
+    found = _cached_image(src)
+    cached = found is not None
+    if found is not None:
+        top = found
         log.info("%s: cached (%s)", src.filename, top)
     else:
         top = _download_and_unpack(src, retries=retries, timeout=timeout, session=session)
     meta = json.loads((top / "meta.json").read_text())
+    if src.image_sha256 is not None and meta["image_sha256"] != src.image_sha256:
+        # The archive's digest matched a cached unpacking whose image the OS list disowns.
+        raise VerificationFailed(
+            f"the cached image of {src.filename} ({top}) has sha256 {meta['image_sha256']}, the OS list says "
+            f"{src.image_sha256} (extract_sha256): the list contradicts its own archive digest. Delete {top} "
+            "and run again; if it fails the same way, report it to the list's publisher"
+        )
     path = top / "image.img"
     if output is not None:
         path = publish(path, output, meta["image_sha256"])
@@ -589,6 +622,9 @@ def fetch(
         cached=cached,
         size=int(meta["size"]),
         seconds=time.monotonic() - t0,
+        init_format=src.entry.init_format if src.entry else None,
+        devices=src.entry.devices if src.entry else (),
+        release_date=src.entry.release_date if src.entry else None,
     )
 
 
@@ -597,6 +633,7 @@ def download(
     *,
     sha256: str | None,
     insecure_no_verify: bool = False,
+    checked_later: str | None = None,
     size: int | None = None,
     retries: int = 3,
     timeout: float = 30.0,
@@ -606,10 +643,11 @@ def download(
 
     A file already in the cache under that digest is not downloaded again. A partial
     download is resumed, by this call's retries and by a later call. Without SHA256
-    (only with INSECURE_NO_VERIFY) the file is kept under the digest it turned out to have.
+    (only with INSECURE_NO_VERIFY, or CHECKED_LATER saying what the caller checks instead) the
+    file is kept under the digest it turned out to have.
     """
     digest = normalise_sha256(sha256) if sha256 else None
-    if digest is None and not insecure_no_verify:
+    if digest is None and not insecure_no_verify and not checked_later:
         raise Refused(f"refusing to download {url} without a sha256 to check it against")
     name = url_filename(url)
     if digest is not None and (done := cache_root() / "files" / digest / name).is_file():
@@ -635,7 +673,9 @@ def download(
             "published file; it was deleted and nothing was cached. Run the command again; if it fails the "
             "same way, the catalogue entry or --sha256 is wrong"
         )
-    if digest is None:
+    if digest is None and checked_later:
+        log.info("%s: no published sha256 of its own (%s); its sha256 is %s", name, checked_later, actual)
+    elif digest is None:
         log.warning("%s was NOT verified (--insecure-no-verify); its sha256 is %s", name, actual)
     done = cache_root() / "files" / actual / name
     done.parent.mkdir(parents=True, exist_ok=True)
@@ -647,7 +687,8 @@ def _download_and_unpack(src: Source, *, retries: int, timeout: float, session: 
     archive = download(
         src.url,
         sha256=src.sha256,
-        insecure_no_verify=src.sha256 is None,
+        insecure_no_verify=not src.verified,
+        checked_later="the image it unpacks to is checked against extract_sha256" if src.image_sha256 else None,
         size=src.size,
         retries=retries,
         timeout=timeout,

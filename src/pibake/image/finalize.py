@@ -8,6 +8,9 @@ leases, cloud-init's instance) is reset, so that each card makes its own on its 
   IMAGE.manifest.json  what is on it: base image digest, Debian packages, Python
                        distributions, the model's files, each with a version and a digest;
                        and what was reset for each card to make its own
+  IMAGE.os_list.json   the image as Raspberry Pi Imager's OS list describes one (image/imager.py)
+  IMAGE.cdx.json       the same facts as the manifest, as a CycloneDX SBOM (image/sbom.py)
+Every file is computed before the first is written, and each appears whole (a rename).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pibake import __version__
+from pibake import __version__, boards
 from pibake.disk.ext4 import ExtFs
 from pibake.disk.fsck import check_filesystems
 from pibake.disk.layout import MIB
@@ -29,7 +32,7 @@ from pibake.disk.sparse import match_free_space
 from pibake.errors import UsageError
 from pibake.flash import bmap
 from pibake.image import check as bootcheck
-from pibake.image import identity
+from pibake.image import identity, imager, sbom
 from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
 from pibake.util.cache import sha256_file
 from pibake.util.publish import write_sha256
@@ -43,6 +46,8 @@ DPKG_INFO = "/var/lib/dpkg/info"
 # Where Debian's python3 packages and pip (as root, outside a venv) install distributions.
 DIST_PACKAGES = "/usr/lib/python3/dist-packages"
 LOCAL_LIB = "/usr/local/lib"
+# Where a provisioning run's virtual environments may be (each has a pyvenv.cfg at its top).
+VENV_ROOTS = ("/opt", "/srv", "/home")
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class FinalizedImage:
     sha256_file: Path
     bmap_file: Path | None
     manifest_file: Path
+    imager_file: Path
+    sbom_file: Path
     undone: tuple[str, ...]
     # Per-device state reset (image/identity.py), one entry per kind; what makes the card's SSH host keys.
     identity_reset: tuple[str, ...]
@@ -128,8 +135,26 @@ def installed_packages(root: ExtFs, work: Path) -> list[dict[str, str]]:
     return packages
 
 
+def venv_site_dirs(root: ExtFs) -> list[str]:
+    """The site-packages of every virtual environment under VENV_ROOTS (a directory with a pyvenv.cfg)."""
+    venvs = [
+        str(PurePosixPath(path).parent)
+        for top in VENV_ROOTS
+        for path, entry in root.walk(top)
+        if entry.name == "pyvenv.cfg" and entry.is_file
+    ]
+    libs = root.list_dirs([f"{v}/lib" for v in venvs])
+    return sorted(
+        f"{lib}/{e.name}/site-packages"
+        for lib, entries in libs.items()
+        for e in entries or []
+        if e.is_dir and e.name.startswith("python3")
+    )
+
+
 def python_distributions(root: ExtFs) -> list[dict[str, str]]:
-    """Every *.dist-info and *.egg-info in the system's dist-packages, with its version and a digest.
+    """Every *.dist-info and *.egg-info in the system's dist-packages and in virtual environments, with its
+    version and a digest.
 
     The digest is of RECORD where there is one (it lists a sha256 of every installed
     file, so it pins the installed content); else of METADATA or PKG-INFO.
@@ -138,6 +163,7 @@ def python_distributions(root: ExtFs) -> list[dict[str, str]]:
     for entry in root.list_dir(LOCAL_LIB) or []:
         if entry.is_dir and entry.name.startswith("python3"):
             site_dirs.append(f"{LOCAL_LIB}/{entry.name}/dist-packages")
+    site_dirs += venv_site_dirs(root)
     found: list[tuple[str, str, bool]] = []  # (site dir, entry name, is a directory)
     for site, entries in root.list_dirs(site_dirs).items():
         for entry in entries or []:
@@ -177,6 +203,19 @@ def python_distributions(root: ExtFs) -> list[dict[str, str]]:
     return sorted(dists, key=lambda d: (d["name"].lower(), d["location"]))
 
 
+def kept_wheels(root: ExtFs) -> dict[tuple[str, str], str]:
+    """The sha256 of each wheel the image keeps in sbom.WHEEL_DIR, by (normalised name, version)."""
+    entries = root.list_dir(sbom.WHEEL_DIR) or []
+    names = [e.name for e in entries if e.is_file and sbom.wheel_key(e.name)]
+    contents = root.read_many([f"{sbom.WHEEL_DIR}/{n}" for n in names])
+    wheels = {}
+    for n in names:
+        key, data = sbom.wheel_key(n), contents.get(f"{sbom.WHEEL_DIR}/{n}")
+        if key is not None and data is not None:
+            wheels[key] = hashlib.sha256(data).hexdigest()
+    return wheels
+
+
 def model_files(root: ExtFs, work: Path) -> dict[str, Any] | None:
     entry = root.stat(MODEL_DIR)
     if entry is None or not entry.is_dir:
@@ -205,18 +244,40 @@ def _earlier_base(manifest: Path) -> dict[str, Any] | None:
     return dict(base) if isinstance(base, dict) else None
 
 
+def _write_whole(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.rename(path)
+
+
 def finalize(
-    image: Path, *, write_bmap: bool = True, manifest: Path | None = None, board: str | None = None
+    image: Path,
+    *,
+    write_bmap: bool = True,
+    manifest: Path | None = None,
+    board: str | None = None,
+    imager_url: str | None = None,
+    imager_name: str | None = None,
+    init_format: str | None = None,
 ) -> FinalizedImage:
     """Undo the emulation tweaks, fsck both filesystems, check the boot partition for BOARD,
-    write IMAGE.sha256, IMAGE.bmap and the manifest.
+    write IMAGE.sha256, IMAGE.bmap, the manifest, Imager's OS list entry and the SBOM.
 
     BOARD defaults to the board pibake recorded in config.txt; an image with none (Raspberry
-    Pi OS) gets its boot partition checked only when BOARD is given.
+    Pi OS) gets its boot partition checked only when BOARD is given. IMAGER_URL is where Imager
+    will download the image (default: its file:// URL), IMAGER_NAME the name Imager shows, and
+    INIT_FORMAT overrides the first-boot format read from the installed packages.
     """
     t0 = time.monotonic()
     if not image.is_file():
         raise UsageError(f"no image at {image}")
+    # Bad options are refused before the image is touched.
+    if imager_url is not None:
+        imager.check_url(imager_url)
+    if init_format is not None and init_format not in imager.INIT_FORMATS:
+        raise UsageError(f"--init-format {init_format!r}: Imager knows {', '.join(imager.INIT_FORMATS)}")
+    if board is not None:
+        boards.get(board)
     root_partition(image)
     # Planned before anything changes: an image that would lose its host keys with nothing to make
     # new ones is refused as it is.
@@ -253,16 +314,40 @@ def finalize(
         os_release = root.read("/etc/os-release") or root.read("/usr/lib/os-release") or b""
         packages = installed_packages(root, work)
         dists = python_distributions(root)
+        wheels = kept_wheels(root)
         model = model_files(root, work)
     # Holes only where a filesystem says the space is free: the bmap then leaves out nothing that
     # matters, even for bmaptool, which leaves a card's old bytes wherever the bmap does not map.
     match_free_space(image)
-    digest = write_sha256(image)
+    digest = sha256_file(image)
+    size = image.stat().st_size
+    os_info = parse_os_release(os_release.decode(errors="replace"))
+    imager_doc = imager.document(
+        image,
+        sha256=digest,
+        size=size,
+        url=imager_url,
+        name=imager_name,
+        os_name=os_info.get("PRETTY_NAME", ""),
+        device_tags=imager.devices(board, imager.image_architecture(packages)),
+        init=init_format or imager.init_format(packages),
+        model_version=PurePosixPath(model["current"]).name if model and model.get("current") else None,
+    )
+    sbom_json = sbom.build_json(
+        image_name=image.name,
+        image_sha256=digest,
+        image_size=size,
+        os_release=os_info,
+        packages=packages,
+        python=dists,
+        wheels=wheels,
+        model=model,
+    )
+    write_sha256(image, digest)
     bmap_file = None
     if write_bmap:
         bmap_file = bmap.default_path(image)
         bmap.create(image, bmap_file)
-    size = image.stat().st_size
     manifest = manifest or image.with_name(image.name + ".manifest.json")
     base = dict(record["base"]) if record else _earlier_base(manifest)
     data = {
@@ -271,7 +356,7 @@ def finalize(
         "image": {"name": image.name, "sha256": digest, "size": size},
         "bmap": bmap_file.name if bmap_file else None,
         "base": base,
-        "os": parse_os_release(os_release.decode(errors="replace")).get("PRETTY_NAME", ""),
+        "os": os_info.get("PRETTY_NAME", ""),
         "emulation_tweaks_undone": list(undone),
         "identity": {
             "reset": [r.to_json() for r in reset.resets],
@@ -281,9 +366,11 @@ def finalize(
         "python": dists,
         "model": model,
     }
-    part = manifest.with_name(manifest.name + ".part")
-    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    part.rename(manifest)
+    _write_whole(manifest, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    imager_file = image.with_name(image.name + ".os_list.json")
+    _write_whole(imager_file, imager.render(imager_doc))
+    sbom_file = image.with_name(image.name + ".cdx.json")
+    _write_whole(sbom_file, sbom_json)
     seconds = time.monotonic() - t0
     log.info("%s: finalized in %.1f s", image.name, seconds)
     return FinalizedImage(
@@ -293,6 +380,8 @@ def finalize(
         sha256_file=image.with_name(image.name + ".sha256"),
         bmap_file=bmap_file,
         manifest_file=manifest,
+        imager_file=imager_file,
+        sbom_file=sbom_file,
         undone=undone,
         identity_reset=reset.summary,
         ssh_host_keys_made_by=reset.host_keys_made_by,
