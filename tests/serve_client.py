@@ -22,6 +22,7 @@ Outside this package (molecule/default/tests has its own `tests`), load it by pa
 
 from __future__ import annotations
 
+import errno
 import gzip
 import http.client
 import json
@@ -138,8 +139,11 @@ class ServeClient:
                 sock.sendall(data)
                 if half_close:
                     sock.shutdown(socket.SHUT_WR)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the server answered (413, 431, ...) and closed before reading everything
+            except OSError as exc:
+                # The server answered (400, 413, 431, ...) and closed before reading everything: the send
+                # breaks (EPIPE, ECONNRESET), or the half-close finds no connection left (ENOTCONN).
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise
             chunks = []
             try:
                 while chunk := sock.recv(65536):

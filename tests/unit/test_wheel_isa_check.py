@@ -154,6 +154,7 @@ def _role_play(**role_vars: object) -> list[dict[str, Any]]:
                     "vars": {
                         "python_runtime_preflight_enabled": False,
                         "python_runtime_install_enabled": False,
+                        "python_runtime_package_enabled": False,
                         **role_vars,
                     },
                 }
