@@ -41,6 +41,7 @@ def _start(a: argparse.Namespace) -> int:
         dtb=a.dtb,
         forward=_forwards(a),
         cold=a.cold,
+        renew_snapshot=a.renew_snapshot,
     )
     _print_guest(started)
     return 0
@@ -173,6 +174,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 help="Ansible inventory to write (default: %(default)s)",
             )
             p.add_argument("--no-inventory", action="store_true", help="do not write an inventory")
+            p.add_argument(
+                "--renew-snapshot",
+                action="store_true",
+                help="boot cold even when a snapshot exists, and save a new one in its place",
+            )
             p.set_defaults(func=_start)
         else:
             p.set_defaults(func=_run)

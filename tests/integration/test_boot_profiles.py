@@ -46,7 +46,17 @@ def test_profile_boots_to_ssh_with_the_cpu_it_promises(
 ) -> None:
     name = f"it-{profile}"
     stop_guests.append(name)
-    argv = ["emulate", "start", str(base_image), "--profile", profile, "--name", name, "--no-inventory", "--cold"]
+    argv = [
+        "emulate",
+        "start",
+        str(base_image),
+        "--profile",
+        profile,
+        "--name",
+        name,
+        "--no-inventory",
+        "--renew-snapshot",
+    ]
     # raspi2b (one core, USB network) needs about 2 min to SSH alone, over 5 on a busy machine.
     argv += ["--timeout", "900" if profile == "raspi2b" else "300"]
     res = run_cli(argv + (["--cpu", cpu] if cpu else []))
