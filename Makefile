@@ -151,7 +151,7 @@ ROLE_PYTHON := target
 ROLES := $(patsubst roles/%/meta/argument_specs.yml,%,$(wildcard roles/*/meta/argument_specs.yml))
 
 lint: venv ## ruff, mypy, yamllint, ansible-lint, role READMEs up to date, ansible-test sanity on plugins/
-	$(BIN)/ruff check src tests scripts models molecule plugins $(ROLE_PYTHON)
+	$(BIN)/ruff check src tests scripts models molecule plugins ansible_plugins $(ROLE_PYTHON)
 	$(BIN)/ruff format --check src tests scripts $(ROLE_PYTHON)
 	$(BIN)/mypy
 	$(BIN)/yamllint -s .
