@@ -8,8 +8,10 @@ on the event loop (epoll): idle and slow clients cost a few kilobytes each and n
 uvicorn cuts idle kept-alive connections (timeout_keep_alive), but not a connection that never
 completes its first request. DeadlineH11Protocol adds that: a connection must deliver a whole request
 header within the request timeout of opening (or of its previous answer), or it gets 408 and is closed.
-It also answers a client that sends a whole request and then shuts down its sending side (uvicorn
-alone takes that for a disconnect and drops the answer). It uses only what the three releases'
+On uvicorn releases that close on a request h11 cannot parse (bullseye's 0.13), it answers
+400 first, as later releases do. It also answers a client that sends a whole request and then
+shuts down its sending side (uvicorn alone takes that for a disconnect and drops the answer). It
+uses only what the three releases'
 H11Protocol share: connection_made, eof_received, on_response_complete, connection_lost, `conn`,
 `cycle` (response_complete, more_body) and `transport`.
 """
@@ -23,6 +25,7 @@ import os
 import socket
 from typing import Any
 
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -35,6 +38,16 @@ TIMEOUT_RESPONSE = (
 )
 
 
+_BAD_REQUEST_BODY = b'{"error": "malformed HTTP request"}'
+BAD_REQUEST_RESPONSE = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_BAD_REQUEST_BODY)).encode() + b"\r\n\r\n" + _BAD_REQUEST_BODY
+)
+# uvicorn answers a request h11 cannot parse with 400 since it has send_400_response; bullseye's 0.13.3
+# closes the connection without a word (measured: 38 of 300 malformed requests got no answer).
+ANSWERS_PROTOCOL_ERRORS = hasattr(H11Protocol, "send_400_response")
+
+
 def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a deadline for each request's headers."""
 
@@ -44,7 +57,23 @@ def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            if not ANSWERS_PROTOCOL_ERRORS:
+                self._pibake_answer_protocol_errors()
             self._pibake_arm()
+
+        def _pibake_answer_protocol_errors(self) -> None:
+            """Answer 400 before an older uvicorn closes on a request h11 cannot parse."""
+            next_event = self.conn.next_event
+
+            def next_event_or_400() -> Any:
+                try:
+                    return next_event()
+                except h11.RemoteProtocolError:
+                    if not self.transport.is_closing():
+                        self.transport.write(BAD_REQUEST_RESPONSE)
+                    raise
+
+            self.conn.next_event = next_event_or_400
 
         def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature
             cycle = self.cycle

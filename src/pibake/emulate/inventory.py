@@ -31,8 +31,10 @@ class Host:
             "ansible_port": self.port,
             "ansible_user": self.user,
             "ansible_ssh_private_key_file": str(self.private_key),
-            # Host keys are made on each first boot of an overlay: nothing to pin.
+            # Host keys are made on each first boot of an overlay: nothing to pin. OpenSSH reads the
+            # options; Mitogen's connection (ansible.cfg's strategy) reads the variable.
             "ansible_ssh_common_args": SSH_ARGS,
+            "ansible_ssh_host_key_checking": False,
             "pibake_profile": self.profile,
             "pibake_cpu": self.cpu,
         }
