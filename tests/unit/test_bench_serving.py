@@ -110,6 +110,28 @@ def test_host_rows_from_the_service_the_bench_starts(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir()), "the service's log is left behind"
 
 
+def test_a_guests_rows_come_through_its_forwarded_port(server: Server) -> None:
+    """The emulated runner's part, with the host's service standing in for the guest's forwarded port 8000."""
+    from pibake.bench import emulated
+    from pibake.emulate.guest import Guest
+
+    guest = Guest(
+        name="fake", pid=0, ssh_port=0, user="pi", private_key="", serial_log="", profile="virt", cpu="cortex-a15",
+        image="", overlay=None, inventory=None, started_at=0.0, forwards={"8000": server.client.port},
+    )  # fmt: skip
+    rec = Recorder()
+    emulated._serve_on_guest(guest, rec, serving.LoadPlan(requests=8, concurrency=2, warmup=1), SAMPLES)
+    assert [(s.name, s.status, s.ratio_to) for s in rec.steps.values()] == [
+        ("serve-predict-virt", "ok", "serve-predict-host"),
+        ("serve-v2-infer-virt", "ok", "serve-v2-infer-host"),
+    ]
+    assert "virt, cpu cortex-a15: 8 requests at concurrency 2" in rec.steps["serve-predict-virt"].note
+    guest.forwards = {}
+    rec = Recorder()
+    emulated._serve_on_guest(guest, rec, serving.LoadPlan(requests=8), SAMPLES)
+    assert all(s.status == "failed" and "no forward for its port 8000" in s.reason for s in rec.steps.values())
+
+
 def test_kept_alive_requests_do_not_wait_for_delayed_acks(server: Server) -> None:
     """Every request after a connection's first used to take 40 ms more (Nagle against delayed ACKs, both ends):
     GET / answers in well under a millisecond, so its median over one kept-alive connection shows it."""
