@@ -132,18 +132,42 @@ def test_the_registry_lists_the_steps_in_pipeline_order_and_runs_each_runner_onc
         inference.infer_host,
         inference.infer_qemu_user,
         emulated.emulated,
-        serving.serve,
         flash.flash_step,
     ]
     assert registry.runners(["boot", "flash", "converge"]) == [emulated.emulated, flash.flash_step]
+    # serve's guests are the emulated runner's: --steps serve boots them too.
+    assert registry.runners(["serve"]) == [emulated.emulated]
 
 
-def test_serving_reports_the_missing_role_then_the_missing_port(tmp_path: Path) -> None:
-    reason = serving.serving_unavailable(tmp_path)
-    assert reason is not None and "no inference_service role yet (issue 5)" in reason
-    (tmp_path / "roles" / "inference_service" / "tasks").mkdir(parents=True)
-    reason = serving.serving_unavailable(tmp_path)
-    assert reason is not None and "issue 5" not in reason and "forward" in reason
+def test_serving_percentiles_by_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]
+    assert serving.percentile(values, 50) == 50.0
+    assert serving.percentile(values, 99) == 99.0
+    assert serving.percentile(values, 100) == 100.0
+    assert serving.percentile([7.0], 99) == 7.0
+    with pytest.raises(PibakeError):
+        serving.percentile([], 50)
+
+
+def test_serving_rows_keep_their_metrics_in_the_json_and_fail_on_any_error() -> None:
+    rec = results.Recorder()
+    ok = serving.LoadResult([0.01, 0.02, 0.03, 0.04], wall_seconds=0.05, planned=4, concurrency=2)
+    serving.record_load(rec, "serve-predict-host", ok, where="this machine")
+    serving.record_load(rec, "serve-predict-virt", ok, where="virt", ratio_to="serve-predict-host")
+    bad = serving.LoadResult([0.01], ["#1 POST /predict: 503: b'busy'"], wall_seconds=0.1, planned=2, concurrency=1)
+    serving.record_load(rec, "serve-v2-infer-virt", bad, where="virt")
+    host, virt, failed = rec.steps.values()
+    assert host.summary == results.Summary(4, 0.025, 0.01, 0.04)
+    assert "4 requests at concurrency 2: 80.0 req/s, p50 25.0 ms, p99 40.0 ms, 0 errors" in host.note
+    assert results.ratio(virt, list(rec.steps.values())) == pytest.approx(1.0)
+    assert failed.status == "failed" and failed.reason.startswith("1 of 2 requests failed (virt), first: #1")
+    data = report.to_json(MACHINE, list(rec.steps.values()), repeat=1, quick=False)
+    report.validate(json.loads(json.dumps(data, allow_nan=False)))
+    assert data["steps"][0]["metrics"] == [
+        {"requests": 4.0, "sent": 4.0, "concurrency": 2.0, "requests_per_second": 80.0, "p50_ms": 25.0,
+         "p99_ms": 40.0, "errors": 0.0, "wall_seconds": 0.05},
+    ]  # fmt: skip
+    assert data["steps"][2]["metrics"][0]["errors"] == 1.0
 
 
 def test_the_model_cannot_run_where_preflight_says_so(tmp_path: Path) -> None:

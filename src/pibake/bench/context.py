@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pibake.bench.results import Recorder
+from pibake.bench.serving import LoadPlan
 from pibake.bench.wheel import Wheel, tflite_wheel
 from pibake.errors import PibakeError
 
@@ -25,6 +26,7 @@ class Context:
     runs: int  # invocations of the model in one inference timing
     cold_rootfs: bool = False  # image-cold also rebuilds the debootstrapped root
     flash_size_mib: int = 1024  # size of the images the flash step writes
+    serve_plan: LoadPlan = field(default_factory=LoadPlan)  # requests, concurrency, time limit of a serving run
 
     @functools.cached_property
     def _wheel(self) -> tuple[Wheel | None, str]:

@@ -1,8 +1,10 @@
 """The bench's emulated-Pi steps: boot and shutdown on each profile, converge with site.yml, the model on the guest.
 
-One runner measures the three, because they share the guests: the image is provisioned
+One runner measures the four, because they share the guests: the image is provisioned
 once (converge), then each profile boots it once, timing the boot and, on the same guest,
-the model. Only one emulated guest runs at a time.
+the model and its inference service (serve: the load of pibake.bench.serving through the
+guest's port 8000 as forwarded to the host, compared with the same service run on this
+machine first). Only one emulated guest runs at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pibake.bench import serving
 from pibake.bench.context import Context
+from pibake.bench.host_service import measure_on_host
 from pibake.bench.inference import infer_on_guest
 from pibake.bench.results import Recorder
 from pibake.bench.wheel import Wheel, cannot_run_model
@@ -29,15 +33,24 @@ log = logging.getLogger(__name__)
 
 GUEST_NAME = "pibake-bench"
 CONVERGE_PROFILE = "virt"
+# Seconds a booted guest's service may take to answer GET / (the role's inference_service_start_timeout).
+SERVICE_READY_SECONDS = 300.0
 
 
 def emulated(ctx: Context) -> None:
-    """boot, converge and infer-guest, those of them that are selected; a failure outside a step is its own row."""
-    wheel = ctx.wheel if "infer-guest" in ctx.selected else None
+    """boot, converge, infer-guest and serve, those of them that are selected; a failure outside a step is its own row.
+
+    serve measures the service on this machine first, with no guest running, for the guests' rows to compare with.
+    """
+    serve = ctx.serve_plan if "serve" in ctx.selected else None
+    wheel = ctx.wheel if "infer-guest" in ctx.selected or serve else None
+    if serve:
+        measure_on_host(ctx.project, ctx.work / "serving", ctx.rec, serve, repeat=ctx.repeat)
     try:
         bench_emulated(
             ctx.project, ctx.work / "emulated", ctx.rec, selected=ctx.selected, profile_names=ctx.profile_names,
-            wheel=wheel, repeat=ctx.repeat, runs=ctx.runs,
+            wheel=wheel, repeat=ctx.repeat, runs=ctx.runs, serve=serve,
+            samples=serving.sample_images(ctx.project),
         )  # fmt: skip
     except PibakeError as e:
         ctx.rec.fail("emulated", "boot", e)
@@ -58,8 +71,10 @@ def _boot_profile(
     infer: bool,
     boot: bool,
     runs: int,
+    serve: serving.LoadPlan | None = None,
+    samples: Sequence[Path] = (),
 ) -> None:
-    """Boot IMG (copy-on-write) on PROFILE: time the cold boot, shutdown and a snapshot restore, and the model."""
+    """Boot IMG (copy-on-write) on PROFILE: time cold boot, shutdown and snapshot restore; the model; the service."""
     infer_name = f"infer-guest-{profile}"
     can_infer = infer
     if infer:
@@ -67,7 +82,15 @@ def _boot_profile(
         if reason:
             rec.cannot(infer_name, "inference", reason)
             can_infer = False
-    if not (boot or can_infer):
+    can_serve = serve is not None
+    if serve is not None and wheel is not None:
+        # The service loads the model when it starts: where the model cannot run, the service never answers.
+        reason = cannot_run_model(wheel.path, profile)
+        if reason:
+            for endpoint in serving.ENDPOINTS:
+                rec.cannot(f"{endpoint}-{profile}", serving.GROUP, f"the service cannot load the model: {reason}")
+            can_serve = False
+    if not (boot or can_infer or can_serve):
         return
     # Cold, saving a snapshot on the way; then (boot step) the same launch restored from it.
     guest = emulator.start(img, profile=profile, name=GUEST_NAME, inventory=None, timeout=600, renew_snapshot=True)
@@ -88,6 +111,8 @@ def _boot_profile(
                     infer_name, "inference", *timing["seconds"], ratio_to="infer-host",
                     note=f"{timing['runtime']}, per image, cpu {guest.cpu}",
                 )  # fmt: skip
+        if can_serve and serve is not None:
+            _serve_on_guest(guest, rec, serve, samples)
     finally:
         emulator.stop(GUEST_NAME)
 
@@ -102,8 +127,13 @@ def bench_emulated(
     wheel: Wheel | None,
     repeat: int,
     runs: int,
+    serve: serving.LoadPlan | None = None,
+    samples: Sequence[Path] = (),
 ) -> None:
-    """Provision a prepared copy of the base image (converge), then boot it on each of PROFILE_NAMES, REPEAT times."""
+    """Provision a prepared copy of the base image (converge), then boot it on each of PROFILE_NAMES, REPEAT times.
+
+    With SERVE, the service on each booted guest gets that load of SAMPLES.
+    """
     built = image.build_image(image.default_spec())
     work.mkdir(parents=True, exist_ok=True)
     prepared = work / "prepared.img"
@@ -112,7 +142,7 @@ def bench_emulated(
         built.path, output=prepared, power_of_two=sd, console="ttyAMA0", ssh_pubkey=sshkey.ensure_keypair().public_key
     )
     provisioned = work / "provisioned.img"
-    needs_provisioned = "converge" in selected or "infer-guest" in selected
+    needs_provisioned = "converge" in selected or "infer-guest" in selected or serve is not None
     try:
         for i in range(repeat):
             log.info("bench: emulated steps, repetition %d of %d", i + 1, repeat)
@@ -130,13 +160,39 @@ def bench_emulated(
                         infer="infer-guest" in selected and provisioned.exists(),
                         boot="boot" in selected,
                         runs=runs,
+                        serve=serve if provisioned.exists() else None,
+                        samples=samples,
                     )
-            if "infer-guest" in selected and not provisioned.exists():
+            if not provisioned.exists():
+                unprovisioned = "the image could not be provisioned (converge)"
                 for profile in profile_names:
-                    rec.cannot(f"infer-guest-{profile}", "inference", "the image could not be provisioned (converge)")
+                    if "infer-guest" in selected:
+                        rec.cannot(f"infer-guest-{profile}", "inference", unprovisioned)
+                    if serve is not None:
+                        for endpoint in serving.ENDPOINTS:
+                            rec.cannot(f"{endpoint}-{profile}", serving.GROUP, unprovisioned)
     finally:
         prepared.unlink(missing_ok=True)
         provisioned.unlink(missing_ok=True)
+
+
+def _serve_on_guest(guest: emulator.Guest, rec: Recorder, plan: serving.LoadPlan, samples: Sequence[Path]) -> None:
+    """The serving rows of GUEST's profile: the load through the guest's port 8000, once its service answers."""
+    names = [f"{endpoint}-{guest.profile}" for endpoint in serving.ENDPOINTS]
+    try:
+        port = guest.host_port(serving.GUEST_PORT)
+        serving.wait_ready(
+            "127.0.0.1", port, timeout=SERVICE_READY_SECONDS,
+            hint="; on the guest: systemctl status pibake-inference.service",
+        )  # fmt: skip
+    except PibakeError as e:
+        for name in names:
+            rec.fail(name, serving.GROUP, e)
+        return
+    serving.measure(
+        rec, "127.0.0.1", port, samples, plan, suffix=guest.profile, where=f"{guest.profile}, cpu {guest.cpu}",
+        ratio_suffix="host",
+    )  # fmt: skip
 
 
 def _converge(project: Path, prepared: Path, provisioned: Path, work: Path, rec: Recorder, *, timed: bool) -> None:

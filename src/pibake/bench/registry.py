@@ -9,11 +9,12 @@
   infer-qemu-user  the same in a chroot of the cached armhf root, under qemu-user with each
                    profile's CPU (QEMU_CPU)
   infer-guest      the same on the provisioned image booted on each profile
-  serve            requests/s and latency of the inference service (issue 5)
+  serve            requests/s, p50 and p99 latency of the inference service under load (POST /predict, OIP v2
+                   binary infer): on this machine, then on the provisioned image booted on each profile
   flash            pibake.bench.flash's runs: dd, pibake, bmap, to a loop device
 
-A runner may measure several steps (one set of guests serves boot, converge and
-infer-guest); it runs once, at the place of the last of its steps, so that the guest's
+A runner may measure several steps (one set of guests serves boot, converge,
+infer-guest and serve); it runs once, at the place of the last of its steps, so that the guest's
 inference comes after the host's and qemu-user's it is compared with.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pibake.bench import emulated, image, inference, serving
+from pibake.bench import emulated, image, inference
 from pibake.bench.context import Runner
 from pibake.bench.flash import flash_step
 from pibake.errors import UsageError
@@ -45,7 +46,7 @@ REGISTRY: tuple[Entry, ...] = (
     Entry("infer-host", inference.infer_host, quick=True),
     Entry("infer-qemu-user", inference.infer_qemu_user, quick=True),
     Entry("infer-guest", emulated.emulated),
-    Entry("serve", serving.serve),
+    Entry("serve", emulated.emulated),
     Entry("flash", flash_step, quick=True),
 )
 STEPS = tuple(e.name for e in REGISTRY)

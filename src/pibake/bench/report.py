@@ -66,6 +66,7 @@ def to_json(machine: dict[str, Any], steps: Sequence[Step], *, repeat: int, quic
                 "ratio_to": step.ratio_to,
                 "ratio": ratio(step, steps),
                 "note": step.note,
+                "metrics": step.metrics,
             }
         )
     return {"schema": SCHEMA, "machine": machine, "repeat": repeat, "quick": quick, "steps": out_steps}
@@ -136,7 +137,7 @@ def render_chart(steps: Sequence[Step], machine: dict[str, Any], path: Path) -> 
     )
     for ax, group in zip(axes[:, 0], groups, strict=True):
         members = [s for s in steps if s.group == group]
-        scale, unit = (1e3, "ms") if group == "inference" else (1.0, "s")
+        scale, unit = (1e3, "ms") if group in ("inference", "serving") else (1.0, "s")
         labels = [s.name for s in members]
         ys = list(range(len(members)))
         top = max((s.summary.max * scale for s in members if s.summary), default=1.0) or 1.0

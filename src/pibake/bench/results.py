@@ -45,6 +45,8 @@ class Step:
     reason: str = ""
     ratio_to: str | None = None
     note: str = ""
+    # Figures of each run beyond the samples, by name (the serving rows: requests_per_second, p50_ms, p99_ms, errors).
+    metrics: list[dict[str, float | None]] = field(default_factory=list)
 
     @property
     def summary(self) -> Summary | None:

@@ -1,7 +1,7 @@
 """`pibake bench`: run the selected steps of the registry on this machine, N times, and write what they measured.
 
-A step that cannot run here (a CPU the tflite wheel needs instructions from, a service that
-does not exist yet, no root for a loop device) is reported with its reason, never dropped.
+A step that cannot run here (a CPU the tflite wheel needs instructions from, no TFLite or
+uvicorn on this machine's Python, no root for a loop device) is reported with its reason, never dropped.
 Results go to OUTPUT_DIR/bench.json (with the machine's facts), OUTPUT_DIR/bench.png and
 OUTPUT_DIR/bench.md (the table). The steps are listed in ``pibake.bench.registry``.
 """
@@ -20,6 +20,7 @@ from pibake.bench import registry, report
 from pibake.bench.context import Context
 from pibake.bench.machine import machine_facts
 from pibake.bench.results import GROUPS, Recorder, Step
+from pibake.bench.serving import LoadPlan
 from pibake.emulate import profiles
 from pibake.errors import UsageError
 
@@ -48,10 +49,17 @@ def run_bench(
     quick: bool = False,
     cold_rootfs: bool = False,
     flash_size_mib: int | None = None,
+    serve_requests: int = LoadPlan.requests,
+    serve_concurrency: int = LoadPlan.concurrency,
 ) -> BenchResult:
     """Run the selected steps REPEAT times (once with QUICK) and write bench.json, bench.png and bench.md."""
     if repeat < 1:
         raise UsageError(f"--repeat takes a positive number, not {repeat}")
+    if serve_requests < 1 or serve_concurrency < 1:
+        raise UsageError(
+            f"--serve-requests and --serve-concurrency take positive numbers, not {serve_requests} and "
+            f"{serve_concurrency}"
+        )
     if not (project / "site.yml").is_file():
         raise UsageError(f"no site.yml in {project}: run the bench from the pibake checkout (or pass --project)")
     if quick:
@@ -72,6 +80,7 @@ def run_bench(
         runs=3 if quick else 5,
         cold_rootfs=cold_rootfs,
         flash_size_mib=flash_size_mib or (64 if quick else 1024),
+        serve_plan=LoadPlan(requests=serve_requests, concurrency=serve_concurrency),
     )
     log.info("bench: steps %s, %d repetition(s), profiles %s", ", ".join(selected), repeat, ", ".join(names))
     for runner in registry.runners(selected):

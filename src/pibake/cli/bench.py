@@ -18,6 +18,8 @@ def _bench(a: argparse.Namespace) -> int:
         quick=a.quick,
         cold_rootfs=a.cold_rootfs,
         flash_size_mib=a.flash_size_mib,
+        serve_requests=a.serve_requests,
+        serve_concurrency=a.serve_concurrency,
     )
     print(res.table)
     print(f"\n{res.json_path}\n{res.png_path}\n{res.table_path}")
@@ -27,6 +29,7 @@ def _bench(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `bench` to the top-level subparsers SUB."""
     from pibake.bench.registry import QUICK_STEPS, STEPS
+    from pibake.bench.serving import LoadPlan
 
     p = sub.add_parser(
         "bench",
@@ -49,6 +52,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--cold-rootfs",
         action="store_true",
         help="image-cold also deletes the cached debootstrap root (5-7 min each time; later steps wait for it)",
+    )
+    p.add_argument(
+        "--serve-requests",
+        type=int,
+        default=LoadPlan.requests,
+        metavar="N",
+        help="requests of each serving run, per endpoint and machine (default: %(default)s; a run also stops "
+        f"after {LoadPlan.seconds:.0f} s)",
+    )
+    p.add_argument(
+        "--serve-concurrency",
+        type=int,
+        default=LoadPlan.concurrency,
+        metavar="C",
+        help="connections sending them at once (default: %(default)s); more than the service's queue "
+        "(inference_service_queue_size, 16) get 503s, which fail the run",
     )
     p.add_argument("--flash-size-mib", type=int, default=None, help="flash image size (default: 1024, 64 with --quick)")
     p.add_argument(
