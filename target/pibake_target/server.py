@@ -73,7 +73,7 @@ def deadline_protocol(request_timeout: float) -> type[H11Protocol]:
                         self.transport.write(BAD_REQUEST_RESPONSE)
                     raise
 
-            self.conn.next_event = next_event_or_400
+            self.conn.next_event = next_event_or_400  # type: ignore[method-assign]
 
         def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's signature
             cycle = self.cycle
