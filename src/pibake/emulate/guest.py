@@ -38,6 +38,8 @@ POWER_DOWN_MARK = "reboot: Power down"
 # Guest ports forwarded by default: the inference service (Triton's HTTP port).
 DEFAULT_FORWARDS: tuple[int, ...] = (8000,)
 SERIAL_TAIL = 30
+# Seconds a restored guest gets to answer SSH before it is given up and booted cold (restores take 6-10 s here).
+RESTORE_TIMEOUT = 60.0
 
 # Children started by this process, so we can reap them (a dead child is a zombie
 # until waited for, and a zombie still answers kill(pid, 0)).
@@ -297,7 +299,7 @@ def start(
         overlay = sdir / "overlay.qcow2"
         launch = replace(launch, drive=overlay, drive_format="qcow2")
         template = replace(template, overlay=str(overlay))
-        if not cold and _reuse is None:
+        if not cold and _reuse is None and prof.snapshot:
             snap_key = snapshot.launch_key(image, prof, launch, profiles.qemu_binary(prof))
             snap = snapshot.find(snap_key)
             if snap is not None and renew_snapshot:
@@ -306,7 +308,9 @@ def start(
         if snap is not None:
             snapshot.restore_disk(snap, image, overlay)
             try:
-                guest = _boot(prof, replace(launch, incoming=snap.incoming()), template, sdir, timeout=timeout)
+                # A restored guest's sshd is already up: one that is silent for a minute will not answer.
+                restore_timeout = min(timeout, RESTORE_TIMEOUT)
+                guest = _boot(prof, replace(launch, incoming=snap.incoming()), template, sdir, timeout=restore_timeout)
                 guest.snapshot = snap.key
             except PibakeError as e:
                 if guest is not None:

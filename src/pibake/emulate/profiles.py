@@ -34,6 +34,9 @@ class Profile:
     dtb: str | None = None
     # The SoC decides CPU, cores and RAM (raspi2b): qemu gets no -cpu/-smp/-m.
     fixed_soc: bool = False
+    # A guest on this machine is saved and restored (snapshot starts). Only where a restore was seen to
+    # work: a vexpress-a9 guest restored on QEMU 7.2 never answers SSH again.
+    snapshot: bool = False
 
     @property
     def needs_power_of_two(self) -> bool:
@@ -95,6 +98,7 @@ def parse(data: dict[str, object], *, source: str = "<profile>") -> Profile:
             console=str(boot["console"]),
             dtb=str(boot["dtb"]) if "dtb" in boot else None,
             fixed_soc=bool(data.get("fixed_soc", False)),
+            snapshot=bool(data.get("snapshot", False)),
         )
     except (KeyError, AssertionError, TypeError, ValueError) as e:
         raise PibakeError(f"{source}: malformed machine profile ({e!r})") from e
