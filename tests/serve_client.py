@@ -22,6 +22,7 @@ Outside this package (molecule/default/tests has its own `tests`), load it by pa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import http.client
@@ -29,9 +30,10 @@ import json
 import random
 import socket
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -827,3 +829,33 @@ def run_fuzz(
                 f"after the fuzz: /predict {sample.name} answered {reply.status} {reply.body[:200]!r}"
             )
     return report
+
+
+@contextlib.contextmanager
+def slow_connections(client: ServeClient, count: int) -> Iterator[list[socket.socket]]:
+    """COUNT open connections: half idle (nothing sent), half a POST /predict that promises 100000 bytes and
+    sends 3; half of those trickle one more byte a second. All closed on exit."""
+    sockets: list[socket.socket] = []
+    stop = threading.Event()
+    head = b"POST /predict HTTP/1.1\r\nHost: pibake\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    try:
+        for number in range(count):
+            sock = socket.create_connection((client.host, client.port), timeout=10)
+            if number % 2:
+                sock.sendall(head + b"\x89PN")
+            sockets.append(sock)
+        tricklers = sockets[1::4]
+
+        def trickle() -> None:
+            while not stop.wait(1.0):
+                for sock in tricklers:
+                    with contextlib.suppress(OSError):
+                        sock.send(b"x")
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        yield sockets
+    finally:
+        stop.set()
+        for sock in sockets:
+            sock.close()

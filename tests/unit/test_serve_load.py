@@ -10,18 +10,15 @@ measured without the slow connections.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.serve_client import ServeClient, expected_label, run_fuzz, sample_images
+from tests.serve_client import ServeClient, expected_label, run_fuzz, sample_images, slow_connections
 from tests.serve_host import serve
 
 if importlib.util.find_spec("tflite_runtime") is None and importlib.util.find_spec("ai_edge_litert") is None:
@@ -61,36 +58,6 @@ def _timed_requests(client: ServeClient, count: int) -> tuple[list[float], list[
         if reply.status != 200 or reply.json().get("label") != expected_label(sample):
             failures.append(f"#{number}: {reply.status} {reply.body[:120]!r}")
     return seconds, failures
-
-
-@contextlib.contextmanager
-def slow_connections(client: ServeClient, count: int) -> Iterator[list[socket.socket]]:
-    """COUNT open connections: half idle (nothing sent), half a POST /predict that promises 100000 bytes and
-    sends 3; half of those trickle one more byte a second. All closed on exit."""
-    sockets: list[socket.socket] = []
-    stop = threading.Event()
-    head = b"POST /predict HTTP/1.1\r\nHost: pibake\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-    try:
-        for number in range(count):
-            sock = socket.create_connection((client.host, client.port), timeout=10)
-            if number % 2:
-                sock.sendall(head + b"\x89PN")
-            sockets.append(sock)
-        tricklers = sockets[1::4]
-
-        def trickle() -> None:
-            while not stop.wait(1.0):
-                for sock in tricklers:
-                    with contextlib.suppress(OSError):
-                        sock.send(b"x")
-
-        thread = threading.Thread(target=trickle, daemon=True)
-        thread.start()
-        yield sockets
-    finally:
-        stop.set()
-        for sock in sockets:
-            sock.close()
 
 
 def _measure(client: ServeClient, *, rounds: int = 4) -> tuple[list[float], list[float]]:

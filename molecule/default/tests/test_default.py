@@ -97,9 +97,7 @@ def test_runtime_imports_with_the_system_python(host: Any) -> None:
     assert cmd.stdout.strip() == RUNTIME_VERSION
 
 
-MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644)] + [
-    (f"samples/{p.name}", 0o644) for p in SAMPLES
-]
+MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644)] + [(f"samples/{p.name}", 0o644) for p in SAMPLES]
 
 
 @pytest.mark.parametrize(("name", "mode"), MODEL_FILES, ids=[name for name, _ in MODEL_FILES])
