@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pibake.emulate.ssh import free_port as free_port  # re-exported for the tests
+from pibake.util import proc
 from tests.serve_client import MODELS, REPO, ServeClient, find_model
 
 TARGET = REPO / "target"
 PACKAGE = TARGET / "pibake_target"
 LABELS = MODELS / "labels.txt"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def target_env() -> dict[str, str]:
@@ -74,10 +68,4 @@ def serve(tmp: Path, *args: str, model: Path | None = None, name: str = "car") -
             time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        proc.stop(process)

@@ -11,8 +11,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +18,9 @@ from pathlib import Path
 
 from pibake.bench import serving
 from pibake.bench.results import Recorder
+from pibake.emulate.ssh import free_port
 from pibake.errors import PibakeError
+from pibake.util import proc
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +42,13 @@ def unavailable(project: Path) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def host_service(project: Path, log_path: Path) -> Iterator[int]:
     """The service started from PROJECT's target/ and models/ on a free loopback port (yielded), ready; stopped after.
 
     A long-running server, so Popen rather than pibake.util.proc.run; its output goes to LOG_PATH.
     """
-    port = _free_port()
+    port = free_port()
     models = project / "models"
     argv = [
         sys.executable, "-m", "pibake_target", "serve", "--model", str(models / f"{MODEL_NAME}.tflite"),
@@ -73,13 +67,7 @@ def host_service(project: Path, log_path: Path) -> Iterator[int]:
             raise PibakeError(f"{e}\n{tail}") from e
         yield port
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        proc.stop(process)
 
 
 def measure_on_host(project: Path, work: Path, rec: Recorder, plan: serving.LoadPlan, *, repeat: int) -> None:

@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +26,7 @@ from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, snapshot, sshkey
 from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline
+from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import cache_root
@@ -440,18 +440,6 @@ def _inventory_host(guest: Guest) -> ansible_inventory.Host:
 # ---------------------------------------------------------------- stop
 
 
-def _qmp(sock_path: Path, command: str, timeout: float = 5) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(sock_path))
-        f = s.makefile("rwb")
-        f.readline()  # greeting
-        for cmd in ("qmp_capabilities", command):
-            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
-            f.flush()
-            f.readline()
-
-
 def _wait_exit(pid: int, sdir: Path, seconds: float) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -484,8 +472,8 @@ def stop(name: str, *, timeout: float = 120, keep_disk: bool = False) -> Stopped
             log.info("poweroff over SSH failed (%s); trying the ACPI power button", e)
         exited = _wait_exit(guest.pid, sdir, timeout * 0.75)
         if not exited:
-            with contextlib.suppress(OSError):
-                _qmp(sdir / "qmp.sock", "system_powerdown")
+            with contextlib.suppress(OSError, QMPError), QMP(sdir / "qmp.sock", timeout=5) as q:
+                q.execute("system_powerdown")
             exited = _wait_exit(guest.pid, sdir, timeout * 0.25)
         if exited:
             clean = POWER_DOWN_MARK in Path(guest.serial_log).read_text(errors="replace")

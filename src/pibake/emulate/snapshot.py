@@ -209,7 +209,7 @@ def save(guest: Guest, key: str, *, qmp_socket: Path, overlay: Path, meta: dict[
         tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    size = sum(p.stat().st_size for p in final.iterdir())
+    size = _bytes(final)
     log.info("saved snapshot %s of %s in %.1f s (%d MiB)", key[:12], guest.name, seconds, size >> 20)
     evict(keep=key)
     return Snapshot(key, final)
@@ -308,6 +308,11 @@ def refresh(guest: Guest, *, timeout: float = 60) -> None:
         client.close()
 
 
+def _bytes(directory: Path) -> int:
+    """Bytes in the files of a snapshot's DIRECTORY (state, disk.qcow2, meta.json)."""
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+
 def evict(*, keep: str | None = None, max_bytes: int | None = None) -> list[str]:
     """Remove the least recently used snapshots until they take at most MAX_BYTES (default
     $PIBAKE_SNAPSHOT_MAX_MB MiB, else DEFAULT_MAX_MB); never KEEP. Returns the removed keys."""
@@ -320,7 +325,7 @@ def evict(*, keep: str | None = None, max_bytes: int | None = None) -> list[str]
     for d in root.iterdir():
         if d.name.startswith(".") or not d.is_dir() or not (d / "meta.json").is_file():
             continue
-        size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+        size = _bytes(d)
         entries.append(((d / "meta.json").stat().st_mtime, d, size))
     total = sum(size for _, _, size in entries)
     removed = []
@@ -343,7 +348,7 @@ def listing() -> list[dict[str, Any]]:
     for meta in sorted(root.glob("*/meta.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         with contextlib.suppress(OSError, ValueError):
             data = json.loads(meta.read_text())
-            data["bytes"] = sum(p.stat().st_size for p in meta.parent.iterdir() if p.is_file())
+            data["bytes"] = _bytes(meta.parent)
             out.append(data)
     return out
 

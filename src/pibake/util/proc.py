@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
 import subprocess
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -96,3 +97,15 @@ def run(
             output=output,
         )
     return res.stdout
+
+
+def stop(process: subprocess.Popen[bytes], *, grace: float = 15) -> None:
+    """End a long-running PROCESS of ours: SIGTERM, then SIGKILL after GRACE seconds; reaped either way."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
