@@ -108,13 +108,17 @@ _RELEASE_DATE_STEM = re.compile(r"^\d{4}-\d{2}-\d{2}-raspios-")
 
 @dataclass(frozen=True)
 class Key:
-    """One key of pibake.toml: its dotted name, its default as TOML text ("" when it has none), what it does."""
+    """One key of pibake.toml: its dotted name, its default as TOML text, and what it does.
+
+    ``default`` is "" where there is no literal default (a required key, or one computed from the
+    model); ``example`` is then what `pibake init` shows, commented out.
+    """
 
     name: str
     default: str
     doc: str
-    # Required keys have no default: `pibake init` writes them uncommented.
     required: bool = False
+    example: str = ""
 
     @property
     def table(self) -> str:
@@ -150,15 +154,21 @@ SCHEMA: tuple[Key, ...] = (
         "",
         "The model: .tflite, .onnx, or Keras .keras/.h5 (converted to TFLite on this machine with the convert extra).",
         required=True,
+        example='"model.tflite"',
     ),
-    Key("model.labels", '"labels.txt"', "Class names, one a line, in the model's output order."),
+    Key("model.labels", '"labels.txt"', "Class names, one a line, in the model's output order (default: beside it)."),
     Key(
         "model.samples",
         '"samples/"',
-        "PNG or JPEG inputs run here and on the emulated Pi: a directory, a glob, a file, or a list of them.",
+        "PNG/JPEG inputs run here and on the emulated Pi: a directory, glob, file or list (default: beside it).",
     ),
     Key("model.tolerance", "1e-05", "Largest absolute difference allowed between this machine's and the Pi's outputs."),
-    Key("model.preprocessing.size", "[224, 224]", "Input [width, height] in pixels; default: the model's own input."),
+    Key(
+        "model.preprocessing.size",
+        "",
+        "Input [width, height] in pixels; default: the model's own input size.",
+        example="[224, 224]",
+    ),
     Key("model.preprocessing.scale", repr(DEFAULT_SCALE), "Each pixel (0-255) is multiplied by this (1/255)."),
     Key("model.preprocessing.mean", "0.0", "Subtracted after scaling: one number, or one per channel [r, g, b]."),
     Key("model.preprocessing.std", "1.0", "Divided by after the mean: one number, or one per channel [r, g, b]."),
@@ -182,10 +192,26 @@ SCHEMA: tuple[Key, ...] = (
     Key("system.timezone", f'"{DEFAULT_TIMEZONE}"', "Time zone (IANA name, e.g. Europe/London)."),
     Key("system.locale", f'"{DEFAULT_LOCALE}"', "Locale (e.g. en_GB.UTF-8)."),
     Key("system.packages", "[]", "Extra Debian packages to install."),
-    Key("system.wifi.country", '"GB"', "Regulatory country: ISO 3166 alpha-2, two capital letters (required)."),
-    Key("system.wifi.ssid", '"my-network"', "Network name (required)."),
-    Key("system.wifi.psk", '""', "Passphrase (8-63 characters) or 64 hex digits; leave out for an open network."),
-    Key("system.wifi.psk_env", '"PIBAKE_WIFI_PSK"', "Read the passphrase from this environment variable instead."),
+    Key(
+        "system.wifi.country",
+        "",
+        "Regulatory country: ISO 3166 alpha-2, two capital letters.",
+        required=True,
+        example='"GB"',
+    ),
+    Key("system.wifi.ssid", "", "Network name.", required=True, example='"my-network"'),
+    Key(
+        "system.wifi.psk",
+        "",
+        "Passphrase (8-63 characters) or 64 hex digits; leave it and psk_env out for an open network.",
+        example='"correct horse battery staple"',
+    ),
+    Key(
+        "system.wifi.psk_env",
+        "",
+        "Read the passphrase from this environment variable instead, to keep it out of this file.",
+        example='"PIBAKE_WIFI_PSK"',
+    ),
     Key("provision.playbooks", "[]", "Playbooks run after pibake's roles, in order."),
     Key("provision.roles", "[]", "Role directories applied after pibake's roles, in order."),
 )

@@ -1,0 +1,169 @@
+"""`pibake init`: the template has every key, its commented defaults are the loader's, and it loads as written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pibake import boards, init, project
+from pibake.errors import Refused, UsageError
+from tests.conftest import REPO, run_cli
+
+MODELS = REPO / "models"
+# A commented-out setting or table header, as init writes them (doc comments are prose).
+SETTING = re.compile(r"^# (\[[a-z.]+\]|[a-z_]+ = .*)$")
+
+
+@pytest.fixture
+def car(tmp_path: Path) -> Path:
+    """The car model with labels.txt and samples/ beside it, in tmp_path/m."""
+    m = tmp_path / "m"
+    m.mkdir()
+    shutil.copy(MODELS / "car.tflite", m / "car.tflite")
+    shutil.copy(MODELS / "labels.txt", m / "labels.txt")
+    shutil.copytree(MODELS / "samples", m / "samples")
+    return m / "car.tflite"
+
+
+def _uncomment(text: str, *, keep: frozenset[str] | set[str] = frozenset()) -> str:
+    """TEXT with every commented-out setting uncommented, except the tables and keys in KEEP."""
+    out, table = [], ""
+    for line in text.splitlines():
+        m = SETTING.match(line)
+        header = re.match(r"^(?:# )?\[([a-z.]+)\]$", line)
+        if header:
+            table = header.group(1)
+        name = f"{table}.{m.group(1).split(' ')[0]}" if m and not header else table
+        if m and table not in keep and name not in keep:
+            line = m.group(1)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _dotted(data: dict[str, object], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in data.items():
+        keys |= _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+    return keys
+
+
+def test_init_beside_the_model_loads_as_written(car: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(car.parent.parent)
+    res = run_cli(["init", "--model", str(car)])
+    assert res.code == 0, res.err
+    path = car.parent / "pibake.toml"
+    assert res.out.splitlines()[0] == f"wrote {path}"
+    text = path.read_text()
+    assert 'file = "car.tflite"' in text.splitlines()
+    assert 'labels = "labels.txt"' in text.splitlines() and 'samples = "samples/"' in text.splitlines()
+    p = project.load(path)
+    assert p.model.file == car and p.model.labels == ("car", "other") and len(p.model.samples) == 6
+    assert p.service.model_name == "car" and p.target.board == boards.DEFAULT_BOARD
+    assert not list(car.parent.glob("*.part"))
+
+
+def test_init_into_another_directory_names_the_model_relative_to_it(car: Path, tmp_path: Path) -> None:
+    (tmp_path / "proj").mkdir()
+    written = init.init(tmp_path / "proj", model=car)
+    assert written.path == tmp_path / "proj" / "pibake.toml"
+    lines = written.path.read_text().splitlines()
+    assert 'file = "../m/car.tflite"' in lines and 'labels = "../m/labels.txt"' in lines
+    assert 'samples = "../m/samples/"' in lines
+    assert project.load(written.path).model.file == car
+
+
+def test_the_template_holds_every_key_of_the_schema(car: Path) -> None:
+    text = init.init(model=car).path.read_text()
+    tomllib.loads(text)  # valid as written
+    keys = _dotted(tomllib.loads(_uncomment(text)))
+    assert keys == set(project.KEYS)
+    # Each key with its explanation, wrapped, right above it.
+    docs: dict[str, str] = {}
+    table, prose = "", list[str]()
+    for line in text.splitlines():
+        header = re.match(r"^(?:# )?\[([a-z.]+)\]$", line)
+        setting = SETTING.match(line) or re.match(r"^([a-z_]+) = ", line)
+        if header:
+            table, prose = header.group(1), []
+        elif setting:
+            docs[f"{table}.{setting.group(1).split(' ')[0]}"] = " ".join(prose)
+            prose = []
+        elif line.startswith("# "):
+            prose.append(line[2:])
+    assert docs == {k.name: k.doc for k in project.SCHEMA}
+
+
+def test_the_commented_defaults_are_the_loaders_defaults(car: Path) -> None:
+    path = init.init(model=car).path
+    text = path.read_text()
+    as_written = project.load(path)
+    # Keys with no literal default (an example shown instead) and the Wi-Fi table stay commented.
+    examples = {k.name for k in project.SCHEMA if not k.default}
+    path.write_text(_uncomment(text, keep={"system.wifi", *examples}))
+    assert project.load(path) == as_written
+
+
+def test_an_existing_project_file_is_refused_without_force(car: Path) -> None:
+    path = car.parent / "pibake.toml"
+    path.write_text("# mine\n")
+    res = run_cli(["init", "--model", str(car)])
+    assert res.code == Refused.exit_code == 3
+    assert res.err == f"pibake: error: {path} exists; pass --force to replace it\n"
+    assert path.read_text() == "# mine\n"
+    assert run_cli(["init", "--model", str(car), "--force"]).code == 0
+    assert project.load(path).model.file == car
+
+
+def test_the_one_model_in_the_directory_is_taken(car: Path) -> None:
+    res = run_cli(["init", str(car.parent)])
+    assert res.code == 0, res.err
+    assert project.load(car.parent).model.file == car
+
+
+def test_no_model_or_several_leave_model_file_to_fill_in(tmp_path: Path, car: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli(["init", str(empty)])
+    assert res.code == 0
+    assert "model.file: not set: edit it" in res.out
+    assert 'file = "model.tflite"' in (empty / "pibake.toml").read_text().splitlines()
+    with pytest.raises(UsageError, match=r"pibake.toml:\d+: model.file: no such file"):
+        project.load(empty)
+
+    shutil.copy(car, car.with_name("other.tflite"))
+    res = run_cli(["init", str(car.parent)])
+    assert res.code == 0
+    assert "there are several: car.tflite, other.tflite" in res.out
+    text = (car.parent / "pibake.toml").read_text()
+    assert "# Set this to your model file (found: car.tflite, other.tflite)." in text
+
+
+def test_labels_and_samples_not_beside_the_model_stay_commented(tmp_path: Path) -> None:
+    shutil.copy(MODELS / "car.tflite", tmp_path / "car.tflite")
+    res = run_cli(["init", "--model", str(tmp_path / "car.tflite")])
+    assert res.code == 0
+    assert "model.labels   no labels.txt beside the model: set it" in res.out
+    lines = (tmp_path / "pibake.toml").read_text().splitlines()
+    assert '# labels = "labels.txt"' in lines and '# samples = "samples/"' in lines
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("gone.tflite", "no model file"), ("notes.txt", "notes.txt: not a model file pibake takes")],
+)
+def test_a_bad_model_argument(tmp_path: Path, name: str, message: str) -> None:
+    if name == "notes.txt":
+        (tmp_path / name).write_text("x")
+    res = run_cli(["init", "--model", str(tmp_path / name)])
+    assert res.code == UsageError.exit_code
+    assert message in res.err
+    assert not (tmp_path / "pibake.toml").exists()
+
+
+def test_a_missing_directory(tmp_path: Path) -> None:
+    res = run_cli(["init", str(tmp_path / "nope")])
+    assert res.code == UsageError.exit_code and f"no directory {tmp_path / 'nope'}" in res.err
