@@ -167,3 +167,11 @@ def test_a_bad_model_argument(tmp_path: Path, name: str, message: str) -> None:
 def test_a_missing_directory(tmp_path: Path) -> None:
     res = run_cli(["init", str(tmp_path / "nope")])
     assert res.code == UsageError.exit_code and f"no directory {tmp_path / 'nope'}" in res.err
+
+
+def test_the_bundled_example_shows_every_key() -> None:
+    text = (REPO / "examples" / "car" / "pibake.toml").read_text()
+    data = tomllib.loads(text)
+    model = {"file": "model/car.tflite", "labels": "model/labels.txt", "samples": "model/samples/", "preprocessing": {}}
+    assert data["model"] == model
+    assert _dotted(tomllib.loads(_uncomment(text))) == set(project.KEYS)
