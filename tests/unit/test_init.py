@@ -175,3 +175,13 @@ def test_the_bundled_example_shows_every_key() -> None:
     model = {"file": "model/car.tflite", "labels": "model/labels.txt", "samples": "model/samples/", "preprocessing": {}}
     assert data["model"] == model
     assert _dotted(tomllib.loads(_uncomment(text))) == set(project.KEYS)
+
+
+def test_the_readme_documents_every_key_with_its_default() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Project file (pibake.toml)", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z_.]+)` \| ([^|]+) \|", section, re.M)}
+    assert set(rows) == set(project.KEYS)
+    for key in project.SCHEMA:
+        if key.default and key.name not in {"model.labels", "model.samples"}:  # those: "beside the model"
+            assert f"`{key.default}`" in rows[key.name], key.name
