@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -630,6 +631,8 @@ def test_a_bad_user(proj: Path, value: str, message: str) -> None:
     ],
 )
 def test_bad_system_settings(proj: Path, key: str, value: object, message: str) -> None:
+    if value == "Mars/Olympus" and not zoneinfo.available_timezones():
+        pytest.skip("no time zone data on this host: zones are checked by their form only")
     rendered = f'"{value}"' if isinstance(value, str) else f'["{value[0]}"]'  # type: ignore[index]
     _write(proj, MINIMAL + f"[system]\n{key} = {rendered}\n")
     assert message in _error(proj)
