@@ -97,7 +97,16 @@ def test_install_verify_switch_rollback_and_prune(deploy, tmp_path: Path) -> Non
     # The model and labels.txt, and each sample (predict.py is not in a version any more: pibake_target is shared).
     assert len(sums.splitlines()) == 2 + len(list((v1 / "samples").glob("*.png")))
     subprocess.run(["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=root / "versions/1.0", check=True)
+    assert re.search(r"\.png: \w+ \(\d\.\d{4}\)", first.out), first.out[-3000:]  # the smoke check ran
     assert deploy(v1).changed == 0  # idempotent
+    # The smoke check passed on this version, package and Python environment: not again, unless asked.
+    again = deploy(v1, model_smoke_check_enabled="true")
+    assert (again.rc, again.changed) == (0, 0), again.out[-3000:]
+    assert "passed before on the same version" in again.out
+    assert not re.search(r"\.png: \w+ \(\d\.\d{4}\)", again.out)
+    forced = deploy(v1, model_smoke_check_enabled="true", model_smoke_check_always="true")
+    assert forced.rc == 0, forced.out[-3000:]
+    assert re.search(r"\.png: \w+ \(\d\.\d{4}\)", forced.out), forced.out[-3000:]
 
     # A new version: copied beside the first, then the symlink moves.
     res = deploy(v2)

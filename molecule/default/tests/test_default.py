@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from verify_helpers import before_reboot_only
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "models"
@@ -80,9 +81,10 @@ def guest_report(host: Any) -> dict[str, Any]:
 
 
 def test_runtime_wheel_is_installed_at_the_pinned_version(host: Any) -> None:
-    package = host.pip("tflite-runtime", pip_path="pip3")
-    assert package.is_installed
-    assert package.version == RUNTIME_VERSION
+    # From the installed distribution's metadata: testinfra's host.pip runs pip, 88 s on the emulated Pi.
+    version = host.run("python3 -I -c 'import importlib.metadata as m; print(m.version(\"tflite-runtime\"))'")
+    assert version.rc == 0, version.stderr
+    assert version.stdout.strip() == RUNTIME_VERSION
 
 
 def test_runtime_wheel_on_the_guest_is_the_pinned_one(host: Any) -> None:
@@ -118,11 +120,13 @@ def test_the_current_model_is_the_sources_version_and_verifies(host: Any) -> Non
     assert check.rc == 0, check.stdout + check.stderr
 
 
+@before_reboot_only
 def test_guest_classifies_every_sample(guest_report: dict[str, Any]) -> None:
     assert sorted(_by_image(guest_report)) == [p.name for p in SAMPLES]
     assert guest_report["runtime"].startswith("tflite_runtime ")
 
 
+@before_reboot_only
 def test_guest_labels_every_sample_as_its_name_says(guest_report: dict[str, Any]) -> None:
     # samples/<label>_<n>.png
     assert {image: r["label"] for image, r in _by_image(guest_report).items()} == {
@@ -130,11 +134,13 @@ def test_guest_labels_every_sample_as_its_name_says(guest_report: dict[str, Any]
     }
 
 
+@before_reboot_only
 def test_guest_labels_match_the_host(guest_report: dict[str, Any], host_report: dict[str, Any]) -> None:
     guest, reference = _by_image(guest_report), _by_image(host_report)
     assert {image: r["label"] for image, r in guest.items()} == {image: r["label"] for image, r in reference.items()}
 
 
+@before_reboot_only
 @pytest.mark.parametrize("image", [p.name for p in SAMPLES])
 def test_guest_probabilities_match_the_host(
     guest_report: dict[str, Any], host_report: dict[str, Any], image: str

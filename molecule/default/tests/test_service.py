@@ -1,7 +1,8 @@
 """The inference service on the emulated Pi: a sandboxed systemd service that answers /predict,
 the Open Inference Protocol v2 (tritonclient with its defaults), and survives malformed requests.
 
-Runs in both verify runs: after converge, and after side_effect's reboot.
+Runs in both verify runs, after converge and after side_effect's reboot, except tritonclient, malformed requests
+and slow connections: a reboot does not change how the service speaks the protocol or handles load.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from verify_helpers import REPO, rebooted, serve_client
+from verify_helpers import REPO, before_reboot_only, rebooted, serve_client
 
 SERVICE = yaml.safe_load((REPO / "roles/inference_service/defaults/main.yml").read_text())
 UNIT: str = SERVICE["inference_service_unit_name"]
@@ -68,10 +69,12 @@ def test_health_predict_and_open_inference_protocol(client: Any) -> None:
     serve_client.check_service(client, SAMPLES)
 
 
+@before_reboot_only
 def test_tritonclient_with_its_default_settings(client: Any) -> None:
     serve_client.check_tritonclient(client, SAMPLES)
 
 
+@before_reboot_only
 def test_malformed_requests_get_4xx_and_the_service_stays_healthy(host: Any, client: Any) -> None:
     pid_before = host.check_output("systemctl show -p MainPID --value %s", UNIT)
     report = serve_client.run_fuzz(client, SAMPLES, count=300)
@@ -81,6 +84,7 @@ def test_malformed_requests_get_4xx_and_the_service_stays_healthy(host: Any, cli
     assert host.check_output("systemctl show -p MainPID --value %s", UNIT) == pid_before  # never restarted
 
 
+@before_reboot_only
 def test_slow_and_idle_connections_do_not_starve_ready_requests(client: Any) -> None:
     """Issue 17's attack, on the emulated Pi: 200 connections held open (idle, or a POST /predict that promised
     100000 bytes and trickles) while 12 ordinary requests come in; every one must be answered right.

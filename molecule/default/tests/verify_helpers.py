@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_PORT = 8000
 
@@ -29,3 +31,10 @@ def rebooted() -> bool:
     """True in the verify run after side_effect's reboot (side_effect.yml leaves this mark)."""
     ephemeral = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
     return bool(ephemeral) and (Path(ephemeral) / "pibake-rebooted").exists()
+
+
+# For checks whose subject a reboot cannot change (files, the model's answers, how the service handles load):
+# the verify run before side_effect's reboot made them; the one after checks what the reboot is about.
+before_reboot_only = pytest.mark.skipif(
+    rebooted(), reason="a reboot does not change what this checks: the verify before the reboot ran it"
+)
