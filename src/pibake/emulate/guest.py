@@ -27,7 +27,7 @@ from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, snapshot, sshkey
 from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline
 from pibake.emulate.qmp import QMP, QMPError
-from pibake.emulate.ssh import BannerProbe, connect, free_port, ssh_run
+from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
 from pibake.util.cache import cache_root
 from pibake.util.proc import run
@@ -593,32 +593,29 @@ def wait_for_ssh(guest: Guest, *, timeout: float, banner_only: bool = False) -> 
     sdir = state_dir(guest.name)
     deadline = time.monotonic() + timeout
     last_report = time.monotonic()
-    with BannerProbe(guest.ssh_port) as probe:
-        while True:
-            if not _alive(guest.pid, sdir):
-                qemu_log = (
-                    (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
-                )
-                raise PibakeError(
-                    f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
-                    + serial_tail(guest.serial_log)
-                )
-            if probe.poll(wait=1.0):
-                if banner_only:
+    while True:
+        if not _alive(guest.pid, sdir):
+            qemu_log = (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
+            raise PibakeError(
+                f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
+                + serial_tail(guest.serial_log)
+            )
+        if ssh_banner(guest.ssh_port):
+            if banner_only:
+                return
+            try:
+                status_code, _ = ssh_run(guest, "true", timeout=30)
+                if status_code == 0:
                     return
-                try:
-                    status_code, _ = ssh_run(guest, "true", timeout=30)
-                    if status_code == 0:
-                        return
-                except (OSError, paramiko.SSHException) as e:
-                    log.debug("ssh not ready: %s", e)
-                time.sleep(0.5)
-            now = time.monotonic()
-            if now > deadline:
-                raise PibakeError(
-                    f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
-                    f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
-                )
-            if now - last_report > 15:
-                log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
-                last_report = now
+            except (OSError, paramiko.SSHException) as e:
+                log.debug("ssh not ready: %s", e)
+        now = time.monotonic()
+        if now > deadline:
+            raise PibakeError(
+                f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
+                f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
+            )
+        if now - last_report > 15:
+            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
+            last_report = now
+        time.sleep(1)
