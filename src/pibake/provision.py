@@ -20,9 +20,22 @@ def _tool(name: str) -> str:
     return found
 
 
-def provision(project: Path, inventory: Path, *, extra_vars: dict[str, str] | None = None) -> str:
-    """Run site.yml against INVENTORY, streaming Ansible's output; return that output."""
-    argv = [_tool("ansible-playbook"), str(project / "site.yml"), "-i", str(inventory)]
+def provision(
+    project: Path,
+    inventory: Path,
+    *,
+    extra_vars: dict[str, str] | None = None,
+    extra_vars_file: Path | None = None,
+    playbook: Path | None = None,
+) -> str:
+    """Run PLAYBOOK (default: PROJECT's site.yml) against INVENTORY with PROJECT's ansible.cfg, streaming Ansible's
+    output; return that output. EXTRA_VARS_FILE (JSON or YAML) is passed as ``-e @FILE``, then each EXTRA_VARS.
+
+    Raises pibake.errors.ToolMissing without ansible-playbook, and the error util.proc.run raises for a failed run.
+    """
+    argv = [_tool("ansible-playbook"), str(playbook or project / "site.yml"), "-i", str(inventory)]
+    if extra_vars_file is not None:
+        argv += ["-e", f"@{extra_vars_file}"]
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
     # Unbuffered, so each task shows as it happens rather than in blocks.

@@ -1,39 +1,34 @@
-"""`pibake demo`: the whole job on the bundled car model; prints the Pi's predictions and the finished image."""
+"""`pibake demo`: `pibake bake` on the bundled example project (examples/car), the board overridable."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from pibake import boards
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from pibake import demo
+    from pibake import bake, project
+    from pibake.cli.bake import print_result
 
-    res = demo.demo(project=a.project, board=a.board, profile=a.profile, cpu=a.cpu, output=a.output)
-    print("\nPredictions of the demo model, run on the emulated Pi (predict command, then POST /predict):")
-    served = {str(p["image"]): p for p in res.served}
-    for p in res.predictions:
-        s = served.get(str(p["image"]), {})
-        print(
-            f"  {p['image']:<24} {p['label']:<12} {p['probability']:.4f}"
-            + (f"   service: {s['label']} {s['probability']:.4f} (model version {s.get('version')})" if s else "")
-        )
-    print(f"\nFinished image: {res.image}\n  sha256 {res.sha256}  ({res.image.name}.sha256)")
-    print(f"  manifest {res.manifest}" + (f", bmap {res.bmap}" if res.bmap else ""))
-    print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings.items()))
-    return 0
+    example = project.load(a.project / "examples" / "car")
+    example = dataclasses.replace(example, target=dataclasses.replace(example.target, board=a.board))
+    say = lambda line: print(f"pibake demo: {line}")  # noqa: E731
+    res = bake.bake(example, profile=a.profile, cpu=a.cpu, name="pibake-demo", output=a.output, say=say)
+    return print_result(res)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `demo` to the top-level subparsers SUB."""
     p = sub.add_parser(
         "demo",
-        help="the whole job: build, boot, provision with site.yml, run the model on the Pi, keep the finished image",
-        description="Build (or reuse) the base image, boot a copy of it, provision it with site.yml, run the demo "
-        "model on the emulated Pi and print its predictions for the bundled samples, shut the guest down "
-        "cleanly and leave the finished image and its .sha256 in build/.",
+        help="`pibake bake` on the bundled car model (examples/car): image, boot, provision, compare, card image",
+        description="Bake the bundled example project, examples/car (the car model, its labels and samples), for "
+        "--board: build (or reuse) the base image, boot a copy on the board's own core, provision it, run the model on "
+        "every sample here and on the emulated Pi, ask the inference service the same, shut down cleanly and finalize. "
+        "Leaves the image with .sha256, .bmap and manifest, and report.md/report.html, beside --output.",
     )
     p.add_argument(
         "--board",

@@ -1,0 +1,366 @@
+"""`pibake bake`: a project file (pibake.toml) to a finished card image with its report.
+
+Stages, in order, each timed for the report: image (build the Debian base or take the project's image), prepare
+(a copy, for the board and the profile), boot (the board's own core, cold: the copy is the card), provision
+(pibake's site.yml with the project's model, then the project's system settings, playbooks and roles), verify
+(the model on every sample on this machine and on the emulated Pi, compared within the tolerance; the inference
+service asked the same), shutdown, finalize (identity reset, .sha256, .bmap, manifest). The image is published
+(renamed from ``.part``) only when the guest shut down cleanly and every sample passed; the report is written in
+every case, so a failing bake says why in ``report.md``.
+
+What the harness does not carry yet is refused before any work, naming the key: Raspberry Pi OS releases as a
+base (`pibake image fetch` one, then name the file), ONNX and Keras models, preprocessing other than the
+Pi-side package's (RGB scaled by 1/255), Wi-Fi and locales on the Debian base, and a user other than ``pi``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pibake import boards, preflight, project, report
+from pibake.emulate import guest as emulator
+from pibake.emulate import profiles, sshkey
+from pibake.emulate.ssh import ssh_run
+from pibake.errors import PibakeError, UsageError
+from pibake.image import build as image
+from pibake.image import finalize, prepare
+from pibake.provision import provision
+from pibake.util.cache import cache_root, sha256_file
+
+log = logging.getLogger(__name__)
+
+# The checkout (or the installed collection) with site.yml, ansible.cfg and playbooks/.
+COLLECTION = Path(__file__).resolve().parents[2]
+# Where the model role keeps versions on the Pi (roles/model/defaults/main.yml: model_root).
+MODEL_ROOT = "/opt/pibake/model"
+GUEST_PACKAGE_DIR = "/usr/local/lib/pibake"
+MODEL_DIR = f"{MODEL_ROOT}/current"
+# The inference service's port on the guest (pibake.raspberry.inference_service), forwarded by the emulator.
+SERVICE_PORT = 8000
+# The bundled example project (`pibake demo`).
+EXAMPLE = COLLECTION / "examples" / "car"
+# The runtime python_runtime pins for the Debian bullseye armhf base (roles/python_runtime/defaults/main.yml).
+RUNTIME = "tflite-runtime"
+RUNTIME_VERSION = "2.11.0"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    """What a bake left in the project's build directory: the image (None unless it passed) and the report."""
+
+    report: report.BakeReport
+    image: Path | None
+    report_md: Path
+    report_html: Path
+
+
+def unsupported(proj: project.Project) -> list[str]:
+    """Why PROJ cannot be baked yet, one line per key (empty: it can). Checked before any work."""
+    problems = []
+    t, m, s = proj.target, proj.model, proj.system
+    if t.base_kind == "raspios":
+        problems.append(
+            f"target.base = {t.base!r}: fetch the release first (`pibake image fetch --release {t.base} -o FILE`) "
+            "and name the file as the base"
+        )
+    if m.format != "tflite":
+        problems.append(f"model.file: {m.file.name} is {m.format}; bake runs .tflite models for now")
+    pre = m.preprocessing
+    if (pre.scale, pre.mean, pre.std, pre.channel_order) != (project.DEFAULT_SCALE, (0.0,) * 3, (1.0,) * 3, "rgb"):
+        problems.append(
+            "model.preprocessing: the Pi-side package feeds RGB pixels scaled by 1/255 (scale 1/255, mean 0, std 1, "
+            "rgb); other preprocessing is not carried to the Pi yet"
+        )
+    if m.input_shape is not None and pre.size is not None and tuple(pre.size) != _input_size(m.input_shape):
+        problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
+    if proj.runtime.name not in (project.AUTO_RUNTIME, RUNTIME) or proj.runtime.version not in (None, RUNTIME_VERSION):
+        problems.append(f"runtime: the Debian bullseye base runs {RUNTIME} {RUNTIME_VERSION} only")
+    if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
+        problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
+    if t.base_kind == "debian" and s.wifi is not None:
+        problems.append("system.wifi: the Debian base has no Wi-Fi tools (wpasupplicant) yet")
+    if s.locale != project.DEFAULT_LOCALE:
+        problems.append(f"system.locale: only {project.DEFAULT_LOCALE} for now (the base has no locales package)")
+    bad = [p.name for p in m.samples if p.suffix.lower() not in SAMPLE_SUFFIXES]
+    if bad:
+        problems.append(f"model.samples: the Pi-side package reads PNG and JPEG images, not {', '.join(bad)}")
+    return problems
+
+
+def _input_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(width, height) of an NHWC input shape."""
+    return (shape[2], shape[1]) if len(shape) == 4 else (0, 0)
+
+
+def model_version(proj: project.Project) -> str:
+    """The version name of the project's model on the Pi: its file's stem and the first 12 hex of a digest over the
+    model, labels and samples (a changed file is a new version; the model role never changes a deployed one)."""
+    h = hashlib.sha256()
+    for path in (proj.model.file, proj.model.labels_file, *proj.model.samples):
+        h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    stem = "".join(c if c.isalnum() or c in "._+-" else "-" for c in proj.model.file.stem)[:40] or "model"
+    return f"{stem}-{h.hexdigest()[:12]}"
+
+
+def stage_model(proj: project.Project, directory: Path) -> str:
+    """Lay the project's model out as the model role reads it (VERSION, the model, labels.txt, samples/) in
+    DIRECTORY (replaced); return the version name."""
+    version = model_version(proj)
+    shutil.rmtree(directory, ignore_errors=True)
+    (directory / "samples").mkdir(parents=True)
+    (directory / "VERSION").write_text(version + "\n")
+    shutil.copyfile(proj.model.file, directory / proj.model.file.name)
+    shutil.copyfile(proj.model.labels_file, directory / "labels.txt")
+    for sample in proj.model.samples:
+        shutil.copyfile(sample, directory / "samples" / sample.name)
+    return version
+
+
+def provision_vars(proj: project.Project, source: Path, version: str) -> dict[str, object]:
+    """Extra vars for site.yml and playbooks/bake_system.yml (JSON-able)."""
+    current = f"{MODEL_ROOT}/current"
+    suffixes = sorted({p.suffix.lower() for p in proj.model.samples})
+    return {
+        "model_source_dir": str(source),
+        "model_version": version,
+        "model_file": proj.model.file.name,
+        "model_labels_file": "labels.txt",
+        "model_samples_glob": "samples/*" + (suffixes[0] if len(suffixes) == 1 else ""),
+        "inference_service_install_enabled": proj.service.enabled,
+        "inference_service_health_check_enabled": proj.service.enabled,
+        "inference_service_model_path": f"{current}/{proj.model.file.name}",
+        "inference_service_labels_path": f"{current}/labels.txt",
+        "inference_service_model_name": proj.service.model_name,
+        "inference_service_port": proj.service.port,
+        "bake_user": proj.system.user,
+        "bake_ssh_keys": list(proj.system.ssh_keys),
+        "bake_timezone": proj.system.timezone,
+        "bake_packages": list(proj.system.packages),
+    }
+
+
+def host_outputs(proj: project.Project) -> dict[str, object]:
+    """The model on every sample on this machine (the reference), as the Pi-side package's predict command prints
+    it: {"runtime": str, "results": [{"image", "label", "probability", "probabilities"}, ...]}."""
+    try:
+        from pibake_target.predict import predict
+    except ImportError as e:  # pragma: no cover - the package ships with pibake
+        raise PibakeError(f"pibake's Pi-side package is not importable here: {e}") from e
+    try:
+        return predict(str(proj.model.file), str(proj.model.labels_file), [str(p) for p in proj.model.samples])
+    except Exception as e:
+        raise PibakeError(f"{proj.model.file}: the model did not run on this machine: {e}") from e
+
+
+def predict_on_guest(
+    guest: emulator.Guest, model_dir: str = MODEL_DIR, *, model_file: str = "car.tflite"
+) -> dict[str, object]:
+    """The Pi-side package's predict command on GUEST over MODEL_DIR/samples/* (where pibake.raspberry.python_runtime
+    installed it): {"runtime", "results": [{"image", "label", "probability", "probabilities"}, ...]}."""
+    model = shlex.quote(f"{model_dir}/{model_file}")
+    cmd = (
+        f"PYTHONPATH={GUEST_PACKAGE_DIR} python3 -B -m pibake_target predict --model {model} "
+        f"--labels {model_dir}/labels.txt {model_dir}/samples/*"
+    )
+    code, out = ssh_run(guest, cmd, timeout=300)
+    if code != 0:
+        raise PibakeError(f"the model did not run on the guest (exit {code}):\n{out[-2000:]}")
+    try:
+        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
+        raise PibakeError(f"the predict command printed no JSON on the guest:\n{out[-2000:]}") from e
+    return result
+
+
+def predict_with_service(
+    guest: emulator.Guest, samples: list[Path], *, port: int = SERVICE_PORT
+) -> list[dict[str, object]]:
+    """POST each sample to the inference service on the guest, from this machine."""
+    url = f"http://127.0.0.1:{guest.host_port(port)}/predict"
+    answers: list[dict[str, object]] = []
+    for sample in samples:
+        req = urllib.request.Request(
+            url, data=sample.read_bytes(), headers={"Content-Type": "image/png"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=120) as reply:  # noqa: S310
+                answer = json.loads(reply.read())
+        except (OSError, ValueError) as e:
+            raise PibakeError(
+                f"the inference service on the guest did not answer /predict for {sample.name}: {e}"
+            ) from e
+        answers.append({"image": sample.name, **answer})
+    return answers
+
+
+def _vectors(outputs: dict[str, object], names: list[str], where: str) -> list[list[float]]:
+    results = outputs.get("results")
+    if not isinstance(results, list):
+        raise PibakeError(f"the {where} run printed no results")
+    by_image = {str(r.get("image")): r for r in results if isinstance(r, dict)}
+    missing = [n for n in names if n not in by_image]
+    if missing:
+        raise PibakeError(f"the {where} run gave no output for {', '.join(missing)}")
+    return [[float(x) for x in by_image[n]["probabilities"]] for n in names]
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]) -> Iterator[None]:
+    say(f"{name}...")
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - t0
+        say(f"{name}: {timings[name]:.0f} s")
+
+
+def bake(
+    proj: project.Project,
+    *,
+    profile: str | None = None,
+    cpu: str | None = None,
+    name: str = "pibake-bake",
+    output: Path | None = None,
+    collection: Path = COLLECTION,
+    say: Callable[[str], None] = log.info,
+) -> BakeResult:
+    """Bake PROJ into OUTPUT (default PROJ.root/build/STEM.img, STEM the model file's): the image with .sha256,
+    .bmap and manifest beside it when every sample passed, and report.md/report.html there always.
+
+    Raises UsageError for what `unsupported` lists (before any work) and PibakeError for a stage that fails; samples
+    off tolerance are not an exception: the result's image is None and its report says which."""
+    problems = unsupported(proj)
+    if problems:
+        raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
+    board = boards.get(proj.target.board)
+    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu)
+    prof = profiles.load(profile)
+    output = output or proj.root / "build" / f"{proj.model.file.stem}.img"
+    out_dir = output.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = output.with_name(output.name + ".part")
+    inventory = out_dir / "inventory.yml"
+    timings: dict[str, float] = {}
+    names = [p.name for p in proj.model.samples]
+
+    with _stage(timings, "image", say):
+        if proj.target.base_kind == "debian":
+            spec = image.default_spec(base=proj.target.base, size_mb=proj.target.image_size_mb, board=board.name)
+            base = image.build_image(spec).path
+            release = f"Debian {image.BASES[proj.target.base]} armhf (pibake's base)"
+        else:
+            assert proj.target.base_image is not None
+            base = proj.target.base_image
+            release = f"image {base.name}"
+    with _stage(timings, "reference", say):
+        reference = host_outputs(proj)
+        host = _vectors(reference, names, "host")
+
+    output.unlink(missing_ok=True)
+    try:
+        with _stage(timings, "prepare", say):
+            prepare.prepare(
+                base,
+                output=work,
+                power_of_two=prof.needs_power_of_two,
+                console=prof.console,
+                ssh_pubkey=sshkey.ensure_keypair().public_key,
+                hostname=proj.system.hostname,
+            )
+        staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
+        version = stage_model(proj, staged)
+        extra = out_dir / "provision-vars.json"
+        extra.write_text(json.dumps(provision_vars(proj, staged, version), indent=1) + "\n")
+        inventory.unlink(missing_ok=True)
+        forwards = (proj.service.port,) if proj.service.enabled else ()
+        with _stage(timings, "boot", say):
+            guest = emulator.start(
+                work, profile=profile, cpu=cpu, board=proj.target.board, name=name, persist=True,
+                inventory=inventory, forward=forwards, cold=True,
+            )  # fmt: skip
+        try:
+            with _stage(timings, "provision", say):
+                provision(collection, inventory, extra_vars_file=extra)
+                provision(collection, inventory, playbook=collection / "playbooks/bake_system.yml",
+                          extra_vars_file=extra)  # fmt: skip
+                for book in proj.provision.playbooks:
+                    provision(collection, inventory, playbook=book, extra_vars_file=extra)
+                if proj.provision.roles:
+                    provision(collection, inventory, playbook=_roles_play(out_dir, proj.provision.roles),
+                              extra_vars_file=extra)  # fmt: skip
+            with _stage(timings, "verify", say):
+                pi_out = predict_on_guest(guest, MODEL_DIR, model_file=proj.model.file.name)
+                pi = _vectors(pi_out, names, "Pi")
+                answers: list[report.ServiceAnswer | None] = [None] * len(names)
+                if proj.service.enabled:
+                    served = predict_with_service(guest, list(proj.model.samples), port=proj.service.port)
+                    answers = [report.ServiceAnswer(str(a["label"]), float(str(a["probability"]))) for a in served]
+        finally:
+            with _stage(timings, "shutdown", say):
+                stopped = emulator.stop(name)
+        if not stopped.clean:
+            raise PibakeError(f"{name} did not shut down cleanly; the image may not be consistent and was not kept")
+        samples = report.sample_results(names, host, pi, proj.model.tolerance, answers)
+        passed = all(s.passed for s in samples)
+        sha = None
+        if passed:
+            work.replace(output)
+            with _stage(timings, "finalize", say):
+                try:
+                    sha = finalize.finalize(output).sha256
+                except BaseException:
+                    output.unlink(missing_ok=True)
+                    raise
+    finally:
+        work.unlink(missing_ok=True)
+        inventory.unlink(missing_ok=True)
+
+    wheel = cache_root() / "wheels" / f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
+    wheels: tuple[report.Wheel, ...] = ()
+    if wheel.is_file():
+        checked = preflight.preflight([wheel], board=proj.target.board, profile=profile, cpu=cpu)
+        wheels = report.wheels_from_preflight(checked, {wheel.name: sha256_file(wheel)})
+    result = report.BakeReport(
+        project=str(proj.path),
+        board=board.name,
+        board_description=f"{board.model}, {board.soc}, {board.core}",
+        profile=profile,
+        emulated_cpu=prof.resolve_cpu(cpu),
+        base=proj.target.base,
+        release=release,
+        runtime=RUNTIME,
+        runtime_version=RUNTIME_VERSION,
+        wheels=wheels,
+        labels=proj.model.labels,
+        tolerance=proj.model.tolerance,
+        samples=samples,
+        timings=timings,
+        image=output if sha else None,
+        image_sha256=sha,
+        skipped=proj.skipped,
+    )
+    md, html_file = report.write(result, out_dir)
+    return BakeResult(result, output if sha else None, md, html_file)
+
+
+def _roles_play(out_dir: Path, roles: tuple[Path, ...]) -> Path:
+    """A play that applies ROLES (directories) to the Pi, written to OUT_DIR."""
+    play = out_dir / "project-roles.yml"
+    entries = "".join(f"    - role: {json.dumps(str(r))}\n" for r in roles)
+    play.write_text(
+        "---\n# Written by pibake bake: the project's [provision] roles.\n"
+        "- name: Apply the project's roles\n  hosts: raspberry_pi\n  become: true\n  roles:\n" + entries
+    )
+    return play

@@ -1,0 +1,108 @@
+"""pibake bake's steps that need no guest: what it refuses, the model's version and layout, the vars, the reference."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pibake import bake, project
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "car"
+
+
+@pytest.fixture(scope="module")
+def car() -> project.Project:
+    return project.load(EXAMPLE)
+
+
+def _copy_project(tmp_path: Path, edit: tuple[str, str] = ("", "")) -> Path:
+    """The car example as a project of its own in TMP_PATH, its pibake.toml with EDIT's first string replaced."""
+    shutil.copytree(EXAMPLE / "model", tmp_path / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    text = (EXAMPLE / "pibake.toml").read_text()
+    assert edit[0] in text
+    (tmp_path / "pibake.toml").write_text(text.replace(*edit) if edit[0] else text)
+    return tmp_path
+
+
+def test_the_bundled_example_can_be_baked(car: project.Project) -> None:
+    assert bake.unsupported(car) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda p: dataclasses.replace(p, system=dataclasses.replace(p.system, user="alice")), "system.user"),
+        (lambda p: dataclasses.replace(p, system=dataclasses.replace(p.system, locale="en_GB.UTF-8")), "system.locale"),
+        (
+            lambda p: dataclasses.replace(
+                p,
+                model=dataclasses.replace(
+                    p.model, preprocessing=dataclasses.replace(p.model.preprocessing, channel_order="bgr")
+                ),
+            ),
+            "model.preprocessing",
+        ),
+        (lambda p: dataclasses.replace(p, model=dataclasses.replace(p.model, format="onnx")), "model.file"),
+        (lambda p: dataclasses.replace(p, runtime=dataclasses.replace(p.runtime, version="2.14.0")), "runtime"),
+        (
+            lambda p: dataclasses.replace(
+                p, target=dataclasses.replace(p.target, base="bookworm-armhf-lite", base_kind="raspios")
+            ),
+            "pibake image fetch --release bookworm-armhf-lite",
+        ),
+    ],
+)
+def test_what_bake_cannot_carry_yet_is_refused_by_key(car: project.Project, change, says: str) -> None:  # type: ignore[no-untyped-def]
+    problems = bake.unsupported(change(car))
+    assert len(problems) == 1 and says in problems[0], problems
+
+
+def test_the_cli_refuses_before_any_work(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    proj = _copy_project(tmp_path, ('# locale = "C.UTF-8"', 'locale = "en_GB.UTF-8"'))
+    res = run_cli(["bake", str(proj)])
+    assert res.code == 2, res.err
+    assert "system.locale" in res.err
+    assert not (proj / "build").exists()  # nothing written
+
+
+def test_the_version_changes_with_any_file_and_the_layout_is_the_model_roles(
+    car: project.Project, tmp_path: Path
+) -> None:
+    version = bake.stage_model(car, tmp_path / "staged")
+    assert version == bake.model_version(car) and version.startswith("car-")
+    staged = tmp_path / "staged"
+    assert (staged / "VERSION").read_text().split() == [version]
+    assert (staged / "car.tflite").read_bytes() == car.model.file.read_bytes()
+    assert (staged / "labels.txt").read_text() == car.model.labels_file.read_text()
+    assert sorted(p.name for p in (staged / "samples").iterdir()) == sorted(p.name for p in car.model.samples)
+
+    other = project.load(_copy_project(tmp_path / "other"))
+    assert bake.model_version(other) == version  # the same files elsewhere: the same version
+    (tmp_path / "other" / "model" / "labels.txt").write_text("car\nsomething else\n")
+    assert bake.model_version(project.load(tmp_path / "other")) != version
+
+
+def test_the_vars_point_the_roles_at_the_projects_model(car: project.Project, tmp_path: Path) -> None:
+    extra = bake.provision_vars(car, tmp_path / "staged", "car-0123")
+    json.dumps(extra)  # passed to ansible-playbook as a JSON file
+    assert extra["model_source_dir"] == str(tmp_path / "staged") and extra["model_version"] == "car-0123"
+    assert extra["model_file"] == "car.tflite" and extra["model_samples_glob"] == "samples/*.png"
+    assert extra["inference_service_model_path"] == "/opt/pibake/model/current/car.tflite"
+    assert extra["inference_service_model_name"] == "car" and extra["inference_service_port"] == 8000
+
+
+def test_the_reference_run_gives_one_probability_vector_per_sample(car: project.Project) -> None:
+    outputs = bake.host_outputs(car)
+    names = [p.name for p in car.model.samples]
+    vectors = bake._vectors(outputs, names, "host")
+    assert len(vectors) == len(names) and all(len(v) == len(car.model.labels) for v in vectors)
+    assert all(abs(sum(v) - 1) < 1e-4 for v in vectors)  # softmax outputs
+    with pytest.raises(Exception, match=r"no output for nope\.png"):
+        bake._vectors(outputs, [*names, "nope.png"], "host")
