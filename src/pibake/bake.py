@@ -20,6 +20,7 @@ import json
 import logging
 import shlex
 import shutil
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,11 +32,12 @@ from pibake import boards, preflight, project, report
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.ssh import ssh_run
-from pibake.errors import PibakeError, UsageError
+from pibake.errors import CommandFailed, PibakeError, UsageError
 from pibake.image import build as image
 from pibake.image import finalize, prepare
 from pibake.provision import provision
 from pibake.util.cache import cache_root, sha256_file
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +153,23 @@ def provision_vars(proj: project.Project, source: Path, version: str) -> dict[st
 
 
 def host_outputs(proj: project.Project) -> dict[str, object]:
-    """The model on every sample on this machine (the reference), as the Pi-side package's predict command prints
-    it: {"runtime": str, "results": [{"image", "label", "probability", "probabilities"}, ...]}."""
+    """The model on every sample on this machine (the reference), by the Pi-side package's predict command in a child
+    Python, as on the Pi (a damaged model cannot take pibake down with it):
+    {"runtime": str, "results": [{"image", "label", "probability", "probabilities"}, ...]}.
+
+    Raises PibakeError when it fails or prints no JSON (no TFLite interpreter here: the `convert` extra has one).
+    """
+    argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(proj.model.file)]
+    argv += ["--labels", str(proj.model.labels_file), *map(str, proj.model.samples)]
     try:
-        from pibake_target.predict import predict
-    except ImportError as e:  # pragma: no cover - the package ships with pibake
-        raise PibakeError(f"pibake's Pi-side package is not importable here: {e}") from e
+        out = run(argv, env={"PYTHONPATH": str(COLLECTION / "target")}, timeout=600)
+    except CommandFailed as e:
+        raise PibakeError(f"{proj.model.file}: the model did not run on this machine:\n{e}") from e
     try:
-        return predict(str(proj.model.file), str(proj.model.labels_file), [str(p) for p in proj.model.samples])
-    except Exception as e:
-        raise PibakeError(f"{proj.model.file}: the model did not run on this machine: {e}") from e
+        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
+        raise PibakeError(f"the predict command printed no JSON here:\n{out[-2000:]}") from e
+    return result
 
 
 def predict_on_guest(
@@ -326,6 +335,8 @@ def bake(
     finally:
         work.unlink(missing_ok=True)
         inventory.unlink(missing_ok=True)
+        (out_dir / "provision-vars.json").unlink(missing_ok=True)
+        (out_dir / "project-roles.yml").unlink(missing_ok=True)
 
     wheel = cache_root() / "wheels" / f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
     wheels: tuple[report.Wheel, ...] = ()
