@@ -165,10 +165,15 @@ def host_outputs(proj: project.Project) -> dict[str, object]:
         out = run(argv, env={"PYTHONPATH": str(COLLECTION / "target")}, timeout=600)
     except CommandFailed as e:
         raise PibakeError(f"{proj.model.file}: the model did not run on this machine:\n{e}") from e
+    return _predict_report(out, "here")
+
+
+def _predict_report(out: str, where: str) -> dict[str, object]:
+    """The JSON line the predict command prints last (a runtime may chatter on the lines before it)."""
     try:
         result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError) as e:
-        raise PibakeError(f"the predict command printed no JSON here:\n{out[-2000:]}") from e
+        raise PibakeError(f"the predict command printed no JSON {where}:\n{out[-2000:]}") from e
     return result
 
 
@@ -185,11 +190,7 @@ def predict_on_guest(
     code, out = ssh_run(guest, cmd, timeout=300)
     if code != 0:
         raise PibakeError(f"the model did not run on the guest (exit {code}):\n{out[-2000:]}")
-    try:
-        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError) as e:
-        raise PibakeError(f"the predict command printed no JSON on the guest:\n{out[-2000:]}") from e
-    return result
+    return _predict_report(out, "on the guest")
 
 
 def predict_with_service(
@@ -261,6 +262,8 @@ def bake(
     out_dir.mkdir(parents=True, exist_ok=True)
     work = output.with_name(output.name + ".part")
     inventory = out_dir / "inventory.yml"
+    extra = out_dir / "provision-vars.json"
+    roles_play = out_dir / "project-roles.yml"
     timings: dict[str, float] = {}
     names = [p.name for p in proj.model.samples]
 
@@ -290,7 +293,6 @@ def bake(
             )
         staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
         version = stage_model(proj, staged)
-        extra = out_dir / "provision-vars.json"
         extra.write_text(json.dumps(provision_vars(proj, staged, version), indent=1) + "\n")
         inventory.unlink(missing_ok=True)
         forwards = (proj.service.port,) if proj.service.enabled else ()
@@ -307,7 +309,7 @@ def bake(
                 for book in proj.provision.playbooks:
                     provision(collection, inventory, playbook=book, extra_vars_file=extra)
                 if proj.provision.roles:
-                    provision(collection, inventory, playbook=_roles_play(out_dir, proj.provision.roles),
+                    provision(collection, inventory, playbook=_roles_play(roles_play, proj.provision.roles),
                               extra_vars_file=extra)  # fmt: skip
             with _stage(timings, "verify", say):
                 pi_out = predict_on_guest(guest, MODEL_DIR, model_file=proj.model.file.name)
@@ -335,8 +337,8 @@ def bake(
     finally:
         work.unlink(missing_ok=True)
         inventory.unlink(missing_ok=True)
-        (out_dir / "provision-vars.json").unlink(missing_ok=True)
-        (out_dir / "project-roles.yml").unlink(missing_ok=True)
+        extra.unlink(missing_ok=True)
+        roles_play.unlink(missing_ok=True)
 
     wheel = cache_root() / "wheels" / f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
     wheels: tuple[report.Wheel, ...] = ()
@@ -366,9 +368,8 @@ def bake(
     return BakeResult(result, output if sha else None, md, html_file)
 
 
-def _roles_play(out_dir: Path, roles: tuple[Path, ...]) -> Path:
-    """A play that applies ROLES (directories) to the Pi, written to OUT_DIR."""
-    play = out_dir / "project-roles.yml"
+def _roles_play(play: Path, roles: tuple[Path, ...]) -> Path:
+    """PLAY, written as a play that applies ROLES (directories) to the Pi."""
     entries = "".join(f"    - role: {json.dumps(str(r))}\n" for r in roles)
     play.write_text(
         "---\n# Written by pibake bake: the project's [provision] roles.\n"
