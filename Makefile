@@ -42,12 +42,16 @@ apt-packages:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-binfmt: apt-packages ## register qemu-arm with binfmt_misc so armhf binaries run here
-	@if ! grep -qs enabled /proc/sys/fs/binfmt_misc/qemu-arm; then \
-		[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
-		$(SUDO) update-binfmts --enable qemu-arm; \
-	fi
-	@grep -q enabled /proc/sys/fs/binfmt_misc/qemu-arm
+BINFMTS := qemu-arm qemu-aarch64
+
+binfmt: apt-packages ## register qemu-arm and qemu-aarch64 with binfmt_misc so armhf and arm64 binaries run here
+	@for f in $(BINFMTS); do \
+		if ! grep -qs enabled /proc/sys/fs/binfmt_misc/$$f; then \
+			[ -e /proc/sys/fs/binfmt_misc/register ] || $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+			$(SUDO) update-binfmts --enable $$f; \
+		fi; \
+		grep -q enabled /proc/sys/fs/binfmt_misc/$$f || exit 1; \
+	done
 
 venv: $(VENV)/.installed ## the Python venv with pibake, its test and dev tools, and TensorFlow (host-only model conversion)
 

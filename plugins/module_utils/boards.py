@@ -9,6 +9,10 @@ device trees under the mainline / Debian names and under Raspberry Pi OS's, the 
 and the kernel the firmware loads by default (Raspberry Pi documentation, "The boot folder" and
 "config.txt"), its header UART, and the QEMU machine profile (qemu/NAME.toml) and CPU that emulate it.
 
+For a 64-bit OS the ARMv8 boards are emulated on their own core (``cpu64``: Cortex-A53, Cortex-A72) by
+qemu-system-aarch64's virt board (profile virt64): Arm's cores as QEMU models them, which add the
+Cryptography Extensions the Pi's SoCs leave out.
+
 The instruction set is stated twice on purpose: as capabilities and as the Features line; a test
 checks that the second reads back as the first (plugins/module_utils/isa.py, from_cpu_features).
 Everything else reads this file: the pibake harness (pibake.boards, pibake.boards.firmware,
@@ -75,6 +79,9 @@ class Board:
     # The first mainline Linux with upstream_dtb, where it is later than 5.10 (Debian bullseye's
     # kernel, the oldest pibake builds for); None: 5.10 has it.
     upstream_dtb_since: str | None = None
+    # QEMU's model of the board's own core for a 64-bit OS (qemu-system-aarch64 -cpu, profile virt64); None: the
+    # core is not ARMv8 and runs no 64-bit OS.
+    cpu64: str | None = None
 
     def describe(self) -> str:
         """For example "pi2 (Raspberry Pi 2 Model B v1.1, BCM2836, Cortex-A7): ARMv7, VFPv4 (D32), ..."."""
@@ -188,6 +195,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        cpu64="cortex-a53",
     ),
     Board(
         name="pi3b-plus",
@@ -206,6 +214,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        cpu64="cortex-a53",
     ),
     Board(
         name="pi-zero-2",
@@ -225,6 +234,7 @@ _TABLE = (
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
         upstream_dtb_since="Linux 5.16",
+        cpu64="cortex-a53",
     ),
     Board(
         name="pi4",
@@ -243,6 +253,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        cpu64="cortex-a72",
     ),
 )
 

@@ -88,6 +88,11 @@ def unsupported(proj: project.Project) -> list[str]:
         problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
     if proj.runtime.name not in (project.AUTO_RUNTIME, RUNTIME) or proj.runtime.version not in (None, RUNTIME_VERSION):
         problems.append(f"runtime: the Debian bullseye base runs {RUNTIME} {RUNTIME_VERSION} only")
+    if t.arch == "arm64":
+        problems.append(
+            f"target.base = {t.base!r}: baking for a 64-bit base (its runtime in a venv) is not wired in yet; "
+            "use debian-bullseye (`pibake image build` and `pibake emulate start` do boot the arm64 base)"
+        )
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if t.base_kind == "debian" and s.wifi is not None:
@@ -271,7 +276,7 @@ def bake(
         if proj.target.base_kind == "debian":
             spec = image.default_spec(base=proj.target.base, size_mb=proj.target.image_size_mb, board=board.name)
             base = image.build_image(spec).path
-            release = f"Debian {image.BASES[proj.target.base]} armhf (pibake's base)"
+            release = f"{image.BASES[proj.target.base].describe()} (pibake's base)"
         else:
             assert proj.target.base_image is not None
             base = proj.target.base_image

@@ -14,7 +14,7 @@ IMAGE = Path(os.environ.get("PIBAKE_IMAGE", REPO / "build" / "pibake-bullseye.im
 
 
 def qemu_processes(marker: str) -> list[int]:
-    """PIDs of live qemu-system-arm processes whose command line mentions MARKER."""
+    """PIDs of live qemu-system-arm or qemu-system-aarch64 processes whose command line mentions MARKER."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -24,7 +24,7 @@ def qemu_processes(marker: str) -> list[int]:
             state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if "qemu-system-arm" in cmdline and marker in cmdline and state != "Z":
+        if ("qemu-system-arm" in cmdline or "qemu-system-aarch64" in cmdline) and marker in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids
 

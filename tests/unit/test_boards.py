@@ -93,3 +93,28 @@ def test_the_tflite_wheel_runs_on_pi2_and_up_only(tflite_wheel: Path, board: str
     report = preflight.preflight([tflite_wheel], board=board)
     board_verdict = next(v for v in report.verdicts if v.target.label.startswith("board "))
     assert board_verdict.ok is ok
+
+
+def test_a_64_bit_os_is_emulated_on_the_boards_own_core() -> None:
+    # Raspberry Pi documentation, "Processors": BCM2837 (Pi 3, 3B+), RP3A0 (Zero 2 W): Cortex-A53; BCM2711: Cortex-A72.
+    own = {"pi3": "cortex-a53", "pi3b-plus": "cortex-a53", "pi-zero-2": "cortex-a53", "pi4": "cortex-a72"}
+    virt64 = profiles.load(boards.PROFILE_64)
+    for name, board in boards.BOARDS.items():
+        assert board.cpu64 == own.get(name)
+        if board.cpu64:
+            assert board.cpu64 == board.core.lower()  # the very core, not a stand-in
+            assert board.cpu64 in virt64.cpus
+            assert boards.emulation(board, arch="arm64") == ("virt64", board.cpu64)
+    assert boards.emulation(boards.get("pi4"), arch="arm64", cpu="cortex-a76") == ("virt64", "cortex-a76")
+
+
+@pytest.mark.parametrize("name", ["pi1", "pi-zero", "pi2"])
+def test_boards_without_an_armv8_core_refuse_a_64_bit_os(name: str) -> None:
+    with pytest.raises(UsageError, match=r"runs no 64-bit \(arm64\) OS"):
+        boards.emulation(boards.get(name), arch="arm64")
+
+
+def test_qemu_system_aarch64_has_the_boards_own_cores() -> None:
+    cpus = subprocess.run(["qemu-system-aarch64", "-cpu", "help"], capture_output=True, text=True, check=True).stdout
+    for cpu in ("cortex-a53", "cortex-a72", "cortex-a76"):
+        assert f"  {cpu}\n" in cpus

@@ -12,7 +12,7 @@ import pytest
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
 from pibake.errors import UsageError
-from pibake.image.build import ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
+from pibake.image.build import DebianBase, ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
 from pibake.image.check import BootPartition, RootPartition, inspect, parse_ext_superblock, root_mismatch
 from tests.conftest import run_cli
 
@@ -188,3 +188,44 @@ def test_ext_superblock_label_and_uuid() -> None:
     block[120:126] = b"rootfs"
     assert parse_ext_superblock(bytes(block)) == ("rootfs", str(fs_uuid))
     assert parse_ext_superblock(bytes(1024)) == (None, None)
+
+
+def test_the_arm64_base_boots_every_armv8_board_with_a_64_bit_config_txt() -> None:
+    assert piboot.debian_boards(arch="arm64") == ["pi3", "pi3b-plus", "pi-zero-2", "pi4"]
+    text = piboot.config_txt(
+        "pi-zero-2", kernel="vmlinuz-6.12.117+deb13-arm64", initrd="initrd.img-6.12.117+deb13-arm64", arch="arm64"
+    )
+    cfg = piboot.parse_config_txt(text)
+    assert cfg["arm_64bit"] == "1" and cfg["upstream_kernel"] == "1"
+    assert cfg["kernel"] == "vmlinuz-6.12.117+deb13-arm64"
+    assert piboot.recorded_board(text) == "pi-zero-2"
+    spec = default_spec(base="debian-trixie-arm64", board="pi-zero-2")  # 6.12 has the Zero 2 W's device tree
+    assert (spec.base.suite, spec.base.arch) == ("trixie", "arm64")
+    assert "linux-image-arm64" in spec.base.packages and "linux-image-armmp" not in spec.base.packages
+    assert "non-free-firmware" in spec.base.components  # raspi-firmware's component since bookworm
+
+
+@pytest.mark.parametrize("board", ["pi1", "pi-zero", "pi2"])
+def test_the_arm64_base_refuses_boards_that_cannot_run_64_bit_code(board: str) -> None:
+    with pytest.raises(UsageError, match=r"cannot run 64-bit \(arm64\) code.*debian-bullseye"):
+        default_spec(base="debian-trixie-arm64", board=board)
+
+
+def test_the_bullseye_recipe_is_unchanged_by_the_arm64_base() -> None:
+    # The cached bullseye rootfs stays valid: its recipe is still debootstrap's bullseye armhf with the same packages.
+    assert default_spec(base="debian-bullseye").base.key() == replace(DebianBase(), mirror=None).key()
+
+
+def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() -> None:
+    config = "arm_64bit=1\n"
+    boot = BootPartition(
+        files=frozenset({"bootcode.bin", "start.elf", "fixup.dat", "kernel8.img", "bcm2710-rpi-3-b.dtb"}),
+        config_txt=config,
+        cmdline_txt="console=serial0,115200 root=PARTUUID=1234abcd-02 rootwait\n",
+    )
+    result = inspect(boot, ROOT, "pi3")  # Raspberry Pi OS arm64: kernel8.img, downstream names
+    assert result.problems == ()
+    assert (result.kernel, result.dtb) == ("kernel8.img", "bcm2710-rpi-3-b.dtb")
+    pi2 = replace(boot, files=boot.files | {"bcm2709-rpi-2-b.dtb"})
+    (problem,) = inspect(pi2, ROOT, "pi2").problems
+    assert "arm_64bit=1" in problem and "Cortex-A7 cannot run one" in problem

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,26 @@ def test_sd_profiles_pass_their_device_tree_and_fixed_socs_take_no_cpu_choice(tm
 def test_a_kernel_without_initrd_gets_no_initrd_option(tmp_path: Path) -> None:
     argv = profiles.qemu_command(profiles.load("virt"), _launch(tmp_path, initrd=None))
     assert "-initrd" not in argv
+
+
+def test_the_64_bit_profile_runs_qemu_system_aarch64_on_the_boards_core(tmp_path: Path) -> None:
+    prof = profiles.load("virt64")
+    assert prof.arch == "arm64"
+    argv = profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a53"))
+    assert argv[0] == "qemu-system-aarch64"
+    assert _after(argv, "-M") == "virt"
+    assert _after(argv, "-cpu") == "cortex-a53"
+    assert "virtio-blk-device,drive=hd0" in argv
+    # Only the Pi 5's Cortex-A76 (ARMv8.2) has the dot product instructions.
+    assert "asimddp" in prof.features("cortex-a76")
+    assert "asimddp" not in prof.features("cortex-a72")
+    with pytest.raises(PibakeError, match="cannot emulate CPU 'cortex-a15'"):
+        profiles.qemu_command(prof, _launch(tmp_path, cpu="cortex-a15"))
+    assert profiles.qemu_binary(profiles.load("virt")) == "qemu-system-arm"
+
+
+def test_a_profile_of_an_unknown_architecture_is_refused() -> None:
+    data = tomllib.loads((profiles.profile_dir() / "virt64.toml").read_text())
+    data["arch"] = "riscv64"
+    with pytest.raises(PibakeError, match="arch must be one of"):
+        profiles.parse(data, source="x.toml")

@@ -563,7 +563,8 @@ def test_a_local_image_base(proj: Path) -> None:
 def test_an_unknown_base(proj: Path) -> None:
     path = _write(proj, '[target]\nbase = "ubuntu-noble"\n' + MINIMAL)
     message = _error(proj)
-    assert message.startswith(f"{path}:2: target.base: 'ubuntu-noble' is neither a Debian base (debian-bullseye)")
+    bases = "debian-bullseye, debian-trixie-arm64"
+    assert message.startswith(f"{path}:2: target.base: 'ubuntu-noble' is neither a Debian base ({bases})")
 
 
 def test_an_image_too_small_for_the_layout(proj: Path) -> None:
@@ -743,3 +744,13 @@ def test_the_bundled_example_project_loads() -> None:
     assert p.model.file == (EXAMPLE / "model" / "car.tflite").resolve()
     assert p.model.labels == ("car", "other") and len(p.model.samples) == 6
     assert p.service.model_name == "car" and p.skipped == ()
+
+
+def test_the_arm64_base_takes_armv8_boards_only(proj: Path) -> None:
+    _write(proj, '[target]\nboard = "pi4"\nbase = "debian-trixie-arm64"\n' + MINIMAL)
+    t = project.load(proj).target
+    assert (t.base_kind, t.arch) == ("debian", "arm64")
+    path = _write(proj, '[target]\nboard = "pi2"\nbase = "debian-trixie-arm64"\n' + MINIMAL)
+    message = _error(proj)
+    assert message.startswith(f"{path}:2: target.board: base debian-trixie-arm64 cannot boot it")
+    assert "cannot run 64-bit (arm64) code" in message

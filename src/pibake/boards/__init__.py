@@ -27,12 +27,28 @@ def get(name: str) -> Board:
         raise UsageError(f"unknown board {name!r}; known boards: {', '.join(BOARDS)}") from None
 
 
-def emulation(board: Board, *, profile: str | None = None, cpu: str | None = None) -> tuple[str, str | None]:
-    """The (profile, CPU) that emulate BOARD, unless the user chose them (CPU None: the profile's default).
+# The machine profile (qemu/virt64.toml) that boots 64-bit images on the board's own core (Board.cpu64).
+PROFILE_64 = "virt64"
 
-    The board's own profile and CPU come from the table. Raises UsageError for a board no profile
-    emulates when the user did not name one.
+
+def emulation(
+    board: Board, *, profile: str | None = None, cpu: str | None = None, arch: str = "armhf"
+) -> tuple[str, str | None]:
+    """The (profile, CPU) that emulate BOARD running an ARCH (armhf, arm64) OS, unless the user chose them.
+
+    CPU None: the profile's default. The board's own profile and CPU come from the table: for arm64,
+    PROFILE_64 with the board's cpu64. Raises UsageError for a board no profile emulates when the user
+    did not name one, and for an arm64 OS on a board whose core is not ARMv8.
     """
+    if arch == "arm64":
+        if board.cpu64 is None:
+            raise UsageError(
+                f"board {board.name} ({board.model}) has a {board.core}, which runs no 64-bit (arm64) OS: "
+                "use a 32-bit (armhf) image for it"
+            )
+        if profile in (None, PROFILE_64):
+            return PROFILE_64, cpu or board.cpu64
+        return profile, cpu
     if profile is None:
         if board.profile is None:
             raise UsageError(f"board {board.name}: {board.emulation} Name a profile with --profile to use one anyway.")

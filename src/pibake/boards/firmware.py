@@ -40,13 +40,22 @@ def boot_of(board: str) -> Board:
     return boards.get(board)
 
 
-def require_debian_board(name: str) -> Board:
-    """The board, if the Debian armhf base can boot it; else a UsageError saying what to use.
+def require_debian_board(name: str, *, arch: str = "armhf") -> Board:
+    """The board, if a Debian base of ARCH (armhf, arm64) can boot it; else a UsageError saying what to use.
 
-    Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort); the device trees its
-    kernel ships are the board table's upstream_dtb, present since upstream_dtb_since.
+    Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A;
+    the device trees the armhf kernel ships are the board table's upstream_dtb, present since
+    upstream_dtb_since (bullseye's 5.10 is the oldest); trixie's arm64 6.12 has every ARMv8 Pi's.
     """
     board = boards.get(name)
+    if arch == "arm64":
+        if board.isa.arch < Arch.ARMV8:
+            raise UsageError(
+                f"board {name} ({board.model}) has a {board.core}, which cannot run 64-bit (arm64) code: "
+                "use the 32-bit base (--base debian-bullseye) or Raspberry Pi OS armhf for it, or build the arm64 "
+                "base for " + ", ".join(debian_boards(arch="arm64"))
+            )
+        return board
     if board.isa.arch < Arch.ARMV7:
         raise UsageError(
             f"board {name} ({board.model}) has an {board.core} (ARMv6): Debian's armhf port is built for ARMv7, "
@@ -57,14 +66,16 @@ def require_debian_board(name: str) -> Board:
         raise UsageError(
             f"board {name} ({board.model}) needs {board.upstream_dtb}, which Debian bullseye's 5.10 armmp "
             f"kernel does not ship (it arrived in {NO_DEBIAN_DTB[name]}): the firmware would find no device tree. "
-            "Use Raspberry Pi OS for this board (`pibake image fetch`, then `pibake image prepare`), or build for "
+            "Use the arm64 base (--base debian-trixie-arm64) or Raspberry Pi OS for this board, or build for "
             + ", ".join(debian_boards())
         )
     return board
 
 
-def debian_boards() -> list[str]:
-    """The boards an image built from the Debian armhf base boots."""
+def debian_boards(*, arch: str = "armhf") -> list[str]:
+    """The boards an image built from a Debian base of ARCH (armhf, arm64) boots."""
+    if arch == "arm64":
+        return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV8]
     return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV7 and b not in NO_DEBIAN_DTB]
 
 
@@ -83,15 +94,23 @@ def kernel_cmdline(root: str, board: str) -> str:
     return " ".join([*consoles, f"root={root}", "rootfstype=ext4", "fsck.repair=yes", "rootwait", "net.ifnames=0"])
 
 
-def config_txt(board: str, *, kernel: str, initrd: str) -> str:
-    """config.txt for the Debian armmp kernel on BOARD, as Debian's raspi-firmware writes it, plus the board mark."""
-    require_debian_board(board)
+def config_txt(board: str, *, kernel: str, initrd: str, arch: str = "armhf") -> str:
+    """config.txt for Debian's kernel of ARCH (armmp on armhf, arm64) on BOARD, as raspi-firmware writes it.
+
+    Plus the board mark. ``arm_64bit=1`` makes the firmware start the cores in AArch64 (Raspberry Pi
+    documentation, "config.txt": arm_64bit).
+    """
+    require_debian_board(board, arch=arch)
+    if arch == "arm64":
+        bits = "# 64-bit kernel (Debian arm64): the firmware starts the cores in AArch64.\narm_64bit=1\n"
+    else:
+        bits = "# 32-bit kernel, even on a Pi 4 whose firmware would prefer a 64-bit one.\narm_64bit=0\n"
+    flavour = "arm64" if arch == "arm64" else "armmp"
     return (
-        "# Written by pibake for the Debian armmp kernel, as Debian's raspi-firmware does.\n"
+        f"# Written by pibake for the Debian {flavour} kernel, as Debian's raspi-firmware does.\n"
         f"{BOARD_MARK} {board}\n"
-        "# 32-bit kernel, even on a Pi 4 whose firmware would prefer a 64-bit one.\n"
-        "arm_64bit=0\n"
-        "# Mainline device tree names (bcm2837-rpi-3-b-plus.dtb, ...), as the armmp kernel ships them.\n"
+        f"{bits}"
+        f"# Mainline device tree names (bcm2837-rpi-3-b-plus.dtb, ...), as the {flavour} kernel ships them.\n"
         "upstream_kernel=1\n"
         "# The header UART at a fixed clock, so the serial console works.\n"
         "enable_uart=1\n"

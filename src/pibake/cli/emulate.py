@@ -115,7 +115,9 @@ def _ssh(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `emulate` and its actions to the top-level subparsers SUB."""
-    p_emu = sub.add_parser("emulate", help="boot an image under qemu-system-arm with SSH forwarded")
+    p_emu = sub.add_parser(
+        "emulate", help="boot an image under qemu-system-arm (32-bit) or qemu-system-aarch64 (64-bit), SSH forwarded"
+    )
     emu_sub = p_emu.add_subparsers(dest="emulate_command", required=True, metavar="ACTION")
     for action, help_text in (
         ("start", "boot the image in the background, wait for SSH, write the Ansible inventory"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pibake import boards
 from pibake.cli.common import DEFAULT_IMAGE
+from pibake.image.build import BASES
 from pibake.image.catalogue import DEFAULT_RELEASE, DEFAULT_URL, URL_ENV
 
 MIB = 1 << 20
@@ -111,7 +112,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
         "Cached under a hash of the recipe: a second build with the same recipe takes seconds.",
     )
-    p.add_argument("--base", default="debian-bullseye", help="base system (default: %(default)s)")
+    p.add_argument(
+        "--base",
+        default="debian-bullseye",
+        choices=sorted(BASES),
+        help="base system: debian-trixie-arm64 (64-bit, Python 3.13; the ARMv8 boards), debian-bullseye "
+        "(32-bit armhf, Python 3.9; legacy, past its support) (default: %(default)s)",
+    )
     p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
     p.add_argument(
         "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)"

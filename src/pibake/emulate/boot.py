@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pibake.boards.firmware import parse_config_txt
-from pibake.disk.fat import read_boot_file
+from pibake.disk.fat import FatFs, read_boot_file
 from pibake.emulate import profiles
 from pibake.errors import PibakeError, UsageError
 
@@ -55,6 +55,21 @@ def boot_inputs(
 # systemd started, with the kernel's soft-lockup warnings on the way: /boot/firmware's device came
 # too late. The emulated boot gets longer start timeouts; the image itself is not changed.
 EMULATION_CMDLINE = ("systemd.default_timeout_start_sec=600",)
+
+
+def image_arch(image: Path) -> str:
+    """The Debian architecture IMAGE's kernel runs: "arm64" when its config.txt says ``arm_64bit=1``, else "armhf".
+
+    The firmware reads the same setting to start the cores in AArch64 (Raspberry Pi documentation,
+    "config.txt": arm_64bit; Debian's raspi-firmware and Raspberry Pi OS's arm64 images set it).
+    An image with no config.txt (or no FAT boot partition) is taken as armhf.
+    """
+    try:
+        text = FatFs.partition(image).read_text("config.txt")
+    except PibakeError:
+        return "armhf"
+    settings = parse_config_txt(text or "")
+    return "arm64" if settings.get("arm_64bit", "0").strip() == "1" else "armhf"
 
 
 def emulated_cmdline(cmdline: str) -> str:

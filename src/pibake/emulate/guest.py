@@ -25,7 +25,7 @@ from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, snapshot, sshkey
-from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline
+from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline, image_arch
 from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
@@ -190,14 +190,30 @@ def _terminate(pid: int, sdir: Path, *, grace: float = 5) -> None:
     raise PibakeError(f"qemu (pid {pid}) would not die")
 
 
-def emulation_for(board: str | None, profile: str | None, cpu: str | None) -> tuple[str, str | None]:
-    """The (profile, CPU) to boot: the user's choice, else BOARD's from the board table, else virt's default.
+def emulation_for(
+    board: str | None, profile: str | None, cpu: str | None, *, arch: str = "armhf"
+) -> tuple[str, str | None]:
+    """The (profile, CPU) to boot an ARCH image: the user's choice, else BOARD's from the board table, else the default.
 
-    Raises UsageError for an unknown board or a board no profile emulates (when PROFILE is None).
+    ARCH is the image's Debian architecture (boot.image_arch): an arm64 image boots on profile virt64
+    with the board's own 64-bit core (Board.cpu64). Without a board: virt (armhf) or virt64 (arm64),
+    with the profile's default CPU. Raises UsageError for an unknown board, a board no profile
+    emulates (when PROFILE is None), or an arm64 image on a board that runs no 64-bit OS.
     """
     if board is None:
-        return profile or "virt", cpu
-    return boards.emulation(boards.get(board), profile=profile, cpu=cpu)
+        return profile or (boards.PROFILE_64 if arch == "arm64" else "virt"), cpu
+    return boards.emulation(boards.get(board), profile=profile, cpu=cpu, arch=arch)
+
+
+def check_profile_arch(image: Path, prof: profiles.Profile, arch: str) -> None:
+    """Refuse (UsageError) a profile whose emulator cannot run IMAGE's kernel: ARCH is the image's architecture."""
+    if prof.arch != arch:
+        want = "virt64" if arch == "arm64" else "virt"
+        raise UsageError(
+            f"{image} is a {'64-bit (arm64)' if arch == 'arm64' else '32-bit (armhf)'} image (its config.txt "
+            f"{'sets' if arch == 'arm64' else 'does not set'} arm_64bit=1), and profile {prof.name} boots "
+            f"{prof.arch} kernels with {profiles.qemu_binary(prof)}: use --profile {want} (or no --profile)"
+        )
 
 
 def start(
@@ -228,7 +244,6 @@ def start(
     (what `pibake bench` times). Raises UsageError for bad arguments,
     Refused when a guest of that NAME runs, PibakeError when the guest never answers SSH.
     """
-    profile, cpu = emulation_for(board, profile, cpu)
     forward = DEFAULT_FORWARDS if forward is None else forward
     image = image.resolve()
     for gp in forward:
@@ -237,7 +252,11 @@ def start(
     if not image.is_file():
         raise UsageError(f"no image at {image}: build one with `make image` (pibake image build)")
     read_mbr(image)
+    arch = image_arch(image)
+    profile, cpu = emulation_for(board, profile, cpu, arch=arch)
     prof = profiles.load(profile)
+    if kernel is None:
+        check_profile_arch(image, prof, arch)
     cpu = prof.resolve_cpu(cpu)
     check_power_of_two(image, prof)
     sdir = state_dir(name)

@@ -1,4 +1,4 @@
-"""Machine profiles (data files in qemu/) and the qemu-system-arm command line they give."""
+"""Machine profiles (data files in qemu/) and the qemu-system-arm / qemu-system-aarch64 command line they give."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ _PKG = Path(__file__).resolve().parents[1]
 PROFILE_DIRS = (_PKG / "data" / "qemu", _PKG.parents[1] / "qemu")
 
 DISK_BUSES = ("virtio", "sd")
+# Debian architecture of the images a profile boots -> the QEMU system emulator that runs them.
+QEMU_SYSTEM = {"armhf": "qemu-system-arm", "arm64": "qemu-system-aarch64"}
 NET_MODELS = ("virtio", "nic", "usb-net")
 
 
@@ -34,6 +36,8 @@ class Profile:
     dtb: str | None = None
     # The SoC decides CPU, cores and RAM (raspi2b): qemu gets no -cpu/-smp/-m.
     fixed_soc: bool = False
+    # The images it boots: armhf (32-bit kernels, qemu-system-arm) or arm64 (qemu-system-aarch64).
+    arch: str = "armhf"
     # A guest on this machine is saved and restored (snapshot starts). Only where a restore was seen to
     # work: a vexpress-a9 guest restored on QEMU 7.2 never answers SSH again.
     snapshot: bool = False
@@ -99,9 +103,12 @@ def parse(data: dict[str, object], *, source: str = "<profile>") -> Profile:
             dtb=str(boot["dtb"]) if "dtb" in boot else None,
             fixed_soc=bool(data.get("fixed_soc", False)),
             snapshot=bool(data.get("snapshot", False)),
+            arch=str(data.get("arch", "armhf")),
         )
     except (KeyError, AssertionError, TypeError, ValueError) as e:
         raise PibakeError(f"{source}: malformed machine profile ({e!r})") from e
+    if prof.arch not in QEMU_SYSTEM:
+        raise PibakeError(f"{source}: arch must be one of {tuple(QEMU_SYSTEM)}, not {prof.arch!r}")
     if prof.disk_bus not in DISK_BUSES:
         raise PibakeError(f"{source}: disk bus must be one of {DISK_BUSES}, not {prof.disk_bus!r}")
     if prof.net_model not in NET_MODELS:
@@ -133,8 +140,8 @@ class Launch:
 
 
 def qemu_binary(profile: Profile) -> str:
-    """The qemu system emulator that runs PROFILE's machine."""
-    return "qemu-system-arm"
+    """The qemu system emulator that runs PROFILE's machine: qemu-system-arm, or qemu-system-aarch64 for arm64."""
+    return QEMU_SYSTEM[profile.arch]
 
 
 def qemu_command(profile: Profile, launch: Launch) -> list[str]:

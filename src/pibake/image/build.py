@@ -1,4 +1,4 @@
-"""Build a Raspberry-Pi-OS-shaped armhf image from Debian packages, without loop mounts.
+"""Build a Raspberry-Pi-OS-shaped image from Debian packages (armhf or arm64), without loop mounts.
 
 Stages, each cached under a hash of its inputs:
   rootfs  debootstrap through qemu-user binfmt      (cache/rootfs/<hash>/root)
@@ -64,10 +64,55 @@ BASE_PACKAGES = (
     "raspi-firmware",
 )
 
-BASES = {"debian-bullseye": "bullseye"}
+# The arm64 base: Debian's generic arm64 kernel (a plain Image with every Pi's device tree under broadcom/),
+# python3-venv for the runtime's venv (PEP 668: trixie's system Python is externally managed), and the Pi
+# firmware from non-free-firmware, where Debian moved it in bookworm.
+ARM64_PACKAGES = (*(p for p in BASE_PACKAGES if p != "linux-image-armmp"), "linux-image-arm64", "python3-venv")
+
+
+@dataclass(frozen=True)
+class Base:
+    """A Debian base ``pibake image build --base NAME`` makes: its suite and architecture, as debootstrap takes them."""
+
+    name: str
+    suite: str
+    arch: str  # Debian architecture: armhf or arm64
+    python: str  # the suite's python3, e.g. "3.13" (Debian's package pages)
+    packages: tuple[str, ...]
+    components: tuple[str, ...]
+    # Why the base is legacy (printed when it is built); None: a current one.
+    legacy: str | None = None
+
+    def describe(self) -> str:
+        return f"Debian {self.suite} {self.arch} (Python {self.python})"
+
+
+BASES: dict[str, Base] = {
+    b.name: b
+    for b in (
+        Base(
+            name="debian-trixie-arm64",
+            suite="trixie",
+            arch="arm64",
+            python="3.13",
+            packages=ARM64_PACKAGES,
+            components=("main", "non-free-firmware"),
+        ),
+        Base(
+            name="debian-bullseye",
+            suite="bullseye",
+            arch="armhf",
+            python="3.9",
+            packages=BASE_PACKAGES,
+            components=("main", "non-free"),
+            legacy="Debian bullseye's long-term support ended in August 2026 (Debian LTS): no security updates",
+        ),
+    )
+}
 
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat")
 
+# Searched under the kernel's dtb directory and its vendor subdirectories (arm64 keeps them in broadcom/).
 DTB_PATTERNS = (
     "bcm2835-rpi-*.dtb",
     "bcm2836-rpi-*.dtb",
@@ -106,7 +151,7 @@ class ImageSpec:
     board: str = DEFAULT_BOARD
 
     def __post_init__(self) -> None:
-        piboot.require_debian_board(self.board)
+        piboot.require_debian_board(self.board, arch=self.base.arch)
 
     @property
     def layout(self) -> Layout:
@@ -143,12 +188,21 @@ class BuiltImage:
 def default_spec(
     *, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
 ) -> ImageSpec:
-    piboot.require_debian_board(board)  # before anything else: no key made, nothing downloaded
     if base not in BASES:
         raise UsageError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
+    release = BASES[base]
+    piboot.require_debian_board(board, arch=release.arch)  # before anything else: no key made, nothing downloaded
+    if release.legacy:
+        log.warning("base %s is legacy: %s", base, release.legacy)
     mirror = mirror or os.environ.get("PIBAKE_DEBIAN_MIRROR") or None
     return ImageSpec(
-        base=DebianBase(suite=BASES[base], mirror=mirror),
+        base=DebianBase(
+            suite=release.suite,
+            arch=release.arch,
+            packages=release.packages,
+            components=release.components,
+            mirror=mirror,
+        ),
         size_mb=size_mb,
         ssh_pubkey=sshkey.ensure_keypair().public_key,
         board=board,
@@ -177,18 +231,26 @@ def build(
 # ---------------------------------------------------------------- binfmt
 
 
-def ensure_binfmt() -> None:
-    """Make sure armhf binaries run on this host through qemu-user (needs root once)."""
-    entry = Path("/proc/sys/fs/binfmt_misc/qemu-arm")
+# Debian architecture -> the binfmt_misc entry (qemu-user-static's) that runs its binaries here.
+BINFMT = {"armhf": "qemu-arm", "arm64": "qemu-aarch64"}
+
+
+def ensure_binfmt(arch: str = "armhf") -> None:
+    """Make sure ARCH's binaries (a Debian architecture: armhf, arm64) run on this host through qemu-user.
+
+    Registering needs root once. Raises ToolMissing when it is not registered and cannot be.
+    """
+    name = BINFMT[arch]
+    entry = Path("/proc/sys/fs/binfmt_misc") / name
     if entry.exists() and entry.read_text().startswith("enabled"):
         return
     if os.geteuid() != 0:
-        raise ToolMissing("qemu-arm binfmt is not registered and registering it needs root: run `make deps` as root")
+        raise ToolMissing(f"{name} binfmt is not registered and registering it needs root: run `make deps` as root")
     if not Path("/proc/sys/fs/binfmt_misc/register").exists():
         run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])
-    run(["update-binfmts", "--enable", "qemu-arm"])
+    run(["update-binfmts", "--enable", name])
     if not entry.exists():
-        raise ToolMissing("update-binfmts did not register qemu-arm: is qemu-user-static installed?")
+        raise ToolMissing(f"update-binfmts did not register {name}: is qemu-user-static installed?")
 
 
 # ---------------------------------------------------------------- rootfs stage
@@ -212,7 +274,7 @@ def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
         return root
     if os.geteuid() != 0:
         raise PibakeError("building the root filesystem runs debootstrap, which needs root: run as root (or sudo)")
-    ensure_binfmt()
+    ensure_binfmt(base.arch)
     if top.exists():
         log.info("rootfs %s: removing an unfinished earlier attempt", key[:12])
         shutil.rmtree(top)
@@ -246,7 +308,7 @@ def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
 def _kernel_files(root: Path) -> tuple[Path, Path, str]:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise PibakeError(f"no kernel in {root / 'boot'}: linux-image-armmp missing from the package list?")
+        raise PibakeError(f"no kernel in {root / 'boot'}: linux-image-armmp/arm64 missing from the package list?")
     kernel = kernels[-1]
     version = kernel.name.removeprefix("vmlinuz-")
     initrd = root / "boot" / f"initrd.img-{version}"
@@ -320,7 +382,8 @@ def customise(root: Path, spec: ImageSpec) -> None:
         (defaults.read_text() if defaults.exists() else "") + raspi_firmware_defaults(disk_id, board=spec.board),
     )
     # raspi-firmware appends this file to the config.txt it writes: the board mark survives kernel upgrades.
-    _write(root / "etc/default/raspi-firmware-custom", f"{piboot.BOARD_MARK} {spec.board}\narm_64bit=0\n")
+    arm_64bit = int(spec.base.arch == "arm64")
+    _write(root / "etc/default/raspi-firmware-custom", f"{piboot.BOARD_MARK} {spec.board}\narm_64bit={arm_64bit}\n")
     # eth0 on virt/vexpress, usb0 (cdc_ether) on raspi2b.
     _write(
         root / "etc/network/interfaces.d/pibake",
@@ -389,7 +452,7 @@ def _firmware_files(root: Path) -> list[Path]:
     )
 
 
-def boot_files(root: Path, boot: Path, disk_id: int, *, board: str = DEFAULT_BOARD) -> str:
+def boot_files(root: Path, boot: Path, disk_id: int, *, board: str = DEFAULT_BOARD, arch: str = "armhf") -> str:
     """Fill the FAT partition's staging dir as Debian's raspi images have it; return the kernel version.
 
     Call before customise() empties the rootfs's /boot/firmware.
@@ -406,10 +469,10 @@ def boot_files(root: Path, boot: Path, disk_id: int, *, board: str = DEFAULT_BOA
     # and the emulated vexpress boards'.
     dtb_dir = root / "usr/lib" / f"linux-image-{version}"
     for pattern in DTB_PATTERNS:
-        for dtb in sorted(dtb_dir.glob(pattern)):
+        for dtb in sorted(dtb_dir.rglob(pattern)):
             shutil.copyfile(dtb, boot / dtb.name)
     _write(boot / "cmdline.txt", kernel_cmdline(disk_id, board=board) + "\n")
-    _write(boot / "config.txt", piboot.config_txt(board, kernel=kernel.name, initrd=initrd.name))
+    _write(boot / "config.txt", piboot.config_txt(board, kernel=kernel.name, initrd=initrd.name, arch=arch))
     return version
 
 
@@ -463,7 +526,7 @@ def _build_image_locked(spec: ImageSpec, key: str, *, output: Path | None, rebui
             log.info("image %s: customising a copy of the rootfs", key[:12])
             root = tmp / "root"
             run(["cp", "-a", str(root_src), str(root)])
-            version = boot_files(root, tmp / "boot", spec.disk_id, board=spec.board)
+            version = boot_files(root, tmp / "boot", spec.disk_id, board=spec.board, arch=spec.base.arch)
             customise(root, spec)
             log.info(
                 "image %s: assembling %d MiB (bootfs %d MiB, rootfs %d MiB)",

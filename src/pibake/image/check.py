@@ -94,7 +94,17 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     config = parse_config_txt(boot.config_txt) if boot.config_txt is not None else {}
     if boot.config_txt is None:
         found.append("config.txt is missing: the firmware would look for its default kernel and no initramfs")
-    kernel = config.get("kernel", spec.default_kernel)
+    default_kernel = spec.default_kernel
+    if config.get("arm_64bit") == "1":
+        # The firmware starts the cores in AArch64 and loads kernel8.img unless kernel= says otherwise
+        # (Raspberry Pi documentation, "config.txt": arm_64bit, kernel).
+        default_kernel = "kernel8.img"
+        if spec.cpu64 is None:
+            found.append(
+                f"config.txt sets arm_64bit=1 (a 64-bit kernel), and the {board}'s {spec.core} cannot run one: "
+                "use a 32-bit image for this board"
+            )
+    kernel = config.get("kernel", default_kernel)
     need(kernel, "config.txt's kernel=" if "kernel" in config else f"the firmware's default kernel for {board}")
     initrd = config.get("initramfs")
     if initrd:
