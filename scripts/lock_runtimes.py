@@ -40,7 +40,7 @@ log = logging.getLogger("lock_runtimes")
 
 @dataclass(frozen=True)
 class Platform:
-    """A Pi base: its Python (X.Y), userland machine, glibc (2.Y), and the distribution's packages with their versions."""
+    """A Pi base: its Python (X.Y), userland machine, glibc (2.Y), and the distribution's packages and versions."""
 
     name: str
     python: str
@@ -123,7 +123,14 @@ def make_lock(runtime: str, platform: Platform, *, out_dir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="pibake-lock-") as tmp:
         python = _system_venv(Path(tmp) / "venv", platform)
         report = Path(tmp) / "report.json"
-        argv = [sys.executable, "-m", "pip", "--python", str(python), *resolve_argv(runtime, platform, report=str(report))]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            *resolve_argv(runtime, platform, report=str(report)),
+        ]
         log.info("resolving %s for %s", runtime, platform.name)
         subprocess.run(argv, check=True)
         plan = json.loads(report.read_text())["install"]

@@ -23,7 +23,6 @@ standard library only, Python 3.8+) and the harness (``pibake wheels fetch``, vi
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import tempfile
@@ -102,8 +101,8 @@ def normalize(name: str) -> str:
 def parse(text: str, *, source: str = "lock") -> Lock:
     """Parse the TEXT of a lock file (SOURCE names it in errors).
 
-    Pins may carry several hashes (uv's output before `make locks` narrows it to the target's wheel)
-    and no ``# file:`` comment. Raises LockError for anything else: options (-i, -e, URLs), markers,
+    A pin may carry several hashes and no ``# file:`` comment (check_dir and fetch need one). Raises
+    LockError for anything else: options (-i, -e, URLs), markers,
     a pin without a hash, a missing or incomplete ``# pibake-lock:`` header.
     """
     header: dict[str, list[str]] = {}
@@ -117,7 +116,9 @@ def parse(text: str, *, source: str = "lock") -> Lock:
             for item in stripped[len(HEADER) :].split():
                 key, sep, value = item.partition("=")
                 if not sep or key not in _HEADER_KEYS:
-                    raise LockError(f"{source}:{number}: unknown header item {item!r} (known: {', '.join(_HEADER_KEYS)})")
+                    raise LockError(
+                        f"{source}:{number}: unknown header item {item!r} (known: {', '.join(_HEADER_KEYS)})"
+                    )
                 header.setdefault(key, []).extend(v for v in value.split(",") if v)
             continue
         if not pending and stripped.startswith(FILE_COMMENT):
@@ -247,8 +248,10 @@ def fetch(
     cache.mkdir(parents=True, exist_ok=True)
     todo = []
     for pin in lock.pins:
-        path = cache / pin.filename if pin.filename else None
-        if path is not None and path.is_file():
+        if pin.filename is None:
+            raise MissingWheel(f"{pin.name}=={pin.version} names no wheel file ('# file:'): regenerate the lock")
+        path = cache / pin.filename
+        if path.is_file():
             if sha256_of(path) in pin.hashes:
                 continue
             path.unlink()  # tampered or truncated: never trusted again
@@ -266,43 +269,27 @@ def fetch(
         wheels = staging / "wheels"
         argv = [*pip, "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off"]
         run([*argv, *lock.pip_target_args(), "--dest", str(wheels), "-r", str(requirements)])
-        got = {}
+        got: dict[tuple[str, str], Path] = {}
         for path in wheels.iterdir() if wheels.is_dir() else []:
             if path.name.endswith(".whl"):
                 got[_wheel_name(path.name)] = path
         for pin in todo:
-            path = got.get((pin.key, pin.version))
-            if path is None:
+            if (pin.key, pin.version) not in got:
                 raise MissingWheel(
                     f"pip downloaded no wheel for {pin.name}=={pin.version} for {', '.join(lock.platforms)}"
                 )
+            path = got[(pin.key, pin.version)]
             actual = sha256_of(path)
             if actual not in pin.hashes:
                 raise HashMismatch(Path(path.name), " or ".join(pin.hashes), actual)
-            if pin.filename is not None and path.name != pin.filename:
+            if path.name != pin.filename:
                 raise MissingWheel(
                     f"pip chose {path.name} for {pin.name}=={pin.version}, the lock names {pin.filename}"
                 )
         for pin in todo:
             path = got[(pin.key, pin.version)]
-            os.replace(str(path), str(cache / path.name))
+            path.replace(cache / path.name)
             downloaded.append(path.name)
     finally:
         shutil.rmtree(str(staging), ignore_errors=True)
-    if any(pin.filename is None for pin in lock.pins):
-        # A lock not narrowed yet (`make locks` does it): report the files pip chose.
-        named = {}
-        for path in cache.iterdir():
-            if path.name.endswith(".whl"):
-                named.setdefault(_wheel_name(path.name), []).append(path)
-        result = []
-        for pin in lock.pins:
-            for path in named.get((pin.key, pin.version), []):
-                actual = sha256_of(path)
-                if actual in pin.hashes:
-                    result.append((pin, path, actual))
-                    break
-            else:
-                raise MissingWheel(f"no wheel for {pin.name}=={pin.version} in {cache}")
-        return result, downloaded
     return check_dir(lock, cache), downloaded

@@ -16,10 +16,10 @@ description:
   - O(state=read) parses the lock and returns its Python, platform tags, the distribution packages it leaves to
     the system (numpy) and its pins.
   - O(state=present) downloads into O(wheel_dir) every wheel it lacks, with pip for the lock's platform and
-    Python (C(pip download --no-deps --only-binary=:all: --platform ...)), and checks each file's SHA-256 against
+    Python (C(pip download --no-deps --only-binary=:all:), with C(--platform) for each tag), and checks each file's SHA-256 against
     the lock. pip uses its default index, or the one C(PIP_INDEX_URL), C(PIP_FIND_LINKS) or C(pip.conf) name.
     A file whose digest differs is deleted and the module fails naming it and both digests. Run it on the
-    controller (C(delegate_to: localhost)).
+    controller (delegate the task to localhost).
   - O(state=verified) downloads nothing and fails unless O(wheel_dir) holds every wheel of the lock with its
     digest; run it on the target after copying the wheels there.
   - The same code as C(pibake wheels fetch) (this collection's C(plugins/module_utils/wheel_lock.py)).
@@ -173,7 +173,9 @@ def main():
 
     try:
         if p["state"] == "present":
-            found, downloaded = fetch(lock, p["wheel_dir"], pip=[p["pip_python"] or sys.executable, "-m", "pip"], run=run)
+            found, downloaded = fetch(
+                lock, p["wheel_dir"], pip=[p["pip_python"] or sys.executable, "-m", "pip"], run=run
+            )
             result["downloaded"] = downloaded
             result["changed"] = bool(downloaded)
         else:
@@ -186,11 +188,14 @@ def main():
             **result,
         )
     except MissingWheel as e:
-        module.fail_json(msg=f"{e} ({p['lock']}): copy the wheels again, or regenerate the lock with `make locks`.", **result)
+        module.fail_json(
+            msg=f"{e} ({p['lock']}): copy the wheels again, or regenerate the lock with `make locks`.", **result
+        )
     except OSError as e:
         module.fail_json(msg=f"cannot use {p['wheel_dir']}: {e}", exception=traceback.format_exc(), **result)
     result["wheels"] = [
-        {"name": pin.key, "version": pin.version, "filename": path.name, "sha256": digest} for pin, path, digest in found
+        {"name": pin.key, "version": pin.version, "filename": path.name, "sha256": digest}
+        for pin, path, digest in found
     ]
     module.exit_json(**result)
 

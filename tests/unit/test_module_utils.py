@@ -1,4 +1,4 @@
-"""One ISA implementation, one board table, one lock reader: plugins/module_utils, shared by the collection and the harness.
+"""One ISA implementation, one board table, one lock reader: plugins/module_utils, shared by collection and harness.
 
 The harness imports the very files (src/pibake/_module_utils/ links to them), the module's
 ``board`` choices and the roles' argument_specs name the table's boards, and the module still

@@ -1,4 +1,4 @@
-"""`pibake wheels fetch`: download a runtime lock's wheels into the cache, every SHA-256 checked; exit 4 on a mismatch."""
+"""`pibake wheels fetch`: download a lock's wheels into the cache and check each SHA-256 (exit 4 if one differs)."""
 
 from __future__ import annotations
 
