@@ -26,7 +26,7 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
+.PHONY: locks help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,convert]'
 	@touch $@
+
+# The runtime locks: pip's resolver for each (runtime, Python, platform) in scripts/lock_runtimes.py; see the README.
+locks: venv ## regenerate roles/python_runtime/files/locks/*.txt: each runtime's closure for its Pi, one wheel and SHA-256 a package
+	$(BIN)/python scripts/lock_runtimes.py
 
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
 	$(if $(TIMING),$(TIMED) image --) $(PIBAKE) image build --base debian-bullseye -o $(IMAGE)

@@ -1,4 +1,4 @@
-"""One ISA implementation and one board table: plugins/module_utils, shared by the collection and the harness.
+"""One ISA implementation, one board table, one lock reader: plugins/module_utils, shared by collection and harness.
 
 The harness imports the very files (src/pibake/_module_utils/ links to them), the module's
 ``board`` choices and the roles' argument_specs name the table's boards, and the module still
@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 
 def test_the_harness_imports_the_collections_files_not_copies() -> None:
     shared = sorted(p.name for p in MODULE_UTILS.glob("*.py"))
-    assert shared == ["boards.py", "isa.py"]
+    assert shared == ["boards.py", "isa.py", "wheel_lock.py"]
     for name in shared:
         link = BRIDGE / name
         assert link.is_symlink(), f"{link} must be a link to {MODULE_UTILS / name}, not a copy"

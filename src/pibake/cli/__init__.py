@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from pibake import __version__
-from pibake.cli import bake, bench, demo, emulate, flash, hostkeys, image, init, kernel, preflight
+from pibake.cli import bake, bench, demo, emulate, flash, hostkeys, image, init, kernel, preflight, wheels
 from pibake.errors import Interrupted, PibakeError, exit_codes_epilog
 
 log = logging.getLogger("pibake")
 
-GROUPS = (init, bake, image, kernel, emulate, hostkeys, demo, preflight, flash, bench)
+GROUPS = (init, bake, image, kernel, emulate, hostkeys, demo, preflight, wheels, flash, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
