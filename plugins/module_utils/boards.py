@@ -75,6 +75,9 @@ class Board:
     # The first mainline Linux with upstream_dtb, where it is later than 5.10 (Debian bullseye's
     # kernel, the oldest pibake builds for); None: 5.10 has it.
     upstream_dtb_since: str | None = None
+    # The core under a 64-bit (arm64) OS, as qemu-aarch64 / qemu-system-aarch64 name it (``-cpu help``);
+    # None: the board cannot run a 64-bit OS (ARMv6 and ARMv7 cores have no AArch64 state).
+    core64_cpu: str | None = None
 
     def describe(self) -> str:
         """For example "pi2 (Raspberry Pi 2 Model B v1.1, BCM2836, Cortex-A7): ARMv7, VFPv4 (D32), ..."."""
@@ -188,6 +191,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        core64_cpu="cortex-a53",
     ),
     Board(
         name="pi3b-plus",
@@ -206,6 +210,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        core64_cpu="cortex-a53",
     ),
     Board(
         name="pi-zero-2",
@@ -225,6 +230,7 @@ _TABLE = (
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
         upstream_dtb_since="Linux 5.16",
+        core64_cpu="cortex-a53",
     ),
     Board(
         name="pi4",
@@ -243,6 +249,7 @@ _TABLE = (
         profile="virt",
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
+        core64_cpu="cortex-a72",
     ),
 )
 
