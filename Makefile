@@ -26,7 +26,7 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: locks help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
+.PHONY: locks help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps cross-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -86,6 +86,17 @@ kernel-deps: ## Debian's kernel source and ARM cross compiler, for `make kernel`
 		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The aarch64 cross compiler and libc (the sysroot /usr/aarch64-linux-gnu) that tests/unit/test_preflight_arm64.py
+# builds its ARMv8.2 dotprod library and program with, to reproduce the Pi 5 / Pi 4 "Illegal instruction".
+CROSS_PACKAGES := gcc-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
+
+cross-deps: ## Debian's aarch64 cross compiler and libc, for the 64-bit preflight tests
+	@missing=$$(for p in $(CROSS_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) $(APT_GET) update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+
 kernel: kernel-deps venv ## no-initrd kernel for PROFILE (vexpress-a9, vexpress-a15, virt); PROVIDER=debian-source|buildroot
 	$(PIBAKE) kernel build --profile $(or $(PROFILE),virt) --provider $(PROVIDER)
 
@@ -129,7 +140,7 @@ bench: deps venv ## time image, boots, converge, inference, serving, flashing (R
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
-test-integration: deps kernel-deps venv image
+test-integration: deps kernel-deps cross-deps venv image
 	$(if $(TIMING),$(TIMED) pytest --) env PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q -m "not raspi2b" tests
 
 molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, reboot, destroy (virt)

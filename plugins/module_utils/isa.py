@@ -327,6 +327,10 @@ class ElfObject:
     tags: tuple[str, ...] = ()
     # Set when the file cannot run on any 32-bit ARM CPU (x86 or AArch64 code, unreadable).
     problem: str | None = None
+    # The ELF header's class (32 or 64: e_ident[EI_CLASS]) and machine (e_machine, pyelftools' name); 0 and ""
+    # when the headers are unreadable. userland_problem() compares them with a userland.
+    elf_class: int = 32
+    machine: str = "EM_ARM"
 
     @property
     def recorded(self) -> bool:
@@ -378,10 +382,16 @@ def read_elf(data: bytes, name: str) -> ElfObject:
     """
     try:
         elf = ELFFile(io.BytesIO(data))
-        machine = elf["e_machine"]
+        machine = str(elf["e_machine"])
         if machine != "EM_ARM":
-            what = "AArch64 (64-bit)" if machine == "EM_AARCH64" else _without_em(str(machine))
-            return ElfObject(name, InstructionSet(), problem=f"is {what} code, which no 32-bit ARM system can run")
+            what = "AArch64 (64-bit)" if machine == "EM_AARCH64" else _without_em(machine)
+            return ElfObject(
+                name,
+                InstructionSet(),
+                problem=f"is {what} code, which no 32-bit ARM system can run",
+                elf_class=elf.elfclass,
+                machine=machine,
+            )
         sections = [s for s in elf.iter_sections() if isinstance(s, ARMAttributesSection)]
         if not sections:
             log.debug("%s: no .ARM.attributes section, nothing to check", name)
@@ -395,8 +405,43 @@ def read_elf(data: bytes, name: str) -> ElfObject:
                             # Section- and symbol-scoped attributes can only ask for more.
                             values[attr.tag] = max(values.get(attr.tag, 0), attr.value)
     except (ELFError, ConstructError, ValueError, KeyError) as e:
-        return ElfObject(name, InstructionSet(), problem=f"has unreadable ELF headers or build attributes ({e})")
+        return ElfObject(
+            name,
+            InstructionSet(),
+            problem=f"has unreadable ELF headers or build attributes ({e})",
+            elf_class=0,
+            machine="",
+        )
     return _needs_from_tags(name, values)
+
+
+# Debian's architecture names (``dpkg --print-architecture``) of the two ARM userlands -> the ELF class and
+# machine of the files their processes load (ELF gABI: a process maps only objects of its own class; Arm's
+# ELF for the Arm Architecture and ELF for the Arm 64-bit Architecture give EM_ARM = 40, EM_AARCH64 = 183).
+USERLANDS = {"armhf": (32, "EM_ARM"), "arm64": (64, "EM_AARCH64")}
+_USERLAND_WORDS = {"armhf": "a 32-bit (armhf) system", "arm64": "a 64-bit (arm64) system"}
+_MACHINE_WORDS = {"EM_ARM": "ARM", "EM_AARCH64": "AArch64"}
+
+
+def userland_problem(obj: ElfObject, userland: str) -> str | None:
+    """Why a process of USERLAND ("armhf" or "arm64", see USERLANDS) cannot load OBJ by its ELF class; None if it can.
+
+    Only the ELF header is compared (class and machine): whether the instructions inside run on the
+    board's core is a separate question (missing() for 32-bit files; a run on the core for 64-bit ones).
+    Raises KeyError for a userland not in USERLANDS.
+    """
+    want = USERLANDS[userland]
+    if (obj.elf_class, obj.machine) == want:
+        return None
+    if not obj.machine:
+        return obj.problem or "has unreadable ELF headers"
+    for other, (elf_class, machine) in USERLANDS.items():
+        if (obj.elf_class, obj.machine) == (elf_class, machine):
+            return (
+                f"is ELFCLASS{elf_class} {_MACHINE_WORDS[machine]} ({other}) code, which {_USERLAND_WORDS[userland]} "
+                f"cannot load: a process loads only ELFCLASS{want[0]} {_MACHINE_WORDS[want[1]]} libraries"
+            )
+    return f"is ELFCLASS{obj.elf_class} {_without_em(obj.machine)} code, which no ARM system can run"
 
 
 def _without_em(machine: str) -> str:

@@ -25,6 +25,7 @@ from pibake._module_utils.isa import (
     SIMD_ARCH_NAMES,
     SIMD_ARCH_TAG,
     THUMB2,
+    USERLANDS,
     V6_FEATURES,
     V7_FEATURES,
     V8_FEATURES,
@@ -35,6 +36,7 @@ from pibake._module_utils.isa import (
     from_cpu_features,
     missing,
     read_elf,
+    userland_problem,
 )
 from pibake.errors import UsageError, VerificationFailed
 
@@ -52,6 +54,7 @@ __all__ = [
     "SIMD_ARCH_NAMES",
     "SIMD_ARCH_TAG",
     "THUMB2",
+    "USERLANDS",
     "V6_FEATURES",
     "V7_FEATURES",
     "V8_FEATURES",
@@ -63,6 +66,7 @@ __all__ = [
     "missing",
     "read_elf",
     "scan",
+    "userland_problem",
 ]
 
 

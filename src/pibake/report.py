@@ -194,9 +194,7 @@ def wheels_from_preflight(report: preflight.Report, digests: Mapping[str, str]) 
     wheels = []
     for art in report.artifacts:
         checks = tuple(
-            PreflightResult(v.target.label, v.ok, "; ".join(m.describe() for m in v.mismatches))
-            for v in report.verdicts
-            if v.artifact is art
+            PreflightResult(v.target.label, v.ok, "; ".join(v.details())) for v in report.verdicts if v.artifact is art
         )
         wheels.append(Wheel(art.name, digests.get(art.name, ""), checks))
     return tuple(wheels)

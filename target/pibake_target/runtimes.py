@@ -68,3 +68,24 @@ def load_interpreter(model_path: str, num_threads: int | None = None) -> tuple[A
             f"no runtime for {suffix or 'a file without a suffix'} models ({model_path}): known are {known}"
         )
     return loader(model_path, num_threads)
+
+
+def invoke_once(model_path: str, num_threads: int | None = None) -> str:
+    """Load the model with its runtime and run one inference on zeros; "<runtime> <version>".
+
+    Every input gets zeros of its own shape and dtype (from the interpreter's input details), so any
+    model runs, whatever its input. `pibake preflight` runs this under qemu-aarch64 on the board's core:
+    the runtime's kernels (XNNPACK chooses them by the CPU's features) execute once. Raises ModelError
+    when the model cannot be loaded or run.
+    """
+    import numpy as np
+
+    interpreter, runtime = load_interpreter(model_path, num_threads)
+    try:
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], dtype=detail["dtype"]))
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"cannot run the model {model_path}: {exc}") from exc
+    return runtime
