@@ -26,7 +26,7 @@ APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support deboo
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: locks help deps apt-packages binfmt venv image fetch prepare finalize kernel-deps cross-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
+.PHONY: locks help deps apt-packages binfmt venv image image-arm64 fetch prepare finalize kernel-deps cross-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ locks: venv ## regenerate roles/python_runtime/files/locks/*.txt: each runtime's
 
 image: deps venv ## build the base image from Debian bullseye armhf (cached: seconds the second time)
 	$(if $(TIMING),$(TIMED) image --) $(PIBAKE) image build --base debian-bullseye -o $(IMAGE)
+
+IMAGE_ARM64 ?= build/pibake-trixie-arm64.img
+BOARD_ARM64 ?= pi4
+
+image-arm64: deps venv ## build the 64-bit base image from Debian trixie arm64 for BOARD_ARM64 (default pi4; cached)
+	$(if $(TIMING),$(TIMED) image-arm64 --) $(PIBAKE) image build --base debian-trixie-arm64 --board $(BOARD_ARM64) -o $(IMAGE_ARM64)
 
 fetch: venv ## download RELEASE (default: the current Raspberry Pi OS Lite armhf; pibake image fetch --list) to RASPIOS_IMAGE, checked against Raspberry Pi's OS list, resumable, cached
 	$(PIBAKE) image fetch --release $(RELEASE) -o $(RASPIOS_IMAGE)
@@ -140,7 +146,7 @@ bench: deps venv ## time image, boots, converge, inference, serving, flashing (R
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
-test-integration: deps kernel-deps cross-deps venv image
+test-integration: deps kernel-deps cross-deps venv image image-arm64
 	$(if $(TIMING),$(TIMED) pytest --) env PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q -m "not raspi2b" tests
 
 molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, reboot, destroy (virt)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pibake import boards, preflight, project, report
+from pibake._module_utils import wheel_lock
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.ssh import ssh_run
@@ -55,6 +56,38 @@ EXAMPLE = COLLECTION / "examples" / "car"
 RUNTIME = "tflite-runtime"
 RUNTIME_VERSION = "2.11.0"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LOCK_DIR = COLLECTION / "roles" / "python_runtime" / "files" / "locks"
+
+
+@dataclass(frozen=True)
+class PlatformRuntime:
+    """The runtime a Debian base gets: its name and version, the lock it is installed from (None: the role's single
+    pinned wheel into the system Python, bullseye), and the Python on the Pi that runs it."""
+
+    name: str
+    version: str
+    lock: str | None
+    python: str
+
+    @property
+    def wheel_filenames(self) -> tuple[str, ...]:
+        """The lock's wheel files (the bullseye wheel's name for the legacy base)."""
+        if self.lock is None:
+            return (f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl",)
+        return tuple(p.filename for p in wheel_lock.read(LOCK_DIR / self.lock).pins if p.filename)
+
+
+def platform_runtime(base: str) -> PlatformRuntime:
+    """The runtime for the Debian base BASE (image.build.BASES): LiteRT from its lock in a venv on trixie arm64
+    (roles/python_runtime/files/locks, `make locks`), tflite-runtime 2.11.0 in the system Python on bullseye.
+    Raises UsageError for a base with no runtime here."""
+    if base == "debian-bullseye":
+        return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3")
+    if base == "debian-trixie-arm64":
+        lock = "ai-edge-litert-3.13-debian-trixie-arm64.txt"
+        pins = {p.key: p for p in wheel_lock.read(LOCK_DIR / lock).pins}
+        return PlatformRuntime("ai-edge-litert", pins["ai-edge-litert"].version, lock, "/opt/pibake/venv/bin/python")
+    raise UsageError(f"no runtime is pinned for base {base!r}")
 
 
 @dataclass(frozen=True)
@@ -86,13 +119,15 @@ def unsupported(proj: project.Project) -> list[str]:
         )
     if m.input_shape is not None and pre.size is not None and tuple(pre.size) != _input_size(m.input_shape):
         problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
-    if proj.runtime.name not in (project.AUTO_RUNTIME, RUNTIME) or proj.runtime.version not in (None, RUNTIME_VERSION):
-        problems.append(f"runtime: the Debian bullseye base runs {RUNTIME} {RUNTIME_VERSION} only")
-    if t.arch == "arm64":
-        problems.append(
-            f"target.base = {t.base!r}: baking for a 64-bit base (its runtime in a venv) is not wired in yet; "
-            "use debian-bullseye (`pibake image build` and `pibake emulate start` do boot the arm64 base)"
-        )
+    if t.base_kind == "debian":
+        rt = platform_runtime(t.base)
+        if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
+            problems.append(f"runtime: the {t.base} base runs {rt.name} {rt.version} only")
+    elif proj.runtime.name not in (project.AUTO_RUNTIME, RUNTIME) or proj.runtime.version not in (
+        None,
+        RUNTIME_VERSION,
+    ):
+        problems.append(f"runtime: a local image gets {RUNTIME} {RUNTIME_VERSION} only")
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if t.base_kind == "debian" and s.wifi is not None:
@@ -134,11 +169,15 @@ def stage_model(proj: project.Project, directory: Path) -> str:
     return version
 
 
-def provision_vars(proj: project.Project, source: Path, version: str) -> dict[str, object]:
-    """Extra vars for site.yml and playbooks/bake_system.yml (JSON-able)."""
+def provision_vars(
+    proj: project.Project, source: Path, version: str, runtime: PlatformRuntime | None = None
+) -> dict[str, object]:
+    """Extra vars for site.yml and playbooks/bake_system.yml (JSON-able); RUNTIME's lock, when it has one."""
     current = f"{MODEL_ROOT}/current"
     suffixes = sorted({p.suffix.lower() for p in proj.model.samples})
+    lock = {"python_runtime_lock": runtime.lock} if runtime and runtime.lock else {}
     return {
+        **lock,
         "model_source_dir": str(source),
         "model_version": version,
         "model_file": proj.model.file.name,
@@ -174,22 +213,28 @@ def host_outputs(proj: project.Project) -> dict[str, object]:
 
 
 def _predict_report(out: str, where: str) -> dict[str, object]:
-    """The JSON line the predict command prints last (a runtime may chatter on the lines before it)."""
-    try:
-        result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError) as e:
-        raise PibakeError(f"the predict command printed no JSON {where}:\n{out[-2000:]}") from e
-    return result
+    """The JSON object the predict command prints: the last line that is one (a runtime may chatter before and after
+    it: LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr, which SSH interleaves)."""
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(result, dict):
+                return result
+    raise PibakeError(f"the predict command printed no JSON {where}:\n{out[-2000:]}")
 
 
 def predict_on_guest(
-    guest: emulator.Guest, model_dir: str = MODEL_DIR, *, model_file: str = "car.tflite"
+    guest: emulator.Guest, model_dir: str = MODEL_DIR, *, model_file: str = "car.tflite", python: str = "python3"
 ) -> dict[str, object]:
     """The Pi-side package's predict command on GUEST over MODEL_DIR/samples/* (where pibake.raspberry.python_runtime
-    installed it): {"runtime", "results": [{"image", "label", "probability", "probabilities"}, ...]}."""
+    installed it), run by PYTHON (the runtime's venv on the 64-bit base):
+    {"runtime", "results": [{"image", "label", "probability", "probabilities"}, ...]}."""
     model = shlex.quote(f"{model_dir}/{model_file}")
     cmd = (
-        f"PYTHONPATH={GUEST_PACKAGE_DIR} python3 -B -m pibake_target predict --model {model} "
+        f"PYTHONPATH={GUEST_PACKAGE_DIR} {shlex.quote(python)} -B -m pibake_target predict --model {model} "
         f"--labels {model_dir}/labels.txt {model_dir}/samples/*"
     )
     code, out = ssh_run(guest, cmd, timeout=300)
@@ -260,7 +305,10 @@ def bake(
     if problems:
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
     board = boards.get(proj.target.board)
-    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu)
+    runtime = (
+        platform_runtime(proj.target.base) if proj.target.base_kind == "debian" else platform_runtime("debian-bullseye")
+    )
+    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
     prof = profiles.load(profile)
     output = output or proj.root / "build" / f"{proj.model.file.stem}.img"
     out_dir = output.parent
@@ -298,7 +346,7 @@ def bake(
             )
         staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
         version = stage_model(proj, staged)
-        extra.write_text(json.dumps(provision_vars(proj, staged, version), indent=1) + "\n")
+        extra.write_text(json.dumps(provision_vars(proj, staged, version, runtime), indent=1) + "\n")
         inventory.unlink(missing_ok=True)
         forwards = (proj.service.port,) if proj.service.enabled else ()
         with _stage(timings, "boot", say):
@@ -317,7 +365,7 @@ def bake(
                     provision(collection, inventory, playbook=_roles_play(roles_play, proj.provision.roles),
                               extra_vars_file=extra)  # fmt: skip
             with _stage(timings, "verify", say):
-                pi_out = predict_on_guest(guest, MODEL_DIR, model_file=proj.model.file.name)
+                pi_out = predict_on_guest(guest, MODEL_DIR, model_file=proj.model.file.name, python=runtime.python)
                 pi = _vectors(pi_out, names, "Pi")
                 answers: list[report.ServiceAnswer | None] = [None] * len(names)
                 if proj.service.enabled:
@@ -345,11 +393,21 @@ def bake(
         extra.unlink(missing_ok=True)
         roles_play.unlink(missing_ok=True)
 
-    wheel = cache_root() / "wheels" / f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
     wheels: tuple[report.Wheel, ...] = ()
-    if wheel.is_file():
-        checked = preflight.preflight([wheel], board=proj.target.board, profile=profile, cpu=cpu)
-        wheels = report.wheels_from_preflight(checked, {wheel.name: sha256_file(wheel)})
+    files = [cache_root() / "wheels" / f for f in runtime.wheel_filenames]
+    if all(f.is_file() for f in files) and prof.arch == "armhf":
+        checked = preflight.preflight(files, board=proj.target.board, profile=profile, cpu=cpu)
+        wheels = report.wheels_from_preflight(checked, {f.name: sha256_file(f) for f in files})
+    elif all(f.is_file() for f in files):
+        # AArch64 ELF files carry no FP/SIMD attributes to check statically: the proof is the model's run on the
+        # board's own core above (a SIGILL there fails the bake).
+        ran = samples and all(s.passed for s in samples)
+        proof = report.PreflightResult(
+            f"emulated CPU {prof.resolve_cpu(cpu)} (profile {profile})",
+            bool(ran),
+            "imported and ran the model on every sample" if ran else "the model did not pass on every sample",
+        )
+        wheels = tuple(report.Wheel(f.name, sha256_file(f), (proof,)) for f in files)
     result = report.BakeReport(
         project=str(proj.path),
         board=board.name,
@@ -358,8 +416,8 @@ def bake(
         emulated_cpu=prof.resolve_cpu(cpu),
         base=proj.target.base,
         release=release,
-        runtime=RUNTIME,
-        runtime_version=RUNTIME_VERSION,
+        runtime=runtime.name,
+        runtime_version=runtime.version,
         wheels=wheels,
         labels=proj.model.labels,
         tolerance=proj.model.tolerance,

@@ -199,21 +199,21 @@ def targets_for(
 
 
 def target64_for(board: Board, *, cpu: str | None = None) -> Target:
-    """BOARD under a 64-bit OS: its own core (board table: core64_cpu) or CPU, as qemu-aarch64 runs it.
+    """BOARD under a 64-bit OS: its own core (board table: cpu64) or CPU, as qemu-aarch64 runs it.
 
     Raises UsageError for a board whose core has no AArch64 state (ARMv6, ARMv7), and for a CPU
     qemu-aarch64 does not have (its ``-cpu help``).
     """
-    if board.core64_cpu is None:
+    if board.cpu64 is None:
         raise UsageError(
             f"board {board.name} ({board.model}) has an {board.core}, which cannot run a 64-bit OS: check its "
             f"wheels with --arch armhf, or pick a board that can: "
-            + ", ".join(b.name for b in boards.BOARDS.values() if b.core64_cpu)
+            + ", ".join(b.name for b in boards.BOARDS.values() if b.cpu64)
         )
-    core = cpu or board.core64_cpu
+    core = cpu or board.cpu64
     if cpu is not None and cpu not in (known := user.cpus("arm64")):
         raise UsageError(f"qemu-aarch64 has no CPU {cpu!r}: it has {', '.join(known)}")
-    own = "its own core" if core == board.core64_cpu else f"chosen with --cpu; its own is {board.core64_cpu}"
+    own = "its own core" if core == board.cpu64 else f"chosen with --cpu; its own is {board.cpu64}"
     return Target(
         label=f"board {board.name} ({board.soc}, 64-bit OS) on {core} ({own}) under qemu-aarch64",
         isa=board.isa,
@@ -230,7 +230,7 @@ def _class_hint(board: Board, arch: str) -> str:
             "Use the build for aarch64 (a *_aarch64.whl) on a 64-bit OS, "
             "or check this one for a 32-bit OS (--arch armhf)."
         )
-    other = " or check this one for a 64-bit OS (--arch arm64)" if board.core64_cpu else ""
+    other = " or check this one for a 64-bit OS (--arch arm64)" if board.cpu64 else ""
     return f"Use the build for 32-bit ARM (a *_armv7l.whl) on a 32-bit OS{other}."
 
 

@@ -5,7 +5,7 @@ the Arm 64-bit Architecture" defines none like AArch32's Tag_FP_arch), and libra
 pick their kernels at run time from the CPU's features: reading the files cannot tell whether a wheel
 runs on a Pi 4. Running it can. Each native aarch64 wheel is unpacked into a temporary directory and
 imported by the board's Python (the arm64 root filesystem's ``/usr/bin/python3``) under
-``qemu-aarch64 -cpu CORE``, CORE being the board's own (board table: core64_cpu); with a model, one
+``qemu-aarch64 -cpu CORE``, CORE being the board's own (board table: cpu64); with a model, one
 inference follows, through the Pi-side package (target/pibake_target, ``runtimes.invoke_once``). A
 SIGILL there is what the board would do: a refusal that names the board, the core and the wheel.
 
@@ -80,7 +80,7 @@ class Trial:
     def error(self) -> str:
         """The refusal (SIGILL) or failure message, with what to do; "" when the run went well."""
         board = self.board
-        if self.cpu == board.core64_cpu:
+        if self.cpu == board.cpu64:
             core = f"the {board.name}'s {board.core} ({self.cpu})"
         else:
             core = f"{self.cpu} (not the {board.name}'s own core, {board.core})"

@@ -1,18 +1,20 @@
-"""The 64-bit base: Debian trixie arm64 built from Debian's packages, its boot partition checked for the Pi 4, and
-booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72) by `emulate start --board pi4`."""
+"""The 64-bit base end to end: Debian trixie arm64 built from Debian's packages, its boot partition checked for the
+Pi 4, and `pibake bake` of the car model for the Pi 4 on it: booted on qemu-system-aarch64's virt board with the
+Pi 4's own core (Cortex-A72), LiteRT installed from its lock into a venv, the model's outputs on the emulated Pi
+compared with this machine's, the card image finalized. One cold boot serves it all (a user playbook of the
+project brings the guest's /proc/cpuinfo back, so the core is read from the guest itself)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from pibake.emulate import guest as emulator
 from pibake.emulate import profiles
-from pibake.emulate.ssh import ssh_run
 from pibake.image import build as image
 from tests.conftest import REPO, run_cli
-from tests.integration.conftest import qemu_processes
 
 pytestmark = pytest.mark.emulator
 
@@ -20,15 +22,35 @@ ARM64_IMAGE = REPO / "build" / "pibake-trixie-arm64.img"
 # MIDR_EL1's part number, which /proc/cpuinfo prints as "CPU part" (Arm's Cortex-A72 TRM: 0xD08).
 CORTEX_A72_PART = "0xd08"
 
+GUEST_FACTS = """\
+---
+- name: Bring the guest's CPU and Python facts back to the controller
+  hosts: raspberry_pi
+  gather_facts: false
+  tasks:
+    - name: Read them
+      ansible.builtin.shell: |
+        uname -m; dpkg --print-architecture; /opt/pibake/venv/bin/python -c 'import sys; print(sys.version_info[:2])'
+        cat /proc/cpuinfo
+      changed_when: false
+      register: facts
+    - name: Write them beside the project
+      delegate_to: localhost
+      ansible.builtin.copy:
+        content: "{{ facts.stdout }}"
+        dest: "{{ playbook_dir }}/guest-facts.txt"
+        mode: "0644"
+"""
+
 
 @pytest.fixture(scope="module")
 def arm64_image() -> Path:
-    """The trixie arm64 base for the Pi 4 (cached: seconds after the first build, about 10 min before it)."""
+    """The trixie arm64 base for the Pi 4 (`make image-arm64`; cached: seconds after the first build)."""
     built = image.build_image(image.default_spec(base="debian-trixie-arm64", board="pi4"), output=ARM64_IMAGE)
     return built.path
 
 
-def test_the_arm64_image_would_boot_a_pi4(arm64_image: Path) -> None:
+def test_the_arm64_image_would_boot_a_pi4_and_not_a_pi2(arm64_image: Path) -> None:
     res = run_cli(["image", "check", str(arm64_image)])
     assert res.code == 0, res.err
     res = run_cli(["image", "check", str(arm64_image), "--board", "pi2"])
@@ -36,32 +58,48 @@ def test_the_arm64_image_would_boot_a_pi4(arm64_image: Path) -> None:
     assert "arm_64bit=1" in res.err and "Cortex-A7 cannot run one" in res.err
 
 
-def test_emulate_start_board_pi4_boots_the_arm64_image_on_a_cortex_a72(
-    arm64_image: Path, stop_guests: list[str]
-) -> None:
-    name = "it-arm64"
-    stop_guests.append(name)
-    res = run_cli(["emulate", "start", str(arm64_image), "--board", "pi4", "--name", name, "--cold", "--no-inventory"])
-    assert res.code == 0, res.err
-    guest = emulator.status(name).guest
-    assert guest is not None
-    assert (guest.profile, guest.cpu) == ("virt64", "cortex-a72")
-    code, out = ssh_run(
-        guest,
-        "uname -m; dpkg --print-architecture; python3 -c 'import sys; print(sys.version_info[:2])'; "
-        "grep -m1 '^CPU part' /proc/cpuinfo; grep -m1 '^Features' /proc/cpuinfo",
-    )
-    assert code == 0, out
-    machine, arch, python, part, features = out.splitlines()
-    assert (machine, arch, python) == ("aarch64", "arm64", "(3, 13)")
-    assert part.split(":")[1].strip() == CORTEX_A72_PART
-    assert set(profiles.load("virt64").features("cortex-a72")) <= set(features.split(":", 1)[1].split())
-    stopped = emulator.stop(name)
-    assert stopped.clean
-    assert not qemu_processes(str(emulator.state_dir(name)))
-
-
 def test_a_32_bit_profile_refuses_the_arm64_image(arm64_image: Path) -> None:
     res = run_cli(["emulate", "start", str(arm64_image), "--profile", "virt", "--name", "it-arm64-wrong", "--cold"])
     assert res.code != 0
     assert "64-bit (arm64) image" in res.err and "--profile virt64" in res.err
+
+
+def test_bake_for_a_pi4_on_the_64_bit_base(arm64_image: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "car64"
+    shutil.copytree(REPO / "models", proj / "model", ignore=shutil.ignore_patterns("train.py", "*.md"))
+    text = (REPO / "examples" / "car" / "pibake.toml").read_text()
+    text = text.replace('# board = "pi3b-plus"', 'board = "pi4"').replace(
+        '# base = "debian-bullseye"', 'base = "debian-trixie-arm64"'
+    )
+    assert 'board = "pi4"' in text and 'base = "debian-trixie-arm64"' in text
+    text = text.replace("# playbooks = []", 'playbooks = ["guest-facts.yml"]')
+    assert 'playbooks = ["guest-facts.yml"]' in text
+    (proj / "pibake.toml").write_text(text)
+    (proj / "guest-facts.yml").write_text(GUEST_FACTS)
+
+    res = run_cli(["bake", str(proj), "--name", "it-bake-arm64"])
+    report_md = proj / "build" / "report.md"
+    assert res.code == 0, res.err[-4000:] + (report_md.read_text() if report_md.exists() else "(no report)")
+    report = report_md.read_text()
+
+    finished = proj / "build" / "car.img"
+    for suffix in ("", ".sha256", ".bmap"):
+        assert finished.with_name(finished.name + suffix).is_file(), suffix
+    assert "virt64" in report and "cortex-a72" in report
+    assert "ai-edge-litert 2.3.0" in report
+    assert "ai_edge_litert-2.3.0-cp313-cp313-manylinux_2_27_aarch64.whl" in report
+    assert "FAILED" not in report
+
+    machine, arch, python, *cpuinfo = (proj / "guest-facts.txt").read_text().splitlines()
+    assert (machine, arch, python) == ("aarch64", "arm64", "(3, 13)")
+    parts = {ln.split(":")[1].strip() for ln in cpuinfo if ln.startswith("CPU part")}
+    assert parts == {CORTEX_A72_PART}  # every core of the guest is the Pi 4's Cortex-A72
+    features = next(ln for ln in cpuinfo if ln.startswith("Features")).split(":", 1)[1].split()
+    assert set(profiles.load("virt64").features("cortex-a72")) <= set(features)
+
+    res = run_cli(["image", "check", str(finished)])
+    assert res.code == 0, res.err
+    manifest = json.loads(finished.with_name(finished.name + ".manifest.json").read_text())
+    assert manifest["os"].startswith("Debian GNU/Linux 13")
+    names = {(d["name"].lower().replace("_", "-"), d["version"]) for d in manifest["python"]}
+    assert ("ai-edge-litert", "2.3.0") in names  # from the runtime's venv

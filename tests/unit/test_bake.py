@@ -106,3 +106,28 @@ def test_the_reference_run_gives_one_probability_vector_per_sample(car: project.
     assert all(abs(sum(v) - 1) < 1e-4 for v in vectors)  # softmax outputs
     with pytest.raises(Exception, match=r"no output for nope\.png"):
         bake._vectors(outputs, [*names, "nope.png"], "host")
+
+
+def test_the_predict_json_is_found_among_a_runtimes_chatter() -> None:
+    line = json.dumps({"runtime": "ai_edge_litert 2.3.0", "results": []})
+    # LiteRT's stderr line comes after stdout's JSON when SSH merges the two.
+    out = f"{line}\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    assert bake._predict_report(out, "on the guest")["runtime"] == "ai_edge_litert 2.3.0"
+    with pytest.raises(bake.PibakeError, match="printed no JSON on the guest"):
+        bake._predict_report("Illegal instruction\n{not json\n", "on the guest")
+
+
+def test_each_debian_base_gets_its_runtime(car: project.Project, tmp_path: Path) -> None:
+    litert = bake.platform_runtime("debian-trixie-arm64")
+    assert (litert.name, litert.version, litert.python) == ("ai-edge-litert", "2.3.0", "/opt/pibake/venv/bin/python")
+    assert "ai_edge_litert-2.3.0-cp313-cp313-manylinux_2_27_aarch64.whl" in litert.wheel_filenames
+    assert not any("numpy" in f for f in litert.wheel_filenames)  # the distribution's numpy, through the venv
+    legacy = bake.platform_runtime("debian-bullseye")
+    assert (legacy.name, legacy.version, legacy.lock) == ("tflite-runtime", "2.11.0", None)
+    values = bake.provision_vars(car, tmp_path, "v1", litert)
+    assert values["python_runtime_lock"] == litert.lock
+    assert "python_runtime_lock" not in bake.provision_vars(car, tmp_path, "v1", legacy)
+    arm64 = dataclasses.replace(car, target=dataclasses.replace(car.target, base="debian-trixie-arm64", arch="arm64"))
+    assert bake.unsupported(arm64) == []
+    pinned = dataclasses.replace(arm64, runtime=project.Runtime("ai-edge-litert", "2.2.0"))
+    assert bake.unsupported(pinned) == ["runtime: the debian-trixie-arm64 base runs ai-edge-litert 2.3.0 only"]

@@ -92,13 +92,13 @@ def test_each_armv8_board_names_its_own_core_for_a_64_bit_os() -> None:
     """qemu-aarch64 (user mode, Debian's qemu-user-static 7.2 here) has each board's exact core."""
     for name in ARMV8_BOARDS:
         board = boards.get(name)
-        assert board.core64_cpu == board.core.lower(), name
+        assert board.cpu64 == board.core.lower(), name
     for name in ("pi1", "pi-zero", "pi2"):
-        assert boards.get(name).core64_cpu is None  # ARMv6 / ARMv7: no AArch64 state
+        assert boards.get(name).cpu64 is None  # ARMv6 / ARMv7: no AArch64 state
     # qemu-aarch64 7.2 lists its CPUs on stdout and exits 1 (measured here).
     cpus = subprocess.run(["qemu-aarch64-static", "-cpu", "help"], capture_output=True, text=True, check=False).stdout
     for name in ARMV8_BOARDS:
-        assert f"  {boards.get(name).core64_cpu}\n" in cpus
+        assert f"  {boards.get(name).cpu64}\n" in cpus
 
 
 @pytest.mark.parametrize(("board", "ok"), [("pi1", False), ("pi-zero", False), ("pi2", True), ("pi3b-plus", True)])

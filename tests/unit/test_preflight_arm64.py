@@ -65,7 +65,7 @@ def pi5() -> Board:
     """The Pi 5's row as the board table will have it (Raspberry Pi 5 Model B, BCM2712, Cortex-A76)."""
     return boards.BOARDS.get("pi5") or dataclasses.replace(
         boards.get("pi4"), name="pi5", model="Raspberry Pi 5 Model B", soc="BCM2712", core="Cortex-A76",
-        core64_cpu="cortex-a76",
+        cpu64="cortex-a76",
     )  # fmt: skip
 
 
@@ -138,12 +138,12 @@ def test_dotprod_runs_on_the_pi5s_core_and_dies_of_sigill_on_the_pi4s_and_pi3s(
     dotprod: Dotprod, board: str, outcome: Outcome
 ) -> None:
     the_board = pi5() if board == "pi5" else boards.get(board)
-    assert the_board.core64_cpu is not None
+    assert the_board.cpu64 is not None
     trial = preflight_dynamic.try_program(
         [dotprod.program, dotprod.library],
         subject=dotprod.library.name,
         board=the_board,
-        cpu=the_board.core64_cpu,
+        cpu=the_board.cpu64,
         sysroot=CROSS_SYSROOT,
     )
     assert trial.run.outcome is outcome, trial.run
@@ -155,7 +155,7 @@ def test_dotprod_runs_on_the_pi5s_core_and_dies_of_sigill_on_the_pi4s_and_pi3s(
     assert "qemu: uncaught target signal 4 (Illegal instruction)" in trial.run.stderr
     error = trial.error()
     assert error.startswith("libdot.so died with SIGILL (Illegal instruction) under qemu-aarch64 -cpu cortex-a")
-    assert f"the {board}'s {the_board.core} ({the_board.core64_cpu})" in error
+    assert f"the {board}'s {the_board.core} ({the_board.cpu64})" in error
     assert "ARMv8.0-A with CRC32" in error and "would die the same way on the board" in error
     assert trial.run.seconds < 30
     assert not list(dotprod.program.parent.glob("*.core")) and not list(Path.cwd().glob("qemu_*.core"))

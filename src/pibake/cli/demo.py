@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from pibake import boards
+from pibake.image.build import BASES
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -14,7 +15,10 @@ def _demo(a: argparse.Namespace) -> int:
     from pibake.cli.bake import print_result
 
     example = project.load(a.project / "examples" / "car")
-    example = dataclasses.replace(example, target=dataclasses.replace(example.target, board=a.board))
+    target = example.target
+    if a.base is not None:
+        target = dataclasses.replace(target, base=a.base, arch=BASES[a.base].arch)
+    example = dataclasses.replace(example, target=dataclasses.replace(target, board=a.board))
     say = lambda line: print(f"pibake demo: {line}")  # noqa: E731
     res = bake.bake(example, profile=a.profile, cpu=a.cpu, name="pibake-demo", output=a.output, say=say)
     return print_result(res)
@@ -36,6 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=boards.names(),
         help="target board: the image's config.txt and cmdline.txt are written for it and the guest emulates it; "
         "boards the Debian base cannot boot are refused (default: %(default)s)",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        choices=sorted(BASES),
+        help="the Debian base to build on: debian-trixie-arm64 (64-bit, LiteRT in a venv; --board pi3, pi3b-plus, "
+        "pi-zero-2 or pi4) or debian-bullseye (32-bit, tflite-runtime; legacy) (default: the example's, "
+        "debian-bullseye)",
     )
     p.add_argument("--profile", default=None, help="machine profile (default: the board's)")
     p.add_argument("--cpu", default=None, help="emulated CPU (default: the board's)")
