@@ -145,8 +145,9 @@ SCHEMA: tuple[Key, ...] = (
     Key(
         "target.base",
         f'"{DEFAULT_BASE}"',
-        "What the image starts from: a Debian base pibake builds (debian-bullseye), a Raspberry Pi OS release "
-        "(bookworm-armhf-lite, latest-arm64-lite, ...; `pibake image fetch --list`), or a local .img file.",
+        "What the image starts from: a Debian base pibake builds (debian-trixie-arm64: 64-bit, LiteRT, for pi3, "
+        "pi3b-plus, pi-zero-2, pi4; debian-bullseye: 32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, "
+        "latest-arm64-lite, ...; `pibake image fetch --list`), or a local .img file.",
     ),
     Key("target.image_size_mb", str(DEFAULT_IMAGE_SIZE_MB), "Size of the finished image in MiB."),
     Key(

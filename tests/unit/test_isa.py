@@ -223,14 +223,18 @@ def test_an_armv8_wheel_passes_the_pi3_but_not_its_cortex_a15_emulation(tmp_path
     assert preflight.preflight([wheel], board="pi2").errors()[0].startswith(f"{wheel.name} cannot run on board pi2")
 
 
-def test_cli_preflight_reports_and_exits_0_when_every_wheel_fits(tflite_wheel: Path) -> None:
+def test_cli_preflight_reports_and_exits_0_when_every_wheel_fits(tflite_wheel: Path, tmp_path: Path) -> None:
     res = run_cli(["preflight", str(tflite_wheel)])
     assert res.code == 0, res.err
     assert "board pi3b-plus (Raspberry Pi 3 Model B+)" in res.out  # the default board
     assert f"{TFLITE_SO}: needs ARMv7, VFPv4 (D32), NEON with FMA" in res.out
     assert "OK on emulated CPU cortex-a15 (profile virt)" in res.out
     assert res.err == ""
-    res = run_cli(["preflight", "--board", "pi2", str(tflite_wheel.parent)])
+    # A directory is scanned whole: one holding only this wheel (the shared wheel cache has the arm64 runtimes' too).
+    alone = tmp_path / "wheels"
+    alone.mkdir()
+    shutil.copyfile(tflite_wheel, alone / tflite_wheel.name)
+    res = run_cli(["preflight", "--board", "pi2", str(alone)])
     assert res.code == 0, res.err
     assert "OK on emulated CPU cortex-a7 (profile virt)" in res.out
 

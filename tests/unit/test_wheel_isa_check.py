@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -260,16 +261,19 @@ def test_module_refuses_the_wheel_for_a_cortex_a9(tflite_wheel: Path) -> None:
     assert obj["tags"] == ["Tag_CPU_arch: v7", "Tag_FP_arch: VFPv4", "Tag_Advanced_SIMD_arch: NEONv1 with Fused-MAC"]
 
 
-def test_module_passes_the_wheel_for_a_pi2_in_check_mode(tflite_wheel: Path) -> None:
+def test_module_passes_the_wheel_for_a_pi2_in_check_mode(tflite_wheel: Path, tmp_path: Path) -> None:
     features = " ".join(CORTEX_A7_FEATURES)  # a whole Features line is split too
+    # A directory is scanned whole: one holding only this wheel (the shared wheel cache has the arm64 runtimes' too).
+    wheel = tmp_path / tflite_wheel.name
+    shutil.copyfile(tflite_wheel, wheel)
     rc, res = run_module(
-        {"path": str(tflite_wheel.parent), "board": "pi2", "cpu_features": [features], "architecture": "armv7l"},
+        {"path": str(tmp_path), "board": "pi2", "cpu_features": [features], "architecture": "armv7l"},
         "--check",
     )
     assert rc == 0, res
     assert res["compatible"] is True and res["changed"] is False
     assert res["board"]["has"] == "ARMv7, VFPv4 (D32), NEON with FMA, integer divide"
-    assert any(w["path"] == str(tflite_wheel) and w["compatible"] for w in res["wheels"])
+    assert any(w["path"] == str(wheel) and w["compatible"] for w in res["wheels"])
 
 
 def test_module_refuses_the_wheel_for_a_pi1_board(tflite_wheel: Path) -> None:
