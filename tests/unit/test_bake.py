@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pibake import bake, project
+from pibake.errors import PibakeError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "car"
@@ -113,7 +114,7 @@ def test_the_predict_json_is_found_among_a_runtimes_chatter() -> None:
     # LiteRT's stderr line comes after stdout's JSON when SSH merges the two.
     out = f"{line}\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
     assert bake._predict_report(out, "on the guest")["runtime"] == "ai_edge_litert 2.3.0"
-    with pytest.raises(bake.PibakeError, match="printed no JSON on the guest"):
+    with pytest.raises(PibakeError, match="printed no JSON on the guest"):
         bake._predict_report("Illegal instruction\n{not json\n", "on the guest")
 
 
