@@ -90,6 +90,11 @@ def platform_runtime(base: str) -> PlatformRuntime:
     raise UsageError(f"no runtime is pinned for base {base!r}")
 
 
+def project_runtime(proj: project.Project) -> PlatformRuntime:
+    """The runtime PROJ's image gets: its Debian base's, or bullseye's (tflite-runtime) for a local image."""
+    return platform_runtime(proj.target.base if proj.target.base_kind == "debian" else "debian-bullseye")
+
+
 @dataclass(frozen=True)
 class BakeResult:
     """What a bake left in the project's build directory: the image (None unless it passed) and the report."""
@@ -119,15 +124,10 @@ def unsupported(proj: project.Project) -> list[str]:
         )
     if m.input_shape is not None and pre.size is not None and tuple(pre.size) != _input_size(m.input_shape):
         problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
-    if t.base_kind == "debian":
-        rt = platform_runtime(t.base)
-        if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
-            problems.append(f"runtime: the {t.base} base runs {rt.name} {rt.version} only")
-    elif proj.runtime.name not in (project.AUTO_RUNTIME, RUNTIME) or proj.runtime.version not in (
-        None,
-        RUNTIME_VERSION,
-    ):
-        problems.append(f"runtime: a local image gets {RUNTIME} {RUNTIME_VERSION} only")
+    rt = project_runtime(proj)
+    if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
+        gets = f"the {t.base} base runs" if t.base_kind == "debian" else "a local image gets"
+        problems.append(f"runtime: {gets} {rt.name} {rt.version} only")
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if t.base_kind == "debian" and s.wifi is not None:
@@ -305,9 +305,7 @@ def bake(
     if problems:
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
     board = boards.get(proj.target.board)
-    runtime = (
-        platform_runtime(proj.target.base) if proj.target.base_kind == "debian" else platform_runtime("debian-bullseye")
-    )
+    runtime = project_runtime(proj)
     profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
     prof = profiles.load(profile)
     output = output or proj.root / "build" / f"{proj.model.file.stem}.img"

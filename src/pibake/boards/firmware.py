@@ -43,13 +43,14 @@ def boot_of(board: str) -> Board:
 def require_debian_board(name: str, *, arch: str = "armhf") -> Board:
     """The board, if a Debian base of ARCH (armhf, arm64) can boot it; else a UsageError saying what to use.
 
-    Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A;
+    Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A (the
+    boards with a 64-bit core in the table, Board.cpu64);
     the device trees the armhf kernel ships are the board table's upstream_dtb, present since
     upstream_dtb_since (bullseye's 5.10 is the oldest); trixie's arm64 6.12 has every ARMv8 Pi's.
     """
     board = boards.get(name)
     if arch == "arm64":
-        if board.isa.arch < Arch.ARMV8:
+        if board.cpu64 is None:
             raise UsageError(
                 f"board {name} ({board.model}) has a {board.core}, which cannot run 64-bit (arm64) code: "
                 "use the 32-bit base (--base debian-bullseye) or Raspberry Pi OS armhf for it, or build the arm64 "
@@ -75,7 +76,7 @@ def require_debian_board(name: str, *, arch: str = "armhf") -> Board:
 def debian_boards(*, arch: str = "armhf") -> list[str]:
     """The boards an image built from a Debian base of ARCH (armhf, arm64) boots."""
     if arch == "arm64":
-        return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV8]
+        return [b for b, x in boards.BOARDS.items() if x.cpu64 is not None]
     return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV7 and b not in NO_DEBIAN_DTB]
 
 

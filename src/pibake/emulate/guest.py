@@ -208,7 +208,7 @@ def emulation_for(
 def check_profile_arch(image: Path, prof: profiles.Profile, arch: str) -> None:
     """Refuse (UsageError) a profile whose emulator cannot run IMAGE's kernel: ARCH is the image's architecture."""
     if prof.arch != arch:
-        want = "virt64" if arch == "arm64" else "virt"
+        want = boards.PROFILE_64 if arch == "arm64" else "virt"
         raise UsageError(
             f"{image} is a {'64-bit (arm64)' if arch == 'arm64' else '32-bit (armhf)'} image (its config.txt "
             f"{'sets' if arch == 'arm64' else 'does not set'} arm_64bit=1), and profile {prof.name} boots "
