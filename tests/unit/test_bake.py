@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pibake import bake, project
 from pibake.errors import PibakeError
@@ -132,3 +136,37 @@ def test_each_debian_base_gets_its_runtime(car: project.Project, tmp_path: Path)
     assert bake.unsupported(arm64) == []
     pinned = dataclasses.replace(arm64, runtime=project.Runtime("ai-edge-litert", "2.2.0"))
     assert bake.unsupported(pinned) == ["runtime: the debian-trixie-arm64 base runs ai-edge-litert 2.3.0 only"]
+
+
+def test_provisioning_is_one_playbook_that_ansible_accepts(tmp_path: Path) -> None:
+    # One ansible-playbook run (one connection to the Pi): pibake's playbooks, then the project's, then its roles.
+    user = tmp_path / "project" / "books" / "mine.yml"
+    user.parent.mkdir(parents=True)
+    user.write_text(
+        "---\n- name: Mine\n  hosts: raspberry_pi\n  tasks:\n"
+        "    - name: Say\n      ansible.builtin.debug:\n        msg: hi\n"
+    )
+    role = tmp_path / "project" / "roles" / "extra"
+    (role / "tasks").mkdir(parents=True)
+    (role / "tasks" / "main.yml").write_text("---\n- name: Extra\n  ansible.builtin.debug:\n    msg: extra\n")
+    books = (REPO / "site.yml", REPO / "playbooks" / "bake_system.yml", user)
+    play = bake.provision_playbook(tmp_path / "provision.yml", books, (role,))
+
+    loaded = yaml.safe_load(play.read_text())
+    assert [p.get("ansible.builtin.import_playbook") for p in loaded[:3]] == [str(b) for b in books]
+    assert loaded[3]["roles"] == [{"role": str(role)}] and loaded[3]["become"] is True
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("raspberry_pi:\n  hosts:\n    pi:\n")
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "--syntax-check", "-i", str(inventory), str(play)],
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_provisioning_without_project_roles_has_no_roles_play(tmp_path: Path) -> None:
+    play = bake.provision_playbook(tmp_path / "provision.yml", (REPO / "site.yml",))
+    assert yaml.safe_load(play.read_text()) == [{"ansible.builtin.import_playbook": str(REPO / "site.yml")}]

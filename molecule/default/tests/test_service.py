@@ -77,8 +77,11 @@ def test_tritonclient_with_its_default_settings(client: Any) -> None:
 @before_reboot_only
 def test_malformed_requests_get_4xx_and_the_service_stays_healthy(host: Any, client: Any) -> None:
     pid_before = host.check_output("systemctl show -p MainPID --value %s", UNIT)
-    report = serve_client.run_fuzz(client, SAMPLES, count=300)
-    assert report.sent >= 300
+    # Every known-bad request of the fixed list (102) and a few random mutations: the service's handling is the
+    # host's (tests/unit/test_serve.py sends 300 twice, test_serve_load.py 300 with slow connections open); here
+    # it is proved on the deployed one, under its sandbox, on the guest's Python. 300 took 95 s on virt.
+    report = serve_client.run_fuzz(client, SAMPLES, count=120)
+    assert report.sent >= 120
     assert not report.failures, report.summary()
     serve_client.check_service(client, SAMPLES[:2])
     assert host.check_output("systemctl show -p MainPID --value %s", UNIT) == pid_before  # never restarted
@@ -87,7 +90,7 @@ def test_malformed_requests_get_4xx_and_the_service_stays_healthy(host: Any, cli
 @before_reboot_only
 def test_slow_and_idle_connections_do_not_starve_ready_requests(client: Any) -> None:
     """Issue 17's attack, on the emulated Pi: 200 connections held open (idle, or a POST /predict that promised
-    100000 bytes and trickles) while 12 ordinary requests come in; every one must be answered right.
+    100000 bytes and trickles) while 6 ordinary requests come in; every one must be answered right.
 
     The host-side test (tests/unit/test_serve_load.py) holds 500 and bounds the p99; on an emulated core the
     latency is the model's, so only the answers are checked here."""
@@ -96,7 +99,7 @@ def test_slow_and_idle_connections_do_not_starve_ready_requests(client: Any) -> 
     started = time.monotonic()
     with serve_client.slow_connections(client, 200):
         time.sleep(1)  # let the service take every connection and the trickle start
-        for number in range(12):
+        for number in range(6):
             sample, body = bodies[number % len(bodies)]
             try:
                 reply = client.predict(body)

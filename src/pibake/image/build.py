@@ -65,7 +65,7 @@ BASE_PACKAGES = (
 )
 
 # The arm64 base: Debian's generic arm64 kernel (a plain Image with every Pi's device tree under broadcom/),
-# python3-venv for the runtime's venv (PEP 668: trixie's system Python is externally managed), and the Pi
+# python3-venv (PEP 668: trixie's system Python is externally managed; venvs with pip of their own), and the Pi
 # firmware from non-free-firmware, where Debian moved it in bookworm.
 ARM64_PACKAGES = (*(p for p in BASE_PACKAGES if p != "linux-image-armmp"), "linux-image-arm64", "python3-venv")
 
