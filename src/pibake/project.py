@@ -662,12 +662,13 @@ def _target(r: _Reader, release_lookup: Callable[[str], object] | None) -> Targe
         raise r.error("target.image_size_mb", str(e)) from None
 
     if base in build.BASES:
-        debian_arch = build.BASES[base].arch
+        release = build.BASES[base]
         try:
-            piboot.require_debian_board(board, arch=debian_arch)  # what image.build.default_spec refuses
+            # What image.build.default_spec refuses.
+            piboot.require_debian_board(board, arch=release.arch, linux=release.linux)
         except UsageError as e:
             raise r.error("target.board", f"base {base} cannot boot it: {e}") from None
-        return Target(board, base, "debian", None, debian_arch, size)
+        return Target(board, base, "debian", None, release.arch, size)
     if base.endswith(".img") or "/" in base:
         return Target(board, base, "image", r.path("target.base", base), None, size)
     arch = _release_arch(base)

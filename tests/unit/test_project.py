@@ -525,6 +525,19 @@ def test_a_board_the_debian_base_cannot_boot_is_refused_with_the_reason(proj: Pa
     message = _error(proj)
     assert message.startswith(f"{path}:2: target.board: base debian-bullseye cannot boot it: board pi1")
     assert "ARMv6" in message and "Use Raspberry Pi OS for this board" in message
+    path = _write(proj, '[target]\nboard = "pi-zero-2"\nbase = "debian-bullseye"\n' + MINIMAL)
+    message = _error(proj)
+    assert message.startswith(f"{path}:2: target.board: base debian-bullseye cannot boot it: board pi-zero-2")
+    assert "Linux 5.10 kernel does not ship" in message
+
+
+def test_bookworm_armhf_boots_every_armv7_board_and_bullseye_only_when_named(proj: Path) -> None:
+    for board in ("pi2", "pi3", "pi3b-plus", "pi-zero-2", "pi4"):
+        _write(proj, f'[target]\nboard = "{board}"\nbase = "debian-bookworm-armhf"\n' + MINIMAL)
+        t = project.load(proj).target
+        assert (t.base, t.arch) == ("debian-bookworm-armhf", "armhf"), board
+    _write(proj, '[target]\nboard = "pi2"\nbase = "debian-bullseye"\n' + MINIMAL)
+    assert project.load(proj).target.base == "debian-bullseye"
 
 
 def test_raspberry_pi_os_bases(proj: Path) -> None:
@@ -563,7 +576,7 @@ def test_a_local_image_base(proj: Path) -> None:
 def test_an_unknown_base(proj: Path) -> None:
     path = _write(proj, '[target]\nbase = "ubuntu-noble"\n' + MINIMAL)
     message = _error(proj)
-    bases = "debian-bullseye, debian-trixie-arm64"
+    bases = "debian-bookworm-armhf, debian-bullseye, debian-trixie-arm64"
     assert message.startswith(f"{path}:2: target.base: 'ubuntu-noble' is neither a Debian base ({bases})")
 
 
