@@ -158,3 +158,27 @@ def test_every_debian_base_has_a_runtime_and_its_lock_matches_the_base() -> None
         assert lock.python_version == base.python, name
         machine = {"armhf": "armv7l", "arm64": "aarch64"}[base.arch]
         assert lock.platforms and all(p.endswith(f"_{machine}") for p in lock.platforms), name
+
+
+def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibake.errors import UsageError
+    from tests.conftest import run_cli
+
+    baked: list[project.Target] = []
+
+    def fake_bake(proj: project.Project, **_: object) -> None:
+        baked.append(proj.target)
+        raise UsageError("stopped before any work")
+
+    monkeypatch.setattr(bake, "bake", fake_bake)
+    for args, want in (
+        (["--board", "pi2"], ("pi2", "debian-bookworm-armhf", "armhf")),
+        (["--board", "pi4"], ("pi4", "debian-trixie-arm64", "arm64")),
+        ([], ("pi3b-plus", "debian-trixie-arm64", "arm64")),
+        (["--board", "pi4", "--base", "debian-bookworm-armhf"], ("pi4", "debian-bookworm-armhf", "armhf")),
+        (["--base", "debian-bullseye"], ("pi3b-plus", "debian-bullseye", "armhf")),
+    ):
+        res = run_cli(["demo", "--project", str(REPO), *args])
+        assert res.code == UsageError.exit_code and "stopped before any work" in res.err, res.err
+        t = baked.pop()
+        assert (t.board, t.base, t.arch, t.base_kind) == (*want, "debian"), args

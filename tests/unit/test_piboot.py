@@ -71,7 +71,7 @@ def test_armv6_boards_are_refused_with_what_to_use_instead(board: str) -> None:
     with pytest.raises(UsageError, match="ARMv6"):
         ImageSpec(ssh_pubkey="k", board=board)
     with pytest.raises(UsageError, match="ARMv6"):
-        default_spec(board=board)
+        default_spec(board=board)  # the board's default, bookworm armhf, refuses it too
     for base in build.BASES:
         with pytest.raises(UsageError, match=r"ARMv6|cannot run 64-bit"):
             default_spec(base=base, board=board)
@@ -128,6 +128,33 @@ def test_cli_refuses_an_armv6_board_before_any_work(tmp_path: Path, monkeypatch:
     assert "Raspberry Pi OS" in res.err
     assert not (tmp_path / "cache" / "ssh").exists()  # not even a key was made
     assert not (tmp_path / "x.img").exists()
+
+
+def test_image_build_without_base_builds_the_boards_to_its_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibake.cli.common import DEFAULT_IMAGE, image_for
+
+    asked: list[dict[str, object]] = []
+
+    def fake_build(**kwargs: object) -> build.BuiltImage:
+        asked.append(kwargs)
+        return build.BuiltImage(Path(str(kwargs["output"])), "ab" * 32, 1, "6.1.0-50-armmp", cached=True, seconds=0.1)
+
+    monkeypatch.setattr(build, "build", fake_build)
+    for args, base, output in (
+        (["--board", "pi2"], "debian-bookworm-armhf", "build/pibake-bookworm-armhf.img"),
+        (["--board", "pi4"], "debian-trixie-arm64", "build/pibake-trixie-arm64.img"),
+        ([], "debian-trixie-arm64", "build/pibake-trixie-arm64.img"),
+        (["--base", "debian-bullseye"], "debian-bullseye", "build/pibake-bullseye.img"),
+        (["--board", "pi2", "--base", "debian-bullseye", "-o", "x.img"], "debian-bullseye", "x.img"),
+    ):
+        res = run_cli(["image", "build", *args])
+        assert res.code == 0, res.err
+        got = asked.pop()
+        assert (got["base"], got["output"]) == (base, Path(output)), args
+        assert f"({base}, cached, 0.1 s)" in res.out
+    # `make image`'s file and `make image-arm64`'s: one base never overwrites another's.
+    assert image_for("debian-bullseye") == DEFAULT_IMAGE
+    assert image_for("debian-trixie-arm64") == Path("build/pibake-trixie-arm64.img")
 
 
 def test_unknown_board_lists_the_known_ones() -> None:
@@ -269,6 +296,32 @@ def test_the_bullseye_recipe_is_unchanged_by_the_other_bases() -> None:
     assert default_spec(base="debian-bullseye").base.key() == replace(DebianBase(), mirror=None).key()
     assert recipe_hash(default_spec(base="debian-bullseye").base.key()) == BULLSEYE_ROOTFS_KEY
     assert recipe_hash(DebianBase().key()) == BULLSEYE_ROOTFS_KEY
+
+
+@pytest.mark.parametrize(
+    ("board", "base"),
+    [
+        ("pi1", "debian-bookworm-armhf"),  # then refused, with what to use
+        ("pi-zero", "debian-bookworm-armhf"),
+        ("pi2", "debian-bookworm-armhf"),
+        ("pi3", "debian-trixie-arm64"),
+        ("pi3b-plus", "debian-trixie-arm64"),
+        ("pi-zero-2", "debian-trixie-arm64"),
+        ("pi4", "debian-trixie-arm64"),
+    ],
+)
+def test_the_default_base_is_the_boards(board: str, base: str) -> None:
+    assert build.default_base(board) == base
+    assert build.BASES[base].legacy is None  # bullseye only when it is named
+
+
+def test_without_a_base_the_board_chooses_it() -> None:
+    spec = default_spec(board="pi2")
+    assert (spec.base.suite, spec.base.arch) == ("bookworm", "armhf")
+    spec = default_spec()  # the default board, the pi3b-plus, has a 64-bit core
+    assert (spec.base.suite, spec.base.arch, spec.board) == ("trixie", "arm64", "pi3b-plus")
+    with pytest.raises(UsageError, match="unknown board 'pi9'"):
+        build.default_base("pi9")
 
 
 def test_the_bookworm_armhf_base() -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pibake import hostkeys
+from pibake import boards, hostkeys
 from pibake.boards import DEFAULT_BOARD
 from pibake.boards import firmware as piboot
 from pibake.disk.layout import MIB, Layout, partuuid
@@ -144,6 +144,19 @@ BASES: dict[str, Base] = {
     )
 }
 
+# The base a board gets when none is named (default_base): the 64-bit one on a board with a 64-bit core, the current
+# 32-bit one on the others. The legacy bullseye base only when it is named.
+DEFAULT_BASE_64 = "debian-trixie-arm64"
+DEFAULT_BASE_32 = "debian-bookworm-armhf"
+
+
+def default_base(board: str) -> str:
+    """The Debian base BOARD gets when none is named: DEFAULT_BASE_64 where the board table gives it a 64-bit core
+    (Board.cpu64: the Pi 3 family, Zero 2 W, Pi 4), DEFAULT_BASE_32 elsewhere (the Pi 2; the ARMv6 boards, which
+    require_debian_board then refuses with what to use). UsageError for an unknown board."""
+    return DEFAULT_BASE_64 if boards.get(board).cpu64 is not None else DEFAULT_BASE_32
+
+
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat")
 
 # Searched under the kernel's dtb directory and its vendor subdirectories (arm64 keeps them in broadcom/).
@@ -225,12 +238,14 @@ class BuiltImage:
 
 
 def default_spec(
-    *, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
+    *, base: str | None = None, size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
 ) -> ImageSpec:
-    """The recipe ``pibake image build`` makes of BASE for BOARD.
+    """The recipe ``pibake image build`` makes of BASE (None: default_base(BOARD)) for BOARD.
 
     Raises UsageError for an unknown base or board, or a board the base cannot boot, before any work.
     """
+    if base is None:
+        base = default_base(board)
     if base not in BASES:
         raise UsageError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
     release = BASES[base]
@@ -255,14 +270,15 @@ def default_spec(
 
 def build(
     *,
-    base: str = "debian-bullseye",
+    base: str | None = None,
     size_mb: int = 2048,
     mirror: str | None = None,
     board: str = DEFAULT_BOARD,
     output: Path | None = None,
     rebuild: bool = False,
 ) -> BuiltImage:
-    """What ``pibake image build`` does: the default recipe for BASE and BOARD, built (or taken from the cache).
+    """What ``pibake image build`` does: the default recipe for BASE (None: default_base(BOARD)) and BOARD, built (or
+    taken from the cache).
 
     SIZE_MB is the whole image in MiB; MIRROR a Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR, else
     debootstrap's own). Raises UsageError for a base or board pibake cannot build, PibakeError
