@@ -365,3 +365,105 @@ def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() 
     pi2 = replace(boot, files=boot.files | {"bcm2709-rpi-2-b.dtb"})
     (problem,) = inspect(pi2, ROOT, "pi2").problems
     assert "arm_64bit=1" in problem and "Cortex-A7 cannot run one" in problem
+
+
+# ---------------------------------------------------------------- the bookworm armhf layout
+
+# What bookworm's packages put where boot_files reads, measured 2026-11-30 from linux-image-6.1.0-50-armmp_6.1.176-1
+# (every Pi and vexpress device tree it has, and two of its other boards', flat under
+# /usr/lib/linux-image-6.1.0-50-armmp/: armhf has no vendor subdirectories there) and raspi-firmware_1.20220830+ds-1
+# (/usr/lib/raspi-firmware/, which its postinst copies to /boot/firmware). A bullseye root stands in below with the
+# same trees but the Zero 2 W's, which its armmp 5.10.0-32 lacks (README, "Booting the real board").
+BOOKWORM_DTBS = (
+    "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb", "bcm2835-rpi-a-plus.dtb",
+    "bcm2835-rpi-a.dtb", "bcm2835-rpi-b-plus.dtb", "bcm2835-rpi-b-rev2.dtb", "bcm2835-rpi-b.dtb",
+    "bcm2835-rpi-cm1-io1.dtb", "bcm2835-rpi-zero-w.dtb", "bcm2835-rpi-zero.dtb", "bcm2836-rpi-2-b.dtb",
+    "bcm2837-rpi-3-a-plus.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-cm3-io3.dtb",
+    "bcm2837-rpi-zero-2-w.dtb", "vexpress-v2p-ca15-tc1.dtb", "vexpress-v2p-ca15_a7.dtb", "vexpress-v2p-ca5s.dtb",
+    "vexpress-v2p-ca9.dtb", "am335x-boneblack.dtb", "sun7i-a20-cubietruck.dtb",
+)  # fmt: skip
+BOOKWORM_FIRMWARE = (
+    "bootcode.bin", "fixup.dat", "fixup4.dat", "fixup4cd.dat", "fixup4db.dat", "fixup4x.dat", "fixup_cd.dat",
+    "fixup_db.dat", "fixup_x.dat", "start.elf", "start4.elf", "start4cd.elf", "start4db.elf", "start4x.elf",
+    "start_cd.elf", "start_db.elf", "start_x.elf",
+)  # fmt: skip
+
+
+def _debian_root(root: Path, version: str, dtbs: tuple[str, ...]) -> Path:
+    """A root filesystem with what debootstrap leaves for boot_files: /boot's kernel and initrd, the kernel's device
+    trees, raspi-firmware's GPU firmware (only their names matter here)."""
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{version}").write_bytes(b"zImage")
+    (root / "boot" / f"initrd.img-{version}").write_bytes(b"initrd")
+    for directory, names in ((f"usr/lib/linux-image-{version}", dtbs), ("usr/lib/raspi-firmware", BOOKWORM_FIRMWARE)):
+        (root / directory).mkdir(parents=True)
+        for name in names:
+            (root / directory / name).write_bytes(b"x")
+    return root
+
+
+def _boot_partition(boot: Path) -> BootPartition:
+    return BootPartition(
+        files=frozenset(p.name.lower() for p in boot.iterdir()),
+        config_txt=(boot / "config.txt").read_text(),
+        cmdline_txt=(boot / "cmdline.txt").read_text(),
+    )
+
+
+@pytest.mark.parametrize("board", ARMV7_BOARDS)
+def test_image_check_passes_the_bookworm_armhf_boot_partition(tmp_path: Path, board: str) -> None:
+    root = _debian_root(tmp_path / "root", "6.1.0-50-armmp", BOOKWORM_DTBS)
+    version = build.boot_files(root, tmp_path / "boot", 0x1234ABCD, board=board, arch="armhf")
+    assert version == "6.1.0-50-armmp"
+    boot = _boot_partition(tmp_path / "boot")
+    # Every Pi's device tree and the vexpress ones, not the kernel's other boards'.
+    assert "bcm2837-rpi-zero-2-w.dtb" in boot.files and "vexpress-v2p-ca15_a7.dtb" in boot.files
+    assert "am335x-boneblack.dtb" not in boot.files
+    assert {"start4.elf", "fixup4.dat", "bootcode.bin", "start.elf"} <= boot.files
+    result = inspect(boot, ROOT, board)
+    assert result.problems == ()
+    assert (result.kernel, result.initrd) == (BOOKWORM_KERNEL, BOOKWORM_INITRD)
+    assert result.dtb == piboot.boot_of(board).upstream_dtb
+    assert result.root == "PARTUUID=1234abcd-02"
+    assert parse_config_txt(boot.config_txt or "")["arm_64bit"] == "0"
+
+
+def test_image_check_fails_the_zero_2_on_a_bullseye_boot_partition(tmp_path: Path) -> None:
+    bullseye = tuple(d for d in BOOKWORM_DTBS if d != "bcm2837-rpi-zero-2-w.dtb")
+    root = _debian_root(tmp_path / "root", "5.10.0-32-armmp", bullseye)
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w\.dtb"):  # its config.txt is refused: 5.10 lacks it
+        build.boot_files(root, tmp_path / "refused", 0x1234ABCD, board="pi-zero-2")
+    build.boot_files(root, tmp_path / "boot", 0x1234ABCD, board="pi3")
+    boot = _boot_partition(tmp_path / "boot")
+    assert inspect(boot, ROOT, "pi3").problems == ()
+    (problem,) = inspect(boot, ROOT, "pi-zero-2").problems
+    assert problem.startswith("bcm2837-rpi-zero-2-w.dtb is missing")
+    assert "from Linux 5.16 on" in problem
+
+
+@pytest.mark.parametrize(
+    ("kernel", "arm_64bit", "problem"),
+    [
+        (BOOKWORM_KERNEL, "0", None),
+        (BOOKWORM_KERNEL, "1", "is Debian's 32-bit armhf kernel: set arm_64bit=0"),
+        ("vmlinuz-6.12.117+deb13-arm64", "1", None),
+        ("vmlinuz-6.12.117+deb13-arm64", "0", "is Debian's 64-bit arm64 kernel: set arm_64bit=1"),
+        ("vmlinuz-6.12.117+deb13-arm64", None, None),  # the firmware's default differs by board: not judged
+        ("kernel8.img", "0", None),  # not Debian's: not judged
+    ],
+)
+def test_image_check_compares_arm_64bit_with_the_debian_kernels_width(
+    kernel: str, arm_64bit: str | None, problem: str | None
+) -> None:
+    config = f"upstream_kernel=1\nkernel={kernel}\n" + (f"arm_64bit={arm_64bit}\n" if arm_64bit else "")
+    boot = BootPartition(
+        files=frozenset({"bootcode.bin", "start.elf", "fixup.dat", kernel.lower(), "bcm2837-rpi-3-b.dtb"}),
+        config_txt=config,
+        cmdline_txt="root=PARTUUID=1234abcd-02 rootwait\n",
+    )
+    found = inspect(boot, ROOT, "pi3").problems
+    if problem is None:
+        assert found == ()
+    else:
+        (message,) = found
+        assert problem in message and f"arm_64bit={arm_64bit}" in message
