@@ -116,8 +116,12 @@ emulate-stop: venv ## shut the emulated Pi down cleanly
 provision: venv ## run site.yml against the emulated Pi (after `make emulate`)
 	$(BIN)/ansible-playbook site.yml -i inventories/qemu
 
-demo: deps venv ## the whole job: image, boot, provision, run the model on the Pi, finished image in build/
-	$(PIBAKE) demo $(EMULATION)
+# Named, as everywhere in this file, so that what make builds and boots does not follow pibake's default base (the
+# board's); DEMO_BASE=debian-bookworm-armhf or debian-trixie-arm64 (with BOARD=pi4) for the others.
+DEMO_BASE ?= debian-bullseye
+
+demo: deps venv ## the whole job on DEMO_BASE (default debian-bullseye): image, boot, provision, run the model on the Pi, finished image in build/
+	$(PIBAKE) demo $(EMULATION) --base $(DEMO_BASE)
 
 .PHONY: flash bench-flash
 DEVICE ?=

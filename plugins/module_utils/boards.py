@@ -1,6 +1,6 @@
 # Copyright: pibake engineers
 # MIT License (see galaxy.yml)
-"""The board table: every Raspberry Pi pibake targets (32-bit OS), as plain data, defined once.
+"""The board table: every Raspberry Pi pibake targets (32-bit and 64-bit OS), as plain data, defined once.
 
 Per board: its SoC and core (Raspberry Pi documentation, "Processors"), the instruction set of that
 core in 32-bit mode (Arm's Technical Reference Manual of the core), the ``uname -m`` and
@@ -51,6 +51,8 @@ class Board:
     """One row of the table; every field is data, nothing is computed."""
 
     name: str
+    # The product, as Raspberry Pi names it, and nothing about the OS on it: the bake report prints it for 32-bit
+    # and 64-bit images alike.
     model: str
     soc: str
     core: str
@@ -239,7 +241,7 @@ _TABLE = (
     Board(
         name="pi4",
         imager_device="pi4-32bit",
-        model="Raspberry Pi 4 Model B / 400, 32-bit kernel",
+        model="Raspberry Pi 4 Model B / 400",
         soc="BCM2711",
         core="Cortex-A72",
         isa=_ARMV8_AARCH32,

@@ -57,6 +57,15 @@ RUNTIME = "tflite-runtime"
 RUNTIME_VERSION = "2.11.0"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LOCK_DIR = COLLECTION / "roles" / "python_runtime" / "files" / "locks"
+# The Debian bases whose runtime comes from a lock (`make locks`, scripts/lock_runtimes.py) into the venv: the runtime
+# and its lock in LOCK_DIR. tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l wheel
+# (PyPI, 2026-11-30: tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l); LiteRT has aarch64 wheels only.
+LOCKED_RUNTIMES = {
+    "debian-trixie-arm64": ("ai-edge-litert", "ai-edge-litert-3.13-debian-trixie-arm64.txt"),
+    "debian-bookworm-armhf": ("tflite-runtime", "tflite-runtime-3.11-debian-bookworm-armhf.txt"),
+}
+# The Python of the venv a lock is installed into (roles/python_runtime/defaults/main.yml: python_runtime_venv).
+VENV_PYTHON = "/opt/pibake/venv/bin/python"
 
 
 @dataclass(frozen=True)
@@ -78,15 +87,15 @@ class PlatformRuntime:
 
 
 def platform_runtime(base: str) -> PlatformRuntime:
-    """The runtime for the Debian base BASE (image.build.BASES): LiteRT from its lock in a venv on trixie arm64
-    (roles/python_runtime/files/locks, `make locks`), tflite-runtime 2.11.0 in the system Python on bullseye.
-    Raises UsageError for a base with no runtime here."""
+    """The runtime for the Debian base BASE (image.build.BASES): from its lock into the venv (LOCKED_RUNTIMES: LiteRT
+    on trixie arm64, tflite-runtime 2.14.0 on bookworm armhf; its version is the lock's), tflite-runtime 2.11.0 in
+    the system Python on bullseye. Raises UsageError for a base with no runtime here."""
     if base == "debian-bullseye":
         return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3")
-    if base == "debian-trixie-arm64":
-        lock = "ai-edge-litert-3.13-debian-trixie-arm64.txt"
+    if base in LOCKED_RUNTIMES:
+        name, lock = LOCKED_RUNTIMES[base]
         pins = {p.key: p for p in wheel_lock.read(LOCK_DIR / lock).pins}
-        return PlatformRuntime("ai-edge-litert", pins["ai-edge-litert"].version, lock, "/opt/pibake/venv/bin/python")
+        return PlatformRuntime(name, pins[name].version, lock, VENV_PYTHON)
     raise UsageError(f"no runtime is pinned for base {base!r}")
 
 

@@ -81,7 +81,7 @@ def template(values: dict[str, str], *, model_missing: bool = False, candidates:
     lines = [
         "# pibake.toml: the project `pibake bake` turns into a card image, tested on the emulated board.",
         "# Every key is here. A commented-out key shows its default (or an example, where the default comes",
-        "# from the model); uncomment it to change it. Paths are relative to this file. The README's",
+        "# from the model or the board); uncomment it to change it. Paths are relative to this file. The README's",
         '# "Project file (pibake.toml)" section describes each key.',
     ]
     for table, about in project.TABLES.items():

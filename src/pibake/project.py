@@ -48,8 +48,6 @@ from pibake.util.proc import run
 log = logging.getLogger(__name__)
 
 PROJECT_FILE = "pibake.toml"
-# The base pibake builds from Debian's packages today (pibake.image.build.BASES).
-DEFAULT_BASE = "debian-bullseye"
 # ImageSpec.size_mb: what `pibake image build` makes.
 DEFAULT_IMAGE_SIZE_MB = 2048
 DEFAULT_TOLERANCE = 1e-5
@@ -144,10 +142,13 @@ SCHEMA: tuple[Key, ...] = (
     Key("target.board", f'"{boards.DEFAULT_BOARD}"', "Raspberry Pi board: " + ", ".join(boards.BOARDS) + "."),
     Key(
         "target.base",
-        f'"{DEFAULT_BASE}"',
+        "",
         "What the image starts from: a Debian base pibake builds (debian-trixie-arm64: 64-bit, LiteRT, for pi3, "
-        "pi3b-plus, pi-zero-2, pi4; debian-bullseye: 32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, "
-        "latest-arm64-lite, ...; `pibake image fetch --list`), or a local .img file.",
+        "pi3b-plus, pi-zero-2, pi4; debian-bookworm-armhf: 32-bit, tflite-runtime, for pi2 and up; debian-bullseye: "
+        "32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, latest-arm64-lite, ...; `pibake image fetch "
+        "--list`), or a local .img file. Default: the board's, debian-trixie-arm64 where it has a 64-bit core, "
+        "debian-bookworm-armhf on the pi2.",
+        example='"debian-trixie-arm64"',
     ),
     Key("target.image_size_mb", str(DEFAULT_IMAGE_SIZE_MB), "Size of the finished image in MiB."),
     Key(
@@ -654,7 +655,8 @@ def _target(r: _Reader, release_lookup: Callable[[str], object] | None) -> Targe
         boards.get(board)
     except UsageError as e:
         raise r.error("target.board", str(e)) from None
-    base = r.string("target.base", DEFAULT_BASE)
+    chosen = not r.has("target.base")
+    base = build.default_base(board) if chosen else r.string("target.base", None)
     size = r.integer("target.image_size_mb", DEFAULT_IMAGE_SIZE_MB, low=1)
     try:
         Layout(total_mb=size)
@@ -662,12 +664,14 @@ def _target(r: _Reader, release_lookup: Callable[[str], object] | None) -> Targe
         raise r.error("target.image_size_mb", str(e)) from None
 
     if base in build.BASES:
-        debian_arch = build.BASES[base].arch
+        release = build.BASES[base]
         try:
-            piboot.require_debian_board(board, arch=debian_arch)  # what image.build.default_spec refuses
+            # What image.build.default_spec refuses.
+            piboot.require_debian_board(board, arch=release.arch, linux=release.linux)
         except UsageError as e:
-            raise r.error("target.board", f"base {base} cannot boot it: {e}") from None
-        return Target(board, base, "debian", None, debian_arch, size)
+            why = f"base {base} (chosen for {board}: target.base is not set)" if chosen else f"base {base}"
+            raise r.error("target.board", f"{why} cannot boot it: {e}") from None
+        return Target(board, base, "debian", None, release.arch, size)
     if base.endswith(".img") or "/" in base:
         return Target(board, base, "image", r.path("target.base", base), None, size)
     arch = _release_arch(base)

@@ -31,9 +31,9 @@ def qemu_processes(marker: str) -> list[int]:
 
 @pytest.fixture(scope="session")
 def base_image() -> Path:
-    """The base image built by `make image` (built here if missing; the cache makes that cheap)."""
+    """The base image built by `make image`, bullseye's (built here if missing; the cache makes that cheap)."""
     if not IMAGE.exists():
-        image.build_image(image.default_spec(), output=IMAGE)
+        image.build_image(image.default_spec(base="debian-bullseye"), output=IMAGE)
     return IMAGE
 
 

@@ -69,7 +69,7 @@ def test_bake_for_a_pi4_on_the_64_bit_base(arm64_image: Path, tmp_path: Path) ->
     shutil.copytree(REPO / "models", proj / "model", ignore=shutil.ignore_patterns("train.py", "*.md"))
     text = (REPO / "examples" / "car" / "pibake.toml").read_text()
     text = text.replace('# board = "pi3b-plus"', 'board = "pi4"').replace(
-        '# base = "debian-bullseye"', 'base = "debian-trixie-arm64"'
+        'base = "debian-bullseye"', 'base = "debian-trixie-arm64"'
     )
     assert 'board = "pi4"' in text and 'base = "debian-trixie-arm64"' in text
     text = text.replace("# playbooks = []", 'playbooks = ["guest-facts.yml"]')

@@ -30,7 +30,7 @@ def _mtype(img: Path, offset: int, name: str) -> str:
 
 def test_second_build_comes_from_the_cache(base_image: Path, tmp_path: Path) -> None:
     out = tmp_path / "again.img"
-    res = run_cli(["image", "build", "-o", str(out)])
+    res = run_cli(["image", "build", "--base", "debian-bullseye", "-o", str(out)])
     assert res.code == 0, res.err
     assert "cached" in res.out
     digest = res.out.split("sha256 ")[1].split()[0]

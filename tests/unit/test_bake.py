@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pibake import bake, project
+from pibake._module_utils import wheel_lock
 from pibake.errors import PibakeError
 from tests.conftest import REPO
 
@@ -129,6 +130,17 @@ def test_each_debian_base_gets_its_runtime(car: project.Project, tmp_path: Path)
     assert not any("numpy" in f for f in litert.wheel_filenames)  # the distribution's numpy, through the venv
     legacy = bake.platform_runtime("debian-bullseye")
     assert (legacy.name, legacy.version, legacy.lock) == ("tflite-runtime", "2.11.0", None)
+    armhf = bake.platform_runtime("debian-bookworm-armhf")
+    assert (armhf.name, armhf.version, armhf.python) == ("tflite-runtime", "2.14.0", "/opt/pibake/venv/bin/python")
+    assert armhf.lock == "tflite-runtime-3.11-debian-bookworm-armhf.txt"
+    assert armhf.wheel_filenames == ("tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l.whl",)
+    assert bake.provision_vars(car, tmp_path, "v1", armhf)["python_runtime_lock"] == armhf.lock
+    bookworm = dataclasses.replace(car, target=dataclasses.replace(car.target, base="debian-bookworm-armhf"))
+    assert bake.unsupported(bookworm) == []
+    assert bake.unsupported(dataclasses.replace(bookworm, runtime=project.Runtime("tflite-runtime", "2.14.0"))) == []
+    assert bake.unsupported(dataclasses.replace(bookworm, runtime=project.Runtime("tflite-runtime", "2.11.0"))) == [
+        "runtime: the debian-bookworm-armhf base runs tflite-runtime 2.14.0 only"
+    ]
     values = bake.provision_vars(car, tmp_path, "v1", litert)
     assert values["python_runtime_lock"] == litert.lock
     assert "python_runtime_lock" not in bake.provision_vars(car, tmp_path, "v1", legacy)
@@ -170,3 +182,41 @@ def test_provisioning_is_one_playbook_that_ansible_accepts(tmp_path: Path) -> No
 def test_provisioning_without_project_roles_has_no_roles_play(tmp_path: Path) -> None:
     play = bake.provision_playbook(tmp_path / "provision.yml", (REPO / "site.yml",))
     assert yaml.safe_load(play.read_text()) == [{"ansible.builtin.import_playbook": str(REPO / "site.yml")}]
+
+
+def test_every_debian_base_has_a_runtime_and_its_lock_matches_the_base() -> None:
+    from pibake.image.build import BASES
+
+    for name, base in BASES.items():
+        rt = bake.platform_runtime(name)
+        if rt.lock is None:
+            continue
+        lock = wheel_lock.read(bake.LOCK_DIR / rt.lock)
+        # The lock was resolved for the base's own Python and machine (scripts/lock_runtimes.py).
+        assert lock.python_version == base.python, name
+        machine = {"armhf": "armv7l", "arm64": "aarch64"}[base.arch]
+        assert lock.platforms and all(p.endswith(f"_{machine}") for p in lock.platforms), name
+
+
+def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibake.errors import UsageError
+    from tests.conftest import run_cli
+
+    baked: list[project.Target] = []
+
+    def fake_bake(proj: project.Project, **_: object) -> None:
+        baked.append(proj.target)
+        raise UsageError("stopped before any work")
+
+    monkeypatch.setattr(bake, "bake", fake_bake)
+    for args, want in (
+        (["--board", "pi2"], ("pi2", "debian-bookworm-armhf", "armhf")),
+        (["--board", "pi4"], ("pi4", "debian-trixie-arm64", "arm64")),
+        ([], ("pi3b-plus", "debian-trixie-arm64", "arm64")),
+        (["--board", "pi4", "--base", "debian-bookworm-armhf"], ("pi4", "debian-bookworm-armhf", "armhf")),
+        (["--base", "debian-bullseye"], ("pi3b-plus", "debian-bullseye", "armhf")),
+    ):
+        res = run_cli(["demo", "--project", str(REPO), *args])
+        assert res.code == UsageError.exit_code and "stopped before any work" in res.err, res.err
+        t = baked.pop()
+        assert (t.board, t.base, t.arch, t.base_kind) == (*want, "debian"), args

@@ -26,6 +26,13 @@ def test_the_table_has_every_target_board_and_defaults_to_the_pi3b_plus() -> Non
         boards.get("pi5")
 
 
+def test_the_model_names_the_product_not_a_kernel_width() -> None:
+    # The bake report prints the model for 32-bit and 64-bit images alike.
+    for b in boards.BOARDS.values():
+        assert "bit" not in b.model, b.name
+    assert boards.get("pi4").model == "Raspberry Pi 4 Model B / 400"
+
+
 def test_architecture_fp_and_simd_of_each_board() -> None:
     for name in ("pi1", "pi-zero"):
         b = boards.get(name)

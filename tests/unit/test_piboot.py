@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import uuid
 from dataclasses import replace
@@ -12,13 +13,20 @@ import pytest
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
 from pibake.errors import UsageError
+from pibake.image import build
 from pibake.image.build import DebianBase, ImageSpec, default_spec, kernel_cmdline, raspi_firmware_defaults
 from pibake.image.check import BootPartition, RootPartition, inspect, parse_ext_superblock, root_mismatch
+from pibake.util.cache import recipe_hash
 from tests.conftest import run_cli
 
+# The boards bullseye's 5.10 boots: the ARMv7 and later ones but the Zero 2 W, whose device tree came in 5.16.
 DEBIAN_BOARDS = ("pi2", "pi3", "pi3b-plus", "pi4")
+ARMV7_BOARDS = ("pi2", "pi3", "pi3b-plus", "pi-zero-2", "pi4")
 KERNEL = "vmlinuz-5.10.0-32-armmp"
 INITRD = "initrd.img-5.10.0-32-armmp"
+# Debian bookworm's armmp kernel as linux-image-6.1.0-50-armmp (6.1.176-1) installs it, and its initrd.
+BOOKWORM_KERNEL = "vmlinuz-6.1.0-50-armmp"
+BOOKWORM_INITRD = "initrd.img-6.1.0-50-armmp"
 
 
 @pytest.mark.parametrize("board", DEBIAN_BOARDS)
@@ -59,17 +67,58 @@ def test_raspi_firmware_keeps_the_root_and_consoles_on_kernel_upgrades() -> None
 @pytest.mark.parametrize("board", ["pi1", "pi-zero"])
 def test_armv6_boards_are_refused_with_what_to_use_instead(board: str) -> None:
     with pytest.raises(UsageError, match=r"ARMv6.*Raspberry Pi OS"):
-        piboot.require_debian_board(board)
+        piboot.require_debian_board(board, linux="6.1")
     with pytest.raises(UsageError, match="ARMv6"):
         ImageSpec(ssh_pubkey="k", board=board)
     with pytest.raises(UsageError, match="ARMv6"):
-        default_spec(board=board)
+        default_spec(board=board)  # the board's default, bookworm armhf, refuses it too
+    for base in build.BASES:
+        with pytest.raises(UsageError, match=r"ARMv6|cannot run 64-bit"):
+            default_spec(base=base, board=board)
 
 
 def test_the_zero_2_is_refused_because_bullseyes_kernel_has_no_device_tree_for_it() -> None:
-    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w.dtb.*Raspberry Pi OS"):
-        default_spec(board="pi-zero-2")
-    assert piboot.debian_boards() == list(DEBIAN_BOARDS)
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w.dtb, which this base's Linux 5.10 kernel.*5\.16"):
+        default_spec(base="debian-bullseye", board="pi-zero-2")
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w.dtb.*debian-bookworm-armhf.*Raspberry Pi OS"):
+        ImageSpec(ssh_pubkey="k", board="pi-zero-2")  # DebianBase(): bullseye
+    assert piboot.debian_boards(linux="5.10") == list(DEBIAN_BOARDS)
+
+
+def test_the_device_tree_refusal_follows_the_bases_kernel() -> None:
+    # The Zero 2 W's device tree reached mainline in 5.16: after bullseye's 5.10, before bookworm's 6.1.
+    assert build.BASES["debian-bullseye"].linux == "5.10"
+    assert build.BASES["debian-bookworm-armhf"].linux == "6.1"
+    assert build.BASES["debian-trixie-arm64"].linux == "6.12"
+    assert piboot.debian_boards(linux="6.1") == list(ARMV7_BOARDS)
+    assert piboot.debian_boards(linux="5.15") == list(DEBIAN_BOARDS)
+    assert piboot.debian_boards(linux="5.16") == list(ARMV7_BOARDS)
+    assert piboot.require_debian_board("pi-zero-2", linux="6.1").upstream_dtb == "bcm2837-rpi-zero-2-w.dtb"
+    assert piboot.require_debian_board("pi-zero-2", linux=BOOKWORM_KERNEL).name == "pi-zero-2"  # a file name will do
+    with pytest.raises(UsageError, match=r"Linux 5\.10 kernel does not ship"):
+        piboot.require_debian_board("pi-zero-2", linux=KERNEL)
+    # The series is compared as numbers: 5.9 is older than 5.16, 6.1 newer.
+    assert piboot.linux_series("5.9") < piboot.linux_series("Linux 5.16") == (5, 16) < piboot.linux_series("6.1")
+    assert piboot.linux_series("vmlinuz-6.12.117+deb13-arm64") == (6, 12)
+    with pytest.raises(UsageError, match="names no Linux version"):
+        piboot.linux_series("kernel7.img")
+
+
+def test_the_bases_the_refusals_name_exist_with_the_kernels_they_say() -> None:
+    messages = []
+    for board, base in (
+        ("pi2", "debian-trixie-arm64"),
+        ("pi1", "debian-bookworm-armhf"),
+        ("pi-zero-2", "debian-bullseye"),
+    ):
+        with pytest.raises(UsageError) as e:
+            default_spec(base=base, board=board)
+        messages.append(str(e.value))
+    text = "\n".join(messages)
+    named = set(re.findall(r"--base (debian-[a-z0-9-]+)", text))
+    assert named and named <= set(build.BASES)
+    for name, series in re.findall(r"--base (debian-[a-z0-9-]+): Linux ([0-9.]+)", text):
+        assert build.BASES[name].linux == series
 
 
 def test_cli_refuses_an_armv6_board_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,9 +130,36 @@ def test_cli_refuses_an_armv6_board_before_any_work(tmp_path: Path, monkeypatch:
     assert not (tmp_path / "x.img").exists()
 
 
+def test_image_build_without_base_builds_the_boards_to_its_own_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pibake.cli.common import DEFAULT_IMAGE, image_for
+
+    asked: list[dict[str, object]] = []
+
+    def fake_build(**kwargs: object) -> build.BuiltImage:
+        asked.append(kwargs)
+        return build.BuiltImage(Path(str(kwargs["output"])), "ab" * 32, 1, "6.1.0-50-armmp", cached=True, seconds=0.1)
+
+    monkeypatch.setattr(build, "build", fake_build)
+    for args, base, output in (
+        (["--board", "pi2"], "debian-bookworm-armhf", "build/pibake-bookworm-armhf.img"),
+        (["--board", "pi4"], "debian-trixie-arm64", "build/pibake-trixie-arm64.img"),
+        ([], "debian-trixie-arm64", "build/pibake-trixie-arm64.img"),
+        (["--base", "debian-bullseye"], "debian-bullseye", "build/pibake-bullseye.img"),
+        (["--board", "pi2", "--base", "debian-bullseye", "-o", "x.img"], "debian-bullseye", "x.img"),
+    ):
+        res = run_cli(["image", "build", *args])
+        assert res.code == 0, res.err
+        got = asked.pop()
+        assert (got["base"], got["output"]) == (base, Path(output)), args
+        assert f"({base}, cached, 0.1 s)" in res.out
+    # `make image`'s file and `make image-arm64`'s: one base never overwrites another's.
+    assert image_for("debian-bullseye") == DEFAULT_IMAGE
+    assert image_for("debian-trixie-arm64") == Path("build/pibake-trixie-arm64.img")
+
+
 def test_unknown_board_lists_the_known_ones() -> None:
     with pytest.raises(UsageError, match="known boards: pi1"):
-        piboot.require_debian_board("pi5")
+        piboot.require_debian_board("pi5", linux="6.1")
 
 
 def test_the_board_is_part_of_the_image_recipe() -> None:
@@ -191,7 +267,7 @@ def test_ext_superblock_label_and_uuid() -> None:
 
 
 def test_the_arm64_base_boots_every_armv8_board_with_a_64_bit_config_txt() -> None:
-    assert piboot.debian_boards(arch="arm64") == ["pi3", "pi3b-plus", "pi-zero-2", "pi4"]
+    assert piboot.debian_boards(arch="arm64", linux="6.12") == ["pi3", "pi3b-plus", "pi-zero-2", "pi4"]
     text = piboot.config_txt(
         "pi-zero-2", kernel="vmlinuz-6.12.117+deb13-arm64", initrd="initrd.img-6.12.117+deb13-arm64", arch="arm64"
     )
@@ -207,13 +283,73 @@ def test_the_arm64_base_boots_every_armv8_board_with_a_64_bit_config_txt() -> No
 
 @pytest.mark.parametrize("board", ["pi1", "pi-zero", "pi2"])
 def test_the_arm64_base_refuses_boards_that_cannot_run_64_bit_code(board: str) -> None:
-    with pytest.raises(UsageError, match=r"cannot run 64-bit \(arm64\) code.*debian-bullseye"):
+    with pytest.raises(UsageError, match=r"cannot run 64-bit \(arm64\) code.*--base debian-bookworm-armhf"):
         default_spec(base="debian-trixie-arm64", board=board)
 
 
-def test_the_bullseye_recipe_is_unchanged_by_the_arm64_base() -> None:
+# The bullseye rootfs's cache key on main before the arm64 and bookworm bases: recipe_hash(DebianBase().key()).
+BULLSEYE_ROOTFS_KEY = "b9c452edfc55bd644709fda9e90109b94873552e2787f68fac3182176f9f1e68"
+
+
+def test_the_bullseye_recipe_is_unchanged_by_the_other_bases() -> None:
     # The cached bullseye rootfs stays valid: its recipe is still debootstrap's bullseye armhf with the same packages.
     assert default_spec(base="debian-bullseye").base.key() == replace(DebianBase(), mirror=None).key()
+    assert recipe_hash(default_spec(base="debian-bullseye").base.key()) == BULLSEYE_ROOTFS_KEY
+    assert recipe_hash(DebianBase().key()) == BULLSEYE_ROOTFS_KEY
+
+
+@pytest.mark.parametrize(
+    ("board", "base"),
+    [
+        ("pi1", "debian-bookworm-armhf"),  # then refused, with what to use
+        ("pi-zero", "debian-bookworm-armhf"),
+        ("pi2", "debian-bookworm-armhf"),
+        ("pi3", "debian-trixie-arm64"),
+        ("pi3b-plus", "debian-trixie-arm64"),
+        ("pi-zero-2", "debian-trixie-arm64"),
+        ("pi4", "debian-trixie-arm64"),
+    ],
+)
+def test_the_default_base_is_the_boards(board: str, base: str) -> None:
+    assert build.default_base(board) == base
+    assert build.BASES[base].legacy is None  # bullseye only when it is named
+
+
+def test_without_a_base_the_board_chooses_it() -> None:
+    spec = default_spec(board="pi2")
+    assert (spec.base.suite, spec.base.arch) == ("bookworm", "armhf")
+    spec = default_spec()  # the default board, the pi3b-plus, has a 64-bit core
+    assert (spec.base.suite, spec.base.arch, spec.board) == ("trixie", "arm64", "pi3b-plus")
+    with pytest.raises(UsageError, match="unknown board 'pi9'"):
+        build.default_base("pi9")
+
+
+def test_the_bookworm_armhf_base() -> None:
+    base = build.BASES["debian-bookworm-armhf"]
+    assert (base.suite, base.arch, base.python, base.legacy) == ("bookworm", "armhf", "3.11", None)
+    assert base.components == ("main", "non-free-firmware")  # raspi-firmware's component since bookworm
+    # Bullseye's list, with python3-venv for the runtime's venv (PEP 668); the 32-bit armmp kernel.
+    assert base.packages == (*build.BASE_PACKAGES, "python3-venv")
+    assert "linux-image-armmp" in base.packages and "linux-image-arm64" not in base.packages
+    for board in ARMV7_BOARDS:  # 6.1 has the Zero 2 W's device tree
+        spec = default_spec(base="debian-bookworm-armhf", board=board)
+        assert (spec.base.suite, spec.base.arch, spec.base.components) == ("bookworm", "armhf", base.components)
+    spec = default_spec(base="debian-bookworm-armhf")
+    assert recipe_hash(spec.base.key()) != BULLSEYE_ROOTFS_KEY
+
+
+@pytest.mark.parametrize("board", ARMV7_BOARDS)
+def test_bookworm_config_txt_is_32_bit_with_the_armmp_kernel(board: str) -> None:
+    text = piboot.config_txt(board, kernel=BOOKWORM_KERNEL, initrd=BOOKWORM_INITRD)
+    cfg = parse_config_txt(text)
+    assert (cfg["kernel"], cfg["initramfs"]) == (BOOKWORM_KERNEL, BOOKWORM_INITRD)
+    assert (cfg["arm_64bit"], cfg["upstream_kernel"], cfg["enable_uart"]) == ("0", "1", "1")
+    assert piboot.recorded_board(text) == board
+
+
+def test_a_bullseye_kernel_in_config_txt_refuses_the_zero_2() -> None:
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w\.dtb"):
+        piboot.config_txt("pi-zero-2", kernel=KERNEL, initrd=INITRD)
 
 
 def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() -> None:
@@ -229,3 +365,105 @@ def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() 
     pi2 = replace(boot, files=boot.files | {"bcm2709-rpi-2-b.dtb"})
     (problem,) = inspect(pi2, ROOT, "pi2").problems
     assert "arm_64bit=1" in problem and "Cortex-A7 cannot run one" in problem
+
+
+# ---------------------------------------------------------------- the bookworm armhf layout
+
+# What bookworm's packages put where boot_files reads, measured 2026-11-30 from linux-image-6.1.0-50-armmp_6.1.176-1
+# (every Pi and vexpress device tree it has, and two of its other boards', flat under
+# /usr/lib/linux-image-6.1.0-50-armmp/: armhf has no vendor subdirectories there) and raspi-firmware_1.20220830+ds-1
+# (/usr/lib/raspi-firmware/, which its postinst copies to /boot/firmware). A bullseye root stands in below with the
+# same trees but the Zero 2 W's, which its armmp 5.10.0-32 lacks (README, "Booting the real board").
+BOOKWORM_DTBS = (
+    "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4-io.dtb", "bcm2835-rpi-a-plus.dtb",
+    "bcm2835-rpi-a.dtb", "bcm2835-rpi-b-plus.dtb", "bcm2835-rpi-b-rev2.dtb", "bcm2835-rpi-b.dtb",
+    "bcm2835-rpi-cm1-io1.dtb", "bcm2835-rpi-zero-w.dtb", "bcm2835-rpi-zero.dtb", "bcm2836-rpi-2-b.dtb",
+    "bcm2837-rpi-3-a-plus.dtb", "bcm2837-rpi-3-b-plus.dtb", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-cm3-io3.dtb",
+    "bcm2837-rpi-zero-2-w.dtb", "vexpress-v2p-ca15-tc1.dtb", "vexpress-v2p-ca15_a7.dtb", "vexpress-v2p-ca5s.dtb",
+    "vexpress-v2p-ca9.dtb", "am335x-boneblack.dtb", "sun7i-a20-cubietruck.dtb",
+)  # fmt: skip
+BOOKWORM_FIRMWARE = (
+    "bootcode.bin", "fixup.dat", "fixup4.dat", "fixup4cd.dat", "fixup4db.dat", "fixup4x.dat", "fixup_cd.dat",
+    "fixup_db.dat", "fixup_x.dat", "start.elf", "start4.elf", "start4cd.elf", "start4db.elf", "start4x.elf",
+    "start_cd.elf", "start_db.elf", "start_x.elf",
+)  # fmt: skip
+
+
+def _debian_root(root: Path, version: str, dtbs: tuple[str, ...]) -> Path:
+    """A root filesystem with what debootstrap leaves for boot_files: /boot's kernel and initrd, the kernel's device
+    trees, raspi-firmware's GPU firmware (only their names matter here)."""
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{version}").write_bytes(b"zImage")
+    (root / "boot" / f"initrd.img-{version}").write_bytes(b"initrd")
+    for directory, names in ((f"usr/lib/linux-image-{version}", dtbs), ("usr/lib/raspi-firmware", BOOKWORM_FIRMWARE)):
+        (root / directory).mkdir(parents=True)
+        for name in names:
+            (root / directory / name).write_bytes(b"x")
+    return root
+
+
+def _boot_partition(boot: Path) -> BootPartition:
+    return BootPartition(
+        files=frozenset(p.name.lower() for p in boot.iterdir()),
+        config_txt=(boot / "config.txt").read_text(),
+        cmdline_txt=(boot / "cmdline.txt").read_text(),
+    )
+
+
+@pytest.mark.parametrize("board", ARMV7_BOARDS)
+def test_image_check_passes_the_bookworm_armhf_boot_partition(tmp_path: Path, board: str) -> None:
+    root = _debian_root(tmp_path / "root", "6.1.0-50-armmp", BOOKWORM_DTBS)
+    version = build.boot_files(root, tmp_path / "boot", 0x1234ABCD, board=board, arch="armhf")
+    assert version == "6.1.0-50-armmp"
+    boot = _boot_partition(tmp_path / "boot")
+    # Every Pi's device tree and the vexpress ones, not the kernel's other boards'.
+    assert "bcm2837-rpi-zero-2-w.dtb" in boot.files and "vexpress-v2p-ca15_a7.dtb" in boot.files
+    assert "am335x-boneblack.dtb" not in boot.files
+    assert {"start4.elf", "fixup4.dat", "bootcode.bin", "start.elf"} <= boot.files
+    result = inspect(boot, ROOT, board)
+    assert result.problems == ()
+    assert (result.kernel, result.initrd) == (BOOKWORM_KERNEL, BOOKWORM_INITRD)
+    assert result.dtb == piboot.boot_of(board).upstream_dtb
+    assert result.root == "PARTUUID=1234abcd-02"
+    assert parse_config_txt(boot.config_txt or "")["arm_64bit"] == "0"
+
+
+def test_image_check_fails_the_zero_2_on_a_bullseye_boot_partition(tmp_path: Path) -> None:
+    bullseye = tuple(d for d in BOOKWORM_DTBS if d != "bcm2837-rpi-zero-2-w.dtb")
+    root = _debian_root(tmp_path / "root", "5.10.0-32-armmp", bullseye)
+    with pytest.raises(UsageError, match=r"bcm2837-rpi-zero-2-w\.dtb"):  # its config.txt is refused: 5.10 lacks it
+        build.boot_files(root, tmp_path / "refused", 0x1234ABCD, board="pi-zero-2")
+    build.boot_files(root, tmp_path / "boot", 0x1234ABCD, board="pi3")
+    boot = _boot_partition(tmp_path / "boot")
+    assert inspect(boot, ROOT, "pi3").problems == ()
+    (problem,) = inspect(boot, ROOT, "pi-zero-2").problems
+    assert problem.startswith("bcm2837-rpi-zero-2-w.dtb is missing")
+    assert "from Linux 5.16 on" in problem
+
+
+@pytest.mark.parametrize(
+    ("kernel", "arm_64bit", "problem"),
+    [
+        (BOOKWORM_KERNEL, "0", None),
+        (BOOKWORM_KERNEL, "1", "is Debian's 32-bit armhf kernel: set arm_64bit=0"),
+        ("vmlinuz-6.12.117+deb13-arm64", "1", None),
+        ("vmlinuz-6.12.117+deb13-arm64", "0", "is Debian's 64-bit arm64 kernel: set arm_64bit=1"),
+        ("vmlinuz-6.12.117+deb13-arm64", None, None),  # the firmware's default differs by board: not judged
+        ("kernel8.img", "0", None),  # not Debian's: not judged
+    ],
+)
+def test_image_check_compares_arm_64bit_with_the_debian_kernels_width(
+    kernel: str, arm_64bit: str | None, problem: str | None
+) -> None:
+    config = f"upstream_kernel=1\nkernel={kernel}\n" + (f"arm_64bit={arm_64bit}\n" if arm_64bit else "")
+    boot = BootPartition(
+        files=frozenset({"bootcode.bin", "start.elf", "fixup.dat", kernel.lower(), "bcm2837-rpi-3-b.dtb"}),
+        config_txt=config,
+        cmdline_txt="root=PARTUUID=1234abcd-02 rootwait\n",
+    )
+    found = inspect(boot, ROOT, "pi3").problems
+    if problem is None:
+        assert found == ()
+    else:
+        (message,) = found
+        assert problem in message and f"arm_64bit={arm_64bit}" in message

@@ -122,7 +122,8 @@ def test_a_minimal_project_gets_every_default(proj: Path, monkeypatch: pytest.Mo
     p = project.load(proj)
     assert p.path == proj / "pibake.toml" and p.root == proj
     assert p.target.board == boards.DEFAULT_BOARD
-    assert (p.target.base, p.target.base_kind, p.target.arch) == ("debian-bullseye", "debian", "armhf")
+    # No target.base: the board's (pi3b-plus has a 64-bit core).
+    assert (p.target.base, p.target.base_kind, p.target.arch) == ("debian-trixie-arm64", "debian", "arm64")
     assert p.target.image_size_mb == 2048
     assert p.model.file == proj / "car.tflite" and p.model.format == "tflite"
     assert p.model.labels == ("car", "other")
@@ -523,8 +524,49 @@ def test_an_unknown_board_lists_the_known_ones(proj: Path) -> None:
 def test_a_board_the_debian_base_cannot_boot_is_refused_with_the_reason(proj: Path) -> None:
     path = _write(proj, '[target]\nboard = "pi1"\n' + MINIMAL)
     message = _error(proj)
-    assert message.startswith(f"{path}:2: target.board: base debian-bullseye cannot boot it: board pi1")
+    assert message.startswith(
+        f"{path}:2: target.board: base debian-bookworm-armhf (chosen for pi1: target.base is not set) cannot boot it: "
+        "board pi1"
+    )
     assert "ARMv6" in message and "Use Raspberry Pi OS for this board" in message
+    path = _write(proj, '[target]\nboard = "pi-zero-2"\nbase = "debian-bullseye"\n' + MINIMAL)
+    message = _error(proj)
+    assert message.startswith(f"{path}:2: target.board: base debian-bullseye cannot boot it: board pi-zero-2")
+    assert "Linux 5.10 kernel does not ship" in message
+
+
+@pytest.mark.parametrize(
+    ("board", "base", "arch"),
+    [
+        ("pi2", "debian-bookworm-armhf", "armhf"),
+        ("pi3", "debian-trixie-arm64", "arm64"),
+        ("pi3b-plus", "debian-trixie-arm64", "arm64"),
+        ("pi-zero-2", "debian-trixie-arm64", "arm64"),
+        ("pi4", "debian-trixie-arm64", "arm64"),
+    ],
+)
+def test_without_target_base_the_board_chooses_it(proj: Path, board: str, base: str, arch: str) -> None:
+    _write(proj, f'[target]\nboard = "{board}"\n' + MINIMAL)
+    t = project.load(proj).target
+    assert (t.base, t.base_kind, t.arch) == (base, "debian", arch)
+
+
+def test_the_schema_states_the_default_base_as_image_build_chooses_it() -> None:
+    from pibake.image import build
+
+    key = project.KEYS["target.base"]
+    assert key.default == ""  # computed from the board: `pibake init` shows the default board's as the example
+    assert key.example == f'"{build.default_base(boards.DEFAULT_BOARD)}"'
+    assert f"{build.DEFAULT_BASE_64} where it has a 64-bit core, {build.DEFAULT_BASE_32} on the pi2" in key.doc
+
+
+def test_bookworm_armhf_boots_every_armv7_board_and_bullseye_only_when_named(proj: Path) -> None:
+    for board in ("pi2", "pi3", "pi3b-plus", "pi-zero-2", "pi4"):
+        _write(proj, f'[target]\nboard = "{board}"\nbase = "debian-bookworm-armhf"\n' + MINIMAL)
+        t = project.load(proj).target
+        assert (t.base, t.arch) == ("debian-bookworm-armhf", "armhf"), board
+    _write(proj, '[target]\nboard = "pi2"\nbase = "debian-bullseye"\n' + MINIMAL)
+    assert project.load(proj).target.base == "debian-bullseye"
 
 
 def test_raspberry_pi_os_bases(proj: Path) -> None:
@@ -563,7 +605,7 @@ def test_a_local_image_base(proj: Path) -> None:
 def test_an_unknown_base(proj: Path) -> None:
     path = _write(proj, '[target]\nbase = "ubuntu-noble"\n' + MINIMAL)
     message = _error(proj)
-    bases = "debian-bullseye, debian-trixie-arm64"
+    bases = "debian-bookworm-armhf, debian-bullseye, debian-trixie-arm64"
     assert message.startswith(f"{path}:2: target.base: 'ubuntu-noble' is neither a Debian base ({bases})")
 
 
@@ -580,13 +622,13 @@ def test_an_image_too_small_for_the_layout(proj: Path) -> None:
     ("name", "message"),
     [
         ("onnxruntime", "onnxruntime does not run tflite models (car.tflite)"),
-        ("ai-edge-litert", "ai-edge-litert has no wheels for armhf (base debian-bullseye), only arm64"),
+        ("ai-edge-litert", "ai-edge-litert has no wheels for armhf (base debian-bookworm-armhf), only arm64"),
         ("tflite_runtime", "unknown runtime 'tflite_runtime'; did you mean tflite-runtime?"),
     ],
 )
 def test_a_runtime_that_cannot_run_the_model_here(proj: Path, name: str, message: str) -> None:
-    path = _write(proj, MINIMAL + f'[runtime]\nname = "{name}"\n')
-    assert _error(proj) == f"{path}:4: runtime.name: {message}"
+    path = _write(proj, '[target]\nbase = "debian-bookworm-armhf"\n' + MINIMAL + f'[runtime]\nname = "{name}"\n')
+    assert _error(proj) == f"{path}:7: runtime.name: {message}"
 
 
 def test_a_model_name_that_is_not_a_url_segment(proj: Path) -> None:

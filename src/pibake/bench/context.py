@@ -12,6 +12,12 @@ from pibake.bench.serving import LoadPlan
 from pibake.bench.wheel import Wheel, tflite_wheel
 from pibake.errors import PibakeError
 
+# The base the bench builds, boots and times: the one its measurements (README, Benchmark) were taken on. Named, not
+# left to image.build.default_base, so that a change of default does not change what the bench measures; its
+# qemu-user step pip-installs the tflite-runtime wheel into the system Python, which bookworm's and trixie's refuse
+# (PEP 668).
+BENCH_BASE = "debian-bullseye"
+
 
 @dataclass
 class Context:

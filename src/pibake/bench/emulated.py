@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pibake.bench import serving
-from pibake.bench.context import Context
+from pibake.bench.context import BENCH_BASE, Context
 from pibake.bench.host_service import measure_on_host
 from pibake.bench.inference import infer_on_guest
 from pibake.bench.results import Recorder
@@ -134,7 +134,7 @@ def bench_emulated(
 
     With SERVE, the service on each booted guest gets that load of SAMPLES.
     """
-    built = image.build_image(image.default_spec())
+    built = image.build_image(image.default_spec(base=BENCH_BASE))
     work.mkdir(parents=True, exist_ok=True)
     prepared = work / "prepared.img"
     sd = any(profiles.load(p).needs_power_of_two for p in profile_names)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import shutil
 
-from pibake.bench.context import Context
+from pibake.bench.context import BENCH_BASE, Context
 from pibake.image import build as image
 from pibake.util.cache import cache_root, recipe_hash
 
 
 def image_cold(ctx: Context) -> None:
     """image-cold: the base image rebuilt with its cache entry ignored; with cold_rootfs, its debootstrap too."""
-    spec = image.default_spec()
+    spec = image.default_spec(base=BENCH_BASE)
     for _ in range(ctx.repeat):
         with ctx.rec.guard("image-cold", "image"):
             if ctx.cold_rootfs:
@@ -26,7 +26,7 @@ def image_cached(ctx: Context) -> None:
     out = ctx.work / "base.img"
     for _ in range(ctx.repeat):
         with ctx.rec.guard("image-cached", "image"):
-            built = image.build_image(image.default_spec(), output=out)
+            built = image.build_image(image.default_spec(base=BENCH_BASE), output=out)
             note = "cache hit, published" if built.cached else "cache MISS: built"
             ctx.rec.add("image-cached", "image", built.seconds, note=note)
     out.unlink(missing_ok=True)

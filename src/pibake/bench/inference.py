@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pibake.bench.context import Context
+from pibake.bench.context import BENCH_BASE, Context
 from pibake.bench.wheel import Wheel, cannot_run_model
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles
@@ -64,7 +64,7 @@ def infer_on_host(project: Path, *, runs: int) -> dict[str, Any]:
 def qemu_user_root(project: Path, wheel: Wheel) -> Path:
     """A copy of the cached armhf root with the wheel, the model and the timing script in it (cached)."""
     image.ensure_binfmt()
-    base = image.default_spec().base
+    base = image.default_spec(base=BENCH_BASE).base
     rootfs = image.build_rootfs(base)
     key = recipe_hash({"rootfs": recipe_hash(base.key()), "wheel": wheel.path.name, "format": 1})
     top = cache_root() / "bench" / f"qemu-user-{key[:16]}"

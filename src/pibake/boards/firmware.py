@@ -10,12 +10,15 @@ chooses), and passes cmdline.txt to the kernel. With ``upstream_kernel=1`` (Debi
 armmp kernel) the firmware looks for the mainline device tree names (bcm2837-rpi-3-b-plus.dtb);
 without it, for Raspberry Pi OS's own (bcm2710-rpi-3-b-plus.dtb).
 
-The Debian armhf base is ARMv7: it is for the Pi 2, 3, 3B+, Zero 2 and 4 (32-bit), not
-the ARMv6 Pi 1 and Zero, which need Raspberry Pi OS. (Bullseye's 5.10 kernel has no
-device tree for the Zero 2 yet, so an image for it is refused too.)
+The Debian armhf bases are ARMv7: they are for the Pi 2, 3, 3B+, Zero 2 and 4 (32-bit), not
+the ARMv6 Pi 1 and Zero, which need Raspberry Pi OS. A board is also refused by a base whose
+kernel is older than the board's device tree (the board table's upstream_dtb_since): bullseye's
+5.10 has no device tree for the Zero 2 W, bookworm's 6.1 and trixie's 6.12 have it.
 """
 
 from __future__ import annotations
+
+import re
 
 from pibake import boards
 from pibake.boards import Board
@@ -24,9 +27,6 @@ from pibake.isa import Arch
 
 # A line of config.txt that says which board pibake wrote it for (read back by `image check`).
 BOARD_MARK = "# pibake board:"
-
-# ARMv7 boards whose device tree is not in bullseye's 5.10 armmp kernel: board -> the Linux that added it.
-NO_DEBIAN_DTB = {b.name: since for b in boards.BOARDS.values() if (since := b.upstream_dtb_since)}
 
 # The emulated boards' serial line: QEMU's raspi2b, virt and vexpress all have a PL011 there.
 QEMU_CONSOLE = "ttyAMA0"
@@ -40,44 +40,69 @@ def boot_of(board: str) -> Board:
     return boards.get(board)
 
 
-def require_debian_board(name: str, *, arch: str = "armhf") -> Board:
-    """The board, if a Debian base of ARCH (armhf, arm64) can boot it; else a UsageError saying what to use.
+def linux_series(version: str) -> tuple[int, int]:
+    """(major, minor) of the first "X.Y" in VERSION: "6.1", "Linux 5.16", a kernel file name "vmlinuz-6.1.0-50-armmp".
+
+    Raises UsageError when VERSION holds no such number.
+    """
+    found = re.search(r"(\d+)\.(\d+)", version)
+    if found is None:
+        raise UsageError(f"{version!r} names no Linux version (X.Y)")
+    return int(found.group(1)), int(found.group(2))
+
+
+def dtb_missing(board: Board, linux: str) -> bool:
+    """Whether a kernel of the LINUX series (e.g. "6.1") lacks BOARD's mainline device tree (board.upstream_dtb).
+
+    The board table records the first mainline Linux that has it (upstream_dtb_since) where that is later than
+    5.10, the oldest kernel a Debian base ships (bullseye's); Debian's kernel packages ship the mainline device trees
+    of their series (measured: bullseye's armmp 5.10.0-32 has no bcm2837-rpi-zero-2-w.dtb, bookworm's armmp
+    6.1.0-50 and trixie's arm64 6.12.117 have it).
+    """
+    return board.upstream_dtb_since is not None and linux_series(board.upstream_dtb_since) > linux_series(linux)
+
+
+def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board:
+    """The board, if a Debian base of ARCH (armhf, arm64) whose kernel is LINUX (a series, "6.1", or a kernel's file
+    name, vmlinuz-6.1.0-50-armmp) can boot it; else a UsageError saying what to use.
 
     Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A (the
-    boards with a 64-bit core in the table, Board.cpu64);
-    the device trees the armhf kernel ships are the board table's upstream_dtb, present since
-    upstream_dtb_since (bullseye's 5.10 is the oldest); trixie's arm64 6.12 has every ARMv8 Pi's.
+    boards with a 64-bit core in the table, Board.cpu64); the firmware needs the board's device tree from the
+    kernel (dtb_missing: the board table's upstream_dtb_since against LINUX).
     """
     board = boards.get(name)
     if arch == "arm64":
         if board.cpu64 is None:
             raise UsageError(
                 f"board {name} ({board.model}) has a {board.core}, which cannot run 64-bit (arm64) code: "
-                "use the 32-bit base (--base debian-bullseye) or Raspberry Pi OS armhf for it, or build the arm64 "
-                "base for " + ", ".join(debian_boards(arch="arm64"))
+                "use the 32-bit base (--base debian-bookworm-armhf) or Raspberry Pi OS armhf for it, or build the "
+                "arm64 base for " + ", ".join(debian_boards(arch="arm64", linux=linux))
             )
-        return board
-    if board.isa.arch < Arch.ARMV7:
+    elif board.isa.arch < Arch.ARMV7:
         raise UsageError(
             f"board {name} ({board.model}) has an {board.core} (ARMv6): Debian's armhf port is built for ARMv7, "
             "so an image built from Debian cannot boot it. Use Raspberry Pi OS for this board "
-            "(`pibake image fetch`, then `pibake image prepare`), or build for " + ", ".join(debian_boards())
+            "(`pibake image fetch`, then `pibake image prepare`), or build for " + ", ".join(debian_boards(linux=linux))
         )
-    if name in NO_DEBIAN_DTB:
+    if dtb_missing(board, linux):
+        series = "{}.{}".format(*linux_series(linux))
         raise UsageError(
-            f"board {name} ({board.model}) needs {board.upstream_dtb}, which Debian bullseye's 5.10 armmp "
-            f"kernel does not ship (it arrived in {NO_DEBIAN_DTB[name]}): the firmware would find no device tree. "
-            "Use the arm64 base (--base debian-trixie-arm64) or Raspberry Pi OS for this board, or build for "
-            + ", ".join(debian_boards())
+            f"board {name} ({board.model}) needs {board.upstream_dtb}, which this base's Linux {series} kernel "
+            f"does not ship (it arrived in {board.upstream_dtb_since}): the firmware would find no device tree. "
+            "Use a base with a newer kernel (--base debian-bookworm-armhf: Linux 6.1; --base debian-trixie-arm64: "
+            "Linux 6.12) or Raspberry Pi OS for this board, or build this base for "
+            + ", ".join(debian_boards(arch=arch, linux=linux))
         )
     return board
 
 
-def debian_boards(*, arch: str = "armhf") -> list[str]:
-    """The boards an image built from a Debian base of ARCH (armhf, arm64) boots."""
+def debian_boards(*, linux: str, arch: str = "armhf") -> list[str]:
+    """The boards an image built from a Debian base of ARCH (armhf, arm64) with a LINUX-series kernel boots."""
     if arch == "arm64":
-        return [b for b, x in boards.BOARDS.items() if x.cpu64 is not None]
-    return [b for b, x in boards.BOARDS.items() if x.isa.arch >= Arch.ARMV7 and b not in NO_DEBIAN_DTB]
+        usable = [b for b in boards.BOARDS.values() if b.cpu64 is not None]
+    else:
+        usable = [b for b in boards.BOARDS.values() if b.isa.arch >= Arch.ARMV7]
+    return [b.name for b in usable if not dtb_missing(b, linux)]
 
 
 def kernel_cmdline(root: str, board: str) -> str:
@@ -98,10 +123,11 @@ def kernel_cmdline(root: str, board: str) -> str:
 def config_txt(board: str, *, kernel: str, initrd: str, arch: str = "armhf") -> str:
     """config.txt for Debian's kernel of ARCH (armmp on armhf, arm64) on BOARD, as raspi-firmware writes it.
 
+    KERNEL is the kernel's file name (vmlinuz-6.1.0-50-armmp): its version is the one BOARD is checked against.
     Plus the board mark. ``arm_64bit=1`` makes the firmware start the cores in AArch64 (Raspberry Pi
     documentation, "config.txt": arm_64bit).
     """
-    require_debian_board(board, arch=arch)
+    require_debian_board(board, arch=arch, linux=kernel)
     if arch == "arm64":
         bits = "# 64-bit kernel (Debian arm64): the firmware starts the cores in AArch64.\narm_64bit=1\n"
     else:

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from pibake import boards
-from pibake.image.build import BASES
+from pibake.image.build import BASES, DEFAULT_BASE_32, DEFAULT_BASE_64, default_base
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -15,10 +15,13 @@ def _demo(a: argparse.Namespace) -> int:
     from pibake.cli.bake import print_result
 
     example = project.load(a.project / "examples" / "car")
-    target = example.target
-    if a.base is not None:
-        target = dataclasses.replace(target, base=a.base, arch=BASES[a.base].arch)
-    example = dataclasses.replace(example, target=dataclasses.replace(target, board=a.board))
+    # The demo's target is its own (--board, --base): the example file pins the legacy base only so that what
+    # `pibake bake examples/car` builds does not change with the default.
+    base = a.base or default_base(a.board)
+    target = dataclasses.replace(
+        example.target, board=a.board, base=base, base_kind="debian", base_image=None, arch=BASES[base].arch
+    )
+    example = dataclasses.replace(example, target=target)
     say = lambda line: print(f"pibake demo: {line}")  # noqa: E731
     res = bake.bake(example, profile=a.profile, cpu=a.cpu, name="pibake-demo", output=a.output, say=say)
     return print_result(res)
@@ -46,8 +49,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         choices=sorted(BASES),
         help="the Debian base to build on: debian-trixie-arm64 (64-bit, LiteRT in a venv; --board pi3, pi3b-plus, "
-        "pi-zero-2 or pi4) or debian-bullseye (32-bit, tflite-runtime; legacy) (default: the example's, "
-        "debian-bullseye)",
+        "pi-zero-2 or pi4), debian-bookworm-armhf (32-bit, tflite-runtime 2.14.0 in a venv; pi2 and up) or "
+        "debian-bullseye (32-bit, tflite-runtime 2.11.0; legacy) (default: the board's, "
+        f"{DEFAULT_BASE_64} where it has a 64-bit core, {DEFAULT_BASE_32} on the pi2; the example file's "
+        "target.base is for `pibake bake examples/car`)",
     )
     p.add_argument("--profile", default=None, help="machine profile (default: the board's)")
     p.add_argument("--cpu", default=None, help="emulated CPU (default: the board's)")

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from pibake import boards
-from pibake.cli.common import DEFAULT_IMAGE
-from pibake.image.build import BASES
+from pibake.cli.common import image_for
+from pibake.image.build import BASES, DEFAULT_BASE_32, DEFAULT_BASE_64
 from pibake.image.catalogue import DEFAULT_RELEASE, DEFAULT_URL, URL_ENV
 
 MIB = 1 << 20
@@ -16,8 +16,10 @@ MIB = 1 << 20
 def _build(a: argparse.Namespace) -> int:
     from pibake.image import build
 
-    built = build.build(base=a.base, size_mb=a.size, mirror=a.mirror, board=a.board, output=a.output, rebuild=a.rebuild)
-    print(f"{built.path}  sha256 {built.sha256}  ({'cached, ' if built.cached else ''}{built.seconds:.1f} s)")
+    base = a.base or build.default_base(a.board)
+    output = a.output or image_for(base)
+    built = build.build(base=base, size_mb=a.size, mirror=a.mirror, board=a.board, output=output, rebuild=a.rebuild)
+    print(f"{built.path}  sha256 {built.sha256}  ({base}, {'cached, ' if built.cached else ''}{built.seconds:.1f} s)")
     return 0
 
 
@@ -107,32 +109,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image_sub = p_image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     p = image_sub.add_parser(
         "build",
-        help="build a Raspberry-Pi-OS-shaped image from Debian armhf packages (needs root for debootstrap)",
-        description="Debootstrap Debian armhf through qemu-user, add the pi user with the harness's SSH key, "
-        "and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
+        help="build a Raspberry-Pi-OS-shaped image from Debian packages, armhf or arm64 (needs root for debootstrap)",
+        description="Debootstrap a Debian base (armhf or arm64) through qemu-user, add the pi user with the harness's "
+        "SSH key, and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
         "Cached under a hash of the recipe: a second build with the same recipe takes seconds.",
     )
     p.add_argument(
         "--base",
-        default="debian-bullseye",
+        default=None,
         choices=sorted(BASES),
-        help="base system: debian-trixie-arm64 (64-bit, Python 3.13; the ARMv8 boards), debian-bullseye "
-        "(32-bit armhf, Python 3.9; legacy, past its support) (default: %(default)s)",
+        help="base system: debian-trixie-arm64 (64-bit, Python 3.13, LiteRT; the boards with a 64-bit core: pi3, "
+        "pi3b-plus, pi-zero-2, pi4), debian-bookworm-armhf (32-bit, Python 3.11, tflite-runtime; pi2 and up), "
+        "debian-bullseye (32-bit, Python 3.9; legacy, past its support: only when named) (default: the board's, "
+        f"{DEFAULT_BASE_64} where it has a 64-bit core, {DEFAULT_BASE_32} on the pi2)",
     )
     p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
     p.add_argument(
         "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)"
     )
     p.add_argument(
-        "-o", "--output", type=Path, default=DEFAULT_IMAGE, help="where to copy the image (default: %(default)s)"
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        help="where to copy the image (default: build/pibake-SUITE[-ARCH].img for the base: build/pibake-bullseye.img, "
+        "build/pibake-bookworm-armhf.img, build/pibake-trixie-arm64.img)",
     )
     p.add_argument("--rebuild", action="store_true", help="ignore a cached image (the rootfs cache is kept)")
     p.add_argument(
         "--board",
         default=boards.DEFAULT_BOARD,
         choices=boards.names(),
-        help="board config.txt and cmdline.txt are written for; Debian armhf is ARMv7, so the ARMv6 pi1 and "
-        "pi-zero are refused (they need Raspberry Pi OS) (default: %(default)s)",
+        help="board config.txt and cmdline.txt are written for, and whose base is built without --base; Debian armhf "
+        "is ARMv7, so the ARMv6 pi1 and pi-zero are refused (they need Raspberry Pi OS) (default: %(default)s)",
     )
     p.set_defaults(func=_build)
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pibake import hostkeys
+from pibake import boards, hostkeys
 from pibake.boards import DEFAULT_BOARD
 from pibake.boards import firmware as piboot
 from pibake.disk.layout import MIB, Layout, partuuid
@@ -69,6 +69,28 @@ BASE_PACKAGES = (
 # firmware from non-free-firmware, where Debian moved it in bookworm.
 ARM64_PACKAGES = (*(p for p in BASE_PACKAGES if p != "linux-image-armmp"), "linux-image-arm64", "python3-venv")
 
+# The bookworm armhf base: bullseye's list and python3-venv, for the runtime's venv (PEP 668: bookworm's system Python
+# is externally managed). Every name is in bookworm's armhf Packages index (main; raspi-firmware in non-free-firmware,
+# 1.20220830+ds-1, which bookworm moved it to from non-free), checked 2026-11-30 against Debian 12.15:
+# linux-image-armmp 6.1.176-1 (linux-image-6.1.0-50-armmp, the Pi 2/3/3B+/Zero 2 W/4 device trees in
+# /usr/lib/linux-image-6.1.0-50-armmp/), python3 3.11.2, python3-numpy 1.24.2, python3-venv 3.11.2; and
+# `debootstrap --download-only --variant=minbase --components=main,non-free-firmware` resolved the whole list
+# (223 packages, 122 MB; nothing installed).
+BOOKWORM_ARMHF_PACKAGES = (*BASE_PACKAGES, "python3-venv")
+
+# The mainline series of each suite's kernel packages (linux-image-armmp, linux-image-arm64), as Debian's archive has
+# them: bullseye 5.10.x, bookworm 6.1.x, trixie 6.12.x. A board whose device tree reached mainline after a suite's
+# series is refused for it (boards.firmware.require_debian_board).
+DEBIAN_LINUX = {"bullseye": "5.10", "bookworm": "6.1", "trixie": "6.12"}
+
+
+def suite_linux(suite: str) -> str:
+    """The Linux series of SUITE's kernel (DEBIAN_LINUX); UsageError for a suite pibake knows no kernel of."""
+    try:
+        return DEBIAN_LINUX[suite]
+    except KeyError:
+        raise UsageError(f"no kernel series known for Debian {suite}: known suites {', '.join(DEBIAN_LINUX)}") from None
+
 
 @dataclass(frozen=True)
 class Base:
@@ -82,6 +104,11 @@ class Base:
     components: tuple[str, ...]
     # Why the base is legacy (printed when it is built); None: a current one.
     legacy: str | None = None
+
+    @property
+    def linux(self) -> str:
+        """The Linux series of the base's kernel, e.g. "6.1" (DEBIAN_LINUX)."""
+        return suite_linux(self.suite)
 
     def describe(self) -> str:
         return f"Debian {self.suite} {self.arch} (Python {self.python})"
@@ -99,6 +126,15 @@ BASES: dict[str, Base] = {
             components=("main", "non-free-firmware"),
         ),
         Base(
+            name="debian-bookworm-armhf",
+            suite="bookworm",
+            arch="armhf",
+            python="3.11",
+            packages=BOOKWORM_ARMHF_PACKAGES,
+            # raspi-firmware is in bookworm's non-free-firmware, not in its non-free (their Packages indexes).
+            components=("main", "non-free-firmware"),
+        ),
+        Base(
             name="debian-bullseye",
             suite="bullseye",
             arch="armhf",
@@ -109,6 +145,19 @@ BASES: dict[str, Base] = {
         ),
     )
 }
+
+# The base a board gets when none is named (default_base): the 64-bit one on a board with a 64-bit core, the current
+# 32-bit one on the others. The legacy bullseye base only when it is named.
+DEFAULT_BASE_64 = "debian-trixie-arm64"
+DEFAULT_BASE_32 = "debian-bookworm-armhf"
+
+
+def default_base(board: str) -> str:
+    """The Debian base BOARD gets when none is named: DEFAULT_BASE_64 where the board table gives it a 64-bit core
+    (Board.cpu64: the Pi 3 family, Zero 2 W, Pi 4), DEFAULT_BASE_32 elsewhere (the Pi 2; the ARMv6 boards, which
+    require_debian_board then refuses with what to use). UsageError for an unknown board."""
+    return DEFAULT_BASE_64 if boards.get(board).cpu64 is not None else DEFAULT_BASE_32
+
 
 FIRMWARE_PATTERNS = ("bootcode.bin", "start*.elf", "fixup*.dat")
 
@@ -136,6 +185,11 @@ class DebianBase:
     def key(self) -> dict[str, object]:
         return {"format": ROOTFS_FORMAT, **asdict(self)}
 
+    @property
+    def linux(self) -> str:
+        """The Linux series of the suite's kernel (DEBIAN_LINUX); not part of the key, which the suite decides."""
+        return suite_linux(self.suite)
+
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -151,7 +205,7 @@ class ImageSpec:
     board: str = DEFAULT_BOARD
 
     def __post_init__(self) -> None:
-        piboot.require_debian_board(self.board, arch=self.base.arch)
+        piboot.require_debian_board(self.board, arch=self.base.arch, linux=self.base.linux)
 
     @property
     def layout(self) -> Layout:
@@ -186,12 +240,19 @@ class BuiltImage:
 
 
 def default_spec(
-    *, base: str = "debian-bullseye", size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
+    *, base: str | None = None, size_mb: int = 2048, mirror: str | None = None, board: str = DEFAULT_BOARD
 ) -> ImageSpec:
+    """The recipe ``pibake image build`` makes of BASE (None: default_base(BOARD)) for BOARD.
+
+    Raises UsageError for an unknown base or board, or a board the base cannot boot, before any work.
+    """
+    if base is None:
+        base = default_base(board)
     if base not in BASES:
         raise UsageError(f"unknown base {base!r}; known bases: {', '.join(sorted(BASES))}")
     release = BASES[base]
-    piboot.require_debian_board(board, arch=release.arch)  # before anything else: no key made, nothing downloaded
+    # Before anything else: no key made, nothing downloaded.
+    piboot.require_debian_board(board, arch=release.arch, linux=release.linux)
     if release.legacy:
         log.warning("base %s is legacy: %s", base, release.legacy)
     mirror = mirror or os.environ.get("PIBAKE_DEBIAN_MIRROR") or None
@@ -211,14 +272,15 @@ def default_spec(
 
 def build(
     *,
-    base: str = "debian-bullseye",
+    base: str | None = None,
     size_mb: int = 2048,
     mirror: str | None = None,
     board: str = DEFAULT_BOARD,
     output: Path | None = None,
     rebuild: bool = False,
 ) -> BuiltImage:
-    """What ``pibake image build`` does: the default recipe for BASE and BOARD, built (or taken from the cache).
+    """What ``pibake image build`` does: the default recipe for BASE (None: default_base(BOARD)) and BOARD, built (or
+    taken from the cache).
 
     SIZE_MB is the whole image in MiB; MIRROR a Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR, else
     debootstrap's own). Raises UsageError for a base or board pibake cannot build, PibakeError

@@ -106,6 +106,9 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
             )
     kernel = config.get("kernel", default_kernel)
     need(kernel, "config.txt's kernel=" if "kernel" in config else f"the firmware's default kernel for {board}")
+    mode = _mode_mismatch(kernel, config.get("arm_64bit"))
+    if mode:
+        found.append(mode)
     initrd = config.get("initramfs")
     if initrd:
         need(initrd, "config.txt's initramfs line")
@@ -113,6 +116,8 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
         dtb, why = config["device_tree"], "config.txt's device_tree="
     elif config.get("upstream_kernel") == "1":
         dtb, why = spec.upstream_dtb, f"the {board}'s device tree under upstream_kernel=1"
+        if spec.upstream_dtb_since:
+            why += f"; mainline kernels have it from {spec.upstream_dtb_since} on (Debian bookworm's 6.1 does)"
     else:
         dtb, why = spec.downstream_dtb, f"the {board}'s device tree (Raspberry Pi kernel names)"
     need(dtb, why)
@@ -131,6 +136,34 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
             if mismatch:
                 found.append(mismatch)
     return Inspection(board, kernel, initrd, dtb, root_arg, tuple(checked), tuple(found))
+
+
+# Debian's kernel image names by flavour (vmlinuz-VERSION-FLAVOUR, the linux-image-* packages): the 32-bit ones of
+# armhf (armmp, armmp-lpae) and the 64-bit one of arm64.
+_DEBIAN_KERNEL_BITS = (("-armmp", 32), ("-armmp-lpae", 32), ("-arm64", 64))
+
+
+def _mode_mismatch(kernel: str, arm_64bit: str | None) -> str | None:
+    """Why config.txt's arm_64bit contradicts the width of the Debian kernel KERNEL it names, or None.
+
+    ``arm_64bit=1`` makes the firmware start the cores in AArch64, ``0`` in AArch32 (Raspberry Pi documentation,
+    "config.txt": arm_64bit); a kernel of the other width does not start. Only a stated value is compared: the
+    firmware's default differs between boards and firmware releases, and kernels other than Debian's are not judged.
+    """
+    if not kernel.startswith("vmlinuz-"):
+        return None
+    bits = next((b for suffix, b in _DEBIAN_KERNEL_BITS if kernel.endswith(suffix)), None)
+    if bits == 32 and arm_64bit == "1":
+        return (
+            f"config.txt sets arm_64bit=1 (cores started in AArch64), but kernel={kernel} is Debian's 32-bit armhf "
+            "kernel: set arm_64bit=0"
+        )
+    if bits == 64 and arm_64bit == "0":
+        return (
+            f"config.txt sets arm_64bit=0 (cores started in AArch32), but kernel={kernel} is Debian's 64-bit arm64 "
+            "kernel: set arm_64bit=1"
+        )
+    return None
 
 
 def root_mismatch(root_arg: str, root: RootPartition) -> str | None:
