@@ -206,7 +206,8 @@ def target64_for(board: Board, *, cpu: str | None = None) -> Target:
     """
     if board.cpu64 is None:
         raise UsageError(
-            f"board {board.name} ({board.model}) has an {board.core}, which cannot run a 64-bit OS: check its "
+            f"board {board.name} ({board.model}) has {boards.article(board.core)} {board.core}, which cannot run a "
+            "64-bit OS: check its "
             f"wheels with --arch armhf, or pick a board that can: "
             + ", ".join(b.name for b in boards.BOARDS.values() if b.cpu64)
         )

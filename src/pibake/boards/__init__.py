@@ -14,6 +14,11 @@ from pibake.errors import UsageError
 __all__ = ["BOARDS", "DEFAULT_BOARD", "Board", "emulation", "get", "names"]
 
 
+def article(word: str) -> str:
+    """English's indefinite article before WORD as it is spoken: "an ARM1176JZF-S", "a Cortex-A7"."""
+    return "an" if word[:1].upper() in "AEIOU" else "a"
+
+
 def names() -> list[str]:
     """The boards' names, in the table's order (oldest first)."""
     return list(BOARDS)
@@ -43,8 +48,9 @@ def emulation(
     if arch == "arm64":
         if board.cpu64 is None:
             raise UsageError(
-                f"board {board.name} ({board.model}) has a {board.core}, which runs no 64-bit (arm64) OS: "
-                "use a 32-bit (armhf) image for it"
+                f"board {board.name} ({board.model}) has {article(board.core)} {board.core}, which runs no 64-bit "
+                "(arm64) OS: use a 32-bit (armhf) image for it (the debian-bookworm-armhf base, or Raspberry Pi OS "
+                "armhf)"
             )
         if profile in (None, PROFILE_64):
             return PROFILE_64, cpu or board.cpu64

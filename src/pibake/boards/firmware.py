@@ -74,9 +74,16 @@ def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board
     if arch == "arm64":
         if board.cpu64 is None:
             raise UsageError(
-                f"board {name} ({board.model}) has a {board.core}, which cannot run 64-bit (arm64) code: "
-                "use the 32-bit base (--base debian-bookworm-armhf) or Raspberry Pi OS armhf for it, or build the "
-                "arm64 base for " + ", ".join(debian_boards(arch="arm64", linux=linux))
+                f"board {name} ({board.model}) has {boards.article(board.core)} {board.core}, which cannot run 64-bit "
+                "(arm64) code: "
+                + (
+                    "use the 32-bit base (debian-bookworm-armhf) or Raspberry Pi OS armhf for it"
+                    if board.isa.arch >= Arch.ARMV7
+                    # ARMv6: Debian's armhf port cannot boot it either (the branch below).
+                    else "only Raspberry Pi OS armhf runs on it"
+                )
+                + ", or build the arm64 base for "
+                + ", ".join(debian_boards(arch="arm64", linux=linux))
             )
     elif board.isa.arch < Arch.ARMV7:
         raise UsageError(

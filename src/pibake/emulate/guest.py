@@ -250,7 +250,10 @@ def start(
         if not 0 < gp < 65536 or gp == 22:
             raise UsageError(f"cannot forward guest port {gp}: give a TCP port from 1 to 65535 other than 22 (SSH)")
     if not image.is_file():
-        raise UsageError(f"no image at {image}: build one with `make image` (pibake image build)")
+        raise UsageError(
+            f"no image at {image}: build one with `make image` (pibake image build --base debian-bullseye "
+            "-o build/pibake-bullseye.img), or name the image"
+        )
     read_mbr(image)
     arch = image_arch(image)
     profile, cpu = emulation_for(board, profile, cpu, arch=arch)
