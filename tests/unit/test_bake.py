@@ -220,3 +220,28 @@ def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch)
         assert res.code == UsageError.exit_code and "stopped before any work" in res.err, res.err
         t = baked.pop()
         assert (t.board, t.base, t.arch, t.base_kind) == (*want, "debian"), args
+
+
+@pytest.mark.parametrize(("config_txt", "refused"), [("arm_64bit=1\n", True), ("arm_64bit=0\n", False)])
+def test_a_local_64_bit_image_is_refused_not_baked_the_32_bit_way(
+    car: project.Project, tmp_path: Path, config_txt: str, refused: bool
+) -> None:
+    # A local image is provisioned the bullseye way (project_runtime): a 64-bit one would get a cp39 armv7l wheel.
+    from pibake.disk.layout import Layout
+    from pibake.image import build
+
+    root, boot, work = tmp_path / "root", tmp_path / "boot", tmp_path / "work"
+    for d in (root / "etc", boot, work):
+        d.mkdir(parents=True)
+    (boot / "config.txt").write_text(config_txt)
+    image = tmp_path / "mine.img"
+    build.assemble(image, Layout(total_mb=1092, boot_mb=64), 0x1234ABCD, root, boot, work)
+    local = dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base=str(image), base_kind="image", base_image=image)
+    )
+    problems = bake.unsupported(local)
+    assert [p for p in problems if "64-bit image" in p] == (
+        [f"target.base = {str(image)!r} is a 64-bit image (its config.txt says arm_64bit=1): bake runs a local image "
+         'the 32-bit way only (tflite-runtime 2.11.0 on Python 3.9) for now; use target.base = "debian-trixie-arm64" '
+         "for a 64-bit card"] if refused else []
+    )  # fmt: skip
