@@ -198,7 +198,7 @@ def test_every_debian_base_has_a_runtime_and_its_lock_matches_the_base() -> None
         assert lock.platforms and all(p.endswith(f"_{machine}") for p in lock.platforms), name
 
 
-def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from pibake.errors import UsageError
     from tests.conftest import run_cli
 
@@ -220,6 +220,11 @@ def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch)
         assert res.code == UsageError.exit_code and "stopped before any work" in res.err, res.err
         t = baked.pop()
         assert (t.board, t.base, t.arch, t.base_kind) == (*want, "debian"), args
+    # From any directory, without --project: the example of the checkout this pibake runs from.
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(["demo", "--board", "pi4"])
+    assert res.code == UsageError.exit_code and "stopped before any work" in res.err, res.err
+    assert baked.pop().board == "pi4"
 
 
 @pytest.mark.parametrize(("config_txt", "refused"), [("arm_64bit=1\n", True), ("arm_64bit=0\n", False)])

@@ -14,7 +14,8 @@ def _demo(a: argparse.Namespace) -> int:
     from pibake import bake, project
     from pibake.cli.bake import print_result
 
-    example = project.load(a.project / "examples" / "car")
+    # The checkout named, else the one this pibake runs from (bake.EXAMPLE), so that any directory works.
+    example = project.load(a.project / "examples" / "car" if a.project is not None else bake.EXAMPLE)
     # The demo's target is its own (--board, --base): the example file pins the legacy base only so that what
     # `pibake bake examples/car` builds does not change with the default.
     base = a.base or default_base(a.board)
@@ -57,7 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--profile", default=None, help="machine profile (default: the board's)")
     p.add_argument("--cpu", default=None, help="emulated CPU (default: the board's)")
     p.add_argument(
-        "--project", type=Path, default=Path.cwd(), help="the pibake checkout (default: the current directory)"
+        "--project",
+        type=Path,
+        default=None,
+        help="the pibake checkout whose examples/car to bake (default: the one this pibake runs from)",
     )
     p.add_argument(
         "-o", "--output", type=Path, default=Path("build/pibake-demo.img"), help="finished image (default: %(default)s)"
