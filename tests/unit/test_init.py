@@ -57,6 +57,7 @@ def test_init_beside_the_model_loads_as_written(car: Path, monkeypatch: pytest.M
     assert res.code == 0, res.err
     path = car.parent / "pibake.toml"
     assert res.out.splitlines()[0] == f"wrote {path}"
+    assert res.out.splitlines()[-1] == f"it loads: `pibake bake {car.parent}` takes it"
     text = path.read_text()
     assert 'file = "car.tflite"' in text.splitlines()
     assert 'labels = "labels.txt"' in text.splitlines() and 'samples = "samples/"' in text.splitlines()
@@ -147,6 +148,8 @@ def test_labels_and_samples_not_beside_the_model_stay_commented(tmp_path: Path) 
     res = run_cli(["init", "--model", str(tmp_path / "car.tflite")])
     assert res.code == 0
     assert "model.labels   no labels.txt beside the model: set it" in res.out
+    # Written, and loaded as bake will: it says why it does not load yet.
+    assert "it does not load yet: " in res.out and "model.labels" in res.out.split("it does not load yet: ")[1]
     lines = (tmp_path / "pibake.toml").read_text().splitlines()
     assert '# labels = "labels.txt"' in lines and '# samples = "samples/"' in lines
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def _init(a: argparse.Namespace) -> int:
-    from pibake import init
+    from pibake import init, project
+    from pibake.errors import PibakeError
 
     res = init.init(a.directory, model=a.model, force=a.force)
     print(f"wrote {res.path}")
@@ -18,6 +19,13 @@ def _init(a: argparse.Namespace) -> int:
         print(f"  model.file     {res.model}")
         print(f"  model.labels   {res.labels or 'no labels.txt beside the model: set it'}")
         print(f"  model.samples  {res.samples or 'no samples/ beside the model: set it'}")
+        # Loaded as `pibake bake` will load it: the file is written either way, and says what is still missing.
+        try:
+            project.load(res.path.parent)
+        except PibakeError as exc:
+            print(f"it does not load yet: {exc}")
+        else:
+            print(f"it loads: `pibake bake {res.path.parent}` takes it")
     return 0
 
 
@@ -27,8 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "init",
         help="write a commented pibake.toml for your model (every key, defaults shown)",
         description="Write DIR/pibake.toml: the model, and labels.txt and samples/ where they are beside it, filled "
-        "in; every other key commented out with its default and what it does. With --model, the file loads as it "
-        "is. An existing pibake.toml is refused (exit 3) unless --force.",
+        "in; every other key commented out with its default and what it does. With a model, the file is then loaded "
+        "as `pibake bake` loads it, and init says whether it loads or what is still missing (labels, samples, a "
+        "model that is not one). An existing pibake.toml is refused (exit 3) unless --force.",
     )
     p.add_argument(
         "directory",
