@@ -60,5 +60,6 @@ def test_parse_mbr_reads_signature_and_partitions() -> None:
 def test_read_mbr_refuses_a_file_that_is_not_a_disk_image(tmp_path: Path) -> None:
     junk = tmp_path / "junk.img"
     junk.write_bytes(b"hello" * 200)
-    with pytest.raises(PibakeError, match="not an MBR"):
+    with pytest.raises(PibakeError, match="not an MBR") as err:
         read_mbr(junk)
+    assert str(err.value).startswith(f"{junk}: ")  # which file, for a command given several

@@ -110,8 +110,13 @@ def parse_mbr(sector0: bytes) -> Mbr:
 
 
 def read_mbr(image: Path) -> Mbr:
+    """IMAGE's partition table. UsageError naming IMAGE when it is no MBR disk image, PibakeError when unreadable."""
     try:
         with image.open("rb") as f:
-            return parse_mbr(f.read(SECTOR))
+            sector0 = f.read(SECTOR)
     except OSError as e:
         raise PibakeError(f"cannot read {image}: {e}") from e
+    try:
+        return parse_mbr(sector0)
+    except UsageError as e:
+        raise UsageError(f"{image}: {e}") from None
