@@ -16,10 +16,10 @@ description:
   - O(state=read) parses the lock and returns its Python, platform tags, the distribution packages it leaves to
     the system (numpy) and its pins.
   - O(state=present) downloads into O(wheel_dir) every wheel it lacks, with pip for the lock's platform and
-    Python (C(pip download --no-deps --only-binary=:all:), with C(--platform) for each tag), and checks each file's SHA-256 against
-    the lock. pip uses its default index, or the one C(PIP_INDEX_URL), C(PIP_FIND_LINKS) or C(pip.conf) name.
-    A file whose digest differs is deleted and the module fails naming it and both digests. Run it on the
-    controller (delegate the task to localhost).
+    Python (C(pip download --no-deps --only-binary=:all:), with C(--platform) for each tag), and checks each
+    file's SHA-256 against the lock. pip uses its default index, or the one C(PIP_INDEX_URL), C(PIP_FIND_LINKS)
+    or C(pip.conf) name. A file whose digest differs is deleted and the module fails naming it and both digests.
+    Run it on the controller (delegate the task to localhost).
   - O(state=verified) downloads nothing and fails unless O(wheel_dir) holds every wheel of the lock with its
     digest; run it on the target after copying the wheels there.
   - The same code as C(pibake wheels fetch) (this collection's C(plugins/module_utils/wheel_lock.py)).
