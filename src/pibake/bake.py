@@ -78,13 +78,8 @@ class PlatformRuntime:
     version: str
     lock: str | None
     python: str
-
-    @property
-    def wheel_filenames(self) -> tuple[str, ...]:
-        """The lock's wheel files (the bullseye wheel's name for the legacy base)."""
-        if self.lock is None:
-            return (f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl",)
-        return tuple(p.filename for p in wheel_lock.read(LOCK_DIR / self.lock).pins if p.filename)
+    # The lock's wheel files (the bullseye wheel's name for the legacy base), read with the version.
+    wheel_filenames: tuple[str, ...]
 
 
 def platform_runtime(base: str) -> PlatformRuntime:
@@ -92,11 +87,13 @@ def platform_runtime(base: str) -> PlatformRuntime:
     on trixie arm64, tflite-runtime 2.14.0 on bookworm armhf; its version is the lock's), tflite-runtime 2.11.0 in
     the system Python on bullseye. Raises UsageError for a base with no runtime here."""
     if base == "debian-bullseye":
-        return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3")
+        wheel = f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
+        return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3", (wheel,))
     if base in LOCKED_RUNTIMES:
         name, lock = LOCKED_RUNTIMES[base]
-        pins = {p.key: p for p in wheel_lock.read(LOCK_DIR / lock).pins}
-        return PlatformRuntime(name, pins[name].version, lock, VENV_PYTHON)
+        pins = wheel_lock.read(LOCK_DIR / lock).pins  # read once: the runtime's version and every wheel's file
+        version = {p.key: p for p in pins}[name].version
+        return PlatformRuntime(name, version, lock, VENV_PYTHON, tuple(p.filename for p in pins if p.filename))
     raise UsageError(f"no runtime is pinned for base {base!r}")
 
 
