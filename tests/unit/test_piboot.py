@@ -370,6 +370,39 @@ def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() 
     assert "arm_64bit=1" in problem and "Cortex-A7 cannot run one" in problem
 
 
+@pytest.mark.parametrize("board", ["pi1", "pi-zero"])
+@pytest.mark.parametrize(
+    ("kernel", "arm_64bit", "initrd"),
+    [
+        (BOOKWORM_KERNEL, "0", BOOKWORM_INITRD),
+        ("vmlinuz-6.12.117+deb13-arm64", None, "initrd.img-6.12.117+deb13-arm64"),
+        ("vmlinuz-6.12.117+deb13-arm64", "1", "initrd.img-6.12.117+deb13-arm64"),
+    ],
+)
+def test_image_check_fails_an_armv6_board_on_a_debian_image_as_the_build_refuses_it(
+    board: str, kernel: str, arm_64bit: str | None, initrd: str
+) -> None:
+    spec = piboot.boot_of(board)
+    # Every file the firmware would look for is there: only the kernel's port is wrong for the board.
+    config = f"upstream_kernel=1\nkernel={kernel}\ninitramfs {initrd} followkernel\n"
+    config += f"arm_64bit={arm_64bit}\n" if arm_64bit else ""
+    boot = BootPartition(
+        files=frozenset(f.lower() for f in (*spec.firmware, kernel, initrd, spec.upstream_dtb, spec.downstream_dtb)),
+        config_txt=config,
+        cmdline_txt="root=PARTUUID=1234abcd-02 rootwait\n",
+    )
+    port = "arm64" if kernel.endswith("-arm64") else "armhf"
+    with pytest.raises(UsageError) as refused:
+        piboot.require_debian_board(board, arch=port, linux=kernel)
+    (problem,) = inspect(boot, ROOT, board).problems  # once, also with arm_64bit=1's own line about the core
+    if arm_64bit == "1":
+        assert "arm_64bit=1" in problem and "ARM1176JZF-S cannot run one" in problem
+    else:
+        assert problem == f"kernel={kernel} is Debian's {port} kernel, and {refused.value}"
+    if port == "armhf":  # the same partition passes for an ARMv7 board
+        assert inspect(replace(boot, files=boot.files | {"bcm2836-rpi-2-b.dtb"}), ROOT, "pi2").problems == ()
+
+
 # ---------------------------------------------------------------- the bookworm armhf layout
 
 # What bookworm's packages put where boot_files reads, measured 2026-11-30 from linux-image-6.1.0-50-armmp_6.1.176-1

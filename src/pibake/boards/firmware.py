@@ -67,13 +67,36 @@ def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board
     name, vmlinuz-6.1.0-50-armmp) can boot it; else a UsageError saying what to use.
 
     Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A (the
-    boards with a 64-bit core in the table, Board.cpu64); the firmware needs the board's device tree from the
-    kernel (dtb_missing: the board table's upstream_dtb_since against LINUX).
+    boards with a 64-bit core in the table, Board.cpu64): debian_port_problem. The firmware needs the board's
+    device tree from the kernel (dtb_missing: the board table's upstream_dtb_since against LINUX).
+    """
+    board = boards.get(name)
+    problem = debian_port_problem(name, arch=arch, linux=linux)
+    if problem is not None:
+        raise UsageError(problem)
+    if dtb_missing(board, linux):
+        series = "{}.{}".format(*linux_series(linux))
+        raise UsageError(
+            f"board {name} ({board.model}) needs {board.upstream_dtb}, which this base's Linux {series} kernel "
+            f"does not ship (it arrived in {board.upstream_dtb_since}): the firmware would find no device tree. "
+            "Use a base with a newer kernel (--base debian-bookworm-armhf: Linux 6.1; --base debian-trixie-arm64: "
+            "Linux 6.12) or Raspberry Pi OS for this board, or build this base for "
+            + ", ".join(debian_boards(arch=arch, linux=linux))
+        )
+    return board
+
+
+def debian_port_problem(name: str, *, linux: str, arch: str = "armhf") -> str | None:
+    """Why board NAME's core cannot run Debian's ARCH port (armhf: ARMv7 and later; arm64: a 64-bit core), with what
+    to use instead, or None if it can. LINUX (a series or a kernel's file name) picks the boards it suggests.
+
+    The build refuses such a board (require_debian_board), and `image check` reports it for a boot partition
+    whose kernel is Debian's.
     """
     board = boards.get(name)
     if arch == "arm64":
         if board.cpu64 is None:
-            raise UsageError(
+            return (
                 f"board {name} ({board.model}) has {boards.article(board.core)} {board.core}, which cannot run 64-bit "
                 "(arm64) code: "
                 + (
@@ -86,21 +109,12 @@ def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board
                 + ", ".join(debian_boards(arch="arm64", linux=linux))
             )
     elif board.isa.arch < Arch.ARMV7:
-        raise UsageError(
+        return (
             f"board {name} ({board.model}) has an {board.core} (ARMv6): Debian's armhf port is built for ARMv7, "
             "so an image built from Debian cannot boot it. Use Raspberry Pi OS for this board "
             "(`pibake image fetch`, then `pibake image prepare`), or build for " + ", ".join(debian_boards(linux=linux))
         )
-    if dtb_missing(board, linux):
-        series = "{}.{}".format(*linux_series(linux))
-        raise UsageError(
-            f"board {name} ({board.model}) needs {board.upstream_dtb}, which this base's Linux {series} kernel "
-            f"does not ship (it arrived in {board.upstream_dtb_since}): the firmware would find no device tree. "
-            "Use a base with a newer kernel (--base debian-bookworm-armhf: Linux 6.1; --base debian-trixie-arm64: "
-            "Linux 6.12) or Raspberry Pi OS for this board, or build this base for "
-            + ", ".join(debian_boards(arch=arch, linux=linux))
-        )
-    return board
+    return None
 
 
 def debian_boards(*, linux: str, arch: str = "armhf") -> list[str]:

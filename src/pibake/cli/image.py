@@ -149,8 +149,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "check",
         help="check an image's boot partition for a board: firmware, kernel, initramfs, device tree, root=",
         description="Reads the FAT partition with mtools (no mounts): the board's GPU firmware files are there, "
-        "config.txt's kernel= and initramfs name files that exist, the board's device tree is there and "
-        "cmdline.txt's root= names the root partition. Lists every problem found. This is the firmware stage "
+        "config.txt's kernel= and initramfs name files that exist, a Debian kernel is one the board's core "
+        "runs (not on the ARMv6 pi1 and pi-zero), the board's device tree is there and cmdline.txt's root= names the "
+        "root partition. Lists every problem found. This is the firmware stage "
         "that QEMU does not emulate.",
     )
     p.add_argument("image", type=Path, help="raw image")

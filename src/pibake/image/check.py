@@ -10,6 +10,7 @@ tree names) comes from the board table, plugins/module_utils/boards.py.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import uuid
 from dataclasses import dataclass
@@ -95,11 +96,12 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     if boot.config_txt is None:
         found.append("config.txt is missing: the firmware would look for its default kernel and no initramfs")
     default_kernel = spec.default_kernel
+    no_64_bit_core = config.get("arm_64bit") == "1" and spec.cpu64 is None
     if config.get("arm_64bit") == "1":
         # The firmware starts the cores in AArch64 and loads kernel8.img unless kernel= says otherwise
         # (Raspberry Pi documentation, "config.txt": arm_64bit, kernel).
         default_kernel = "kernel8.img"
-        if spec.cpu64 is None:
+        if no_64_bit_core:
             found.append(
                 f"config.txt sets arm_64bit=1 (a 64-bit kernel), and the {board}'s {spec.core} cannot run one: "
                 "use a 32-bit image for this board"
@@ -109,6 +111,14 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     mode = _mode_mismatch(kernel, config.get("arm_64bit"))
     if mode:
         found.append(mode)
+    port = debian_port(kernel)
+    # A 64-bit kernel on a core without AArch64 is reported once, by the arm_64bit line above.
+    if port is not None and not (port == "arm64" and no_64_bit_core):
+        # What the build refuses (pibake.boards.firmware.require_debian_board): the ARMv6 boards on Debian's
+        # ARMv7 armhf port, the boards without a 64-bit core on its arm64 port.
+        unbootable = piboot.debian_port_problem(board, arch=port, linux=kernel)
+        if unbootable:
+            found.append(f"kernel={kernel} is Debian's {port} kernel, and {unbootable}")
     initrd = config.get("initramfs")
     if initrd:
         need(initrd, "config.txt's initramfs line")
@@ -138,9 +148,16 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     return Inspection(board, kernel, initrd, dtb, root_arg, tuple(checked), tuple(found))
 
 
-# Debian's kernel image names by flavour (vmlinuz-VERSION-FLAVOUR, the linux-image-* packages): the 32-bit ones of
-# armhf (armmp, armmp-lpae) and the 64-bit one of arm64.
-_DEBIAN_KERNEL_BITS = (("-armmp", 32), ("-armmp-lpae", 32), ("-arm64", 64))
+# Debian's kernel image names (vmlinuz-VERSION-FLAVOUR, the linux-image-* packages): the flavours of armhf (armmp,
+# armmp-lpae, 32-bit) and of arm64 (arm64), each with its port.
+_DEBIAN_KERNEL = re.compile(r"vmlinuz-\d+\.\d+\S*-(?P<flavour>armmp|armmp-lpae|arm64)")
+_DEBIAN_PORTS = {"armmp": "armhf", "armmp-lpae": "armhf", "arm64": "arm64"}
+
+
+def debian_port(kernel: str) -> str | None:
+    """The Debian port ("armhf", "arm64") whose kernel KERNEL (a file name, vmlinuz-6.1.0-50-armmp) is, or None."""
+    found = _DEBIAN_KERNEL.fullmatch(kernel)
+    return _DEBIAN_PORTS[found.group("flavour")] if found else None
 
 
 def _mode_mismatch(kernel: str, arm_64bit: str | None) -> str | None:
@@ -150,15 +167,13 @@ def _mode_mismatch(kernel: str, arm_64bit: str | None) -> str | None:
     "config.txt": arm_64bit); a kernel of the other width does not start. Only a stated value is compared: the
     firmware's default differs between boards and firmware releases, and kernels other than Debian's are not judged.
     """
-    if not kernel.startswith("vmlinuz-"):
-        return None
-    bits = next((b for suffix, b in _DEBIAN_KERNEL_BITS if kernel.endswith(suffix)), None)
-    if bits == 32 and arm_64bit == "1":
+    port = debian_port(kernel)
+    if port == "armhf" and arm_64bit == "1":
         return (
             f"config.txt sets arm_64bit=1 (cores started in AArch64), but kernel={kernel} is Debian's 32-bit armhf "
             "kernel: set arm_64bit=0"
         )
-    if bits == 64 and arm_64bit == "0":
+    if port == "arm64" and arm_64bit == "0":
         return (
             f"config.txt sets arm_64bit=0 (cores started in AArch32), but kernel={kernel} is Debian's 64-bit arm64 "
             "kernel: set arm_64bit=1"
