@@ -17,7 +17,7 @@ from pibake.errors import (
     VerificationFailed,
 )
 from pibake.util.proc import run
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def test_every_kind_has_its_own_exit_code_and_none_is_argparse_s_alone() -> None:
@@ -74,3 +74,22 @@ def test_a_kind_is_told_apart_by_its_class_not_its_text() -> None:
     for kind in (UsageError, Refused, VerificationFailed, ToolMissing, Interrupted):
         assert issubclass(kind, PibakeError)
         assert kind("same words").exit_code != PibakeError("same words").exit_code
+
+
+def test_image_check_of_a_file_that_is_no_disk_image_is_a_failed_check(tmp_path: Path) -> None:
+    # README, "Exit codes": `image check` answers 4 when the image is not as it must be; a file with no partition
+    # table, or none with a boot partition, boots nothing. A path to nothing is the usage error.
+    junk = tmp_path / "car.img.xz"
+    junk.write_bytes(b"\xfd7zXZ\0" + b"\0" * 1024)
+    res = run_cli(["image", "check", str(junk), "--board", "pi2"])
+    assert res.code == VerificationFailed.exit_code, res.err
+    assert f"pibake: error: {junk}: not an MBR disk image" in res.err
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(b"\0" * 510 + b"\x55\xaa")
+    res = run_cli(["image", "check", str(empty), "--board", "pi2"])
+    assert res.code == VerificationFailed.exit_code, res.err
+    assert "no partition 1" in res.err
+    res = run_cli(["image", "check", str(tmp_path / "missing.img"), "--board", "pi2"])
+    assert res.code == UsageError.exit_code
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| 4 |"))
+    assert "`image check`, also of a file that is no disk image" in row

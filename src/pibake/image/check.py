@@ -20,7 +20,7 @@ from pibake import boards
 from pibake.boards import firmware as piboot
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.layout import SECTOR, Mbr, MbrEntry, partuuid, read_mbr
-from pibake.errors import UsageError, VerificationFailed
+from pibake.errors import CommandFailed, UsageError, VerificationFailed
 from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
@@ -247,12 +247,23 @@ def board_recorded_in(image: Path) -> str | None:
 def check_boot(image: Path, *, board: str | None = None) -> BootCheck:
     """Check IMAGE's boot partition for BOARD (default: the board recorded in its config.txt).
 
-    Raises PibakeError listing every problem found.
+    Raises VerificationFailed listing every problem found, or saying that IMAGE is no disk image with a boot
+    partition: that is the check's answer too (exit 4, README "Exit codes"), not a usage error.
     """
     if not image.is_file():
         raise UsageError(f"no image at {image}")
-    mbr = read_mbr(image)
-    boot = read_boot(image, mbr)
+    try:
+        mbr = read_mbr(image)
+    except UsageError as e:
+        raise VerificationFailed(f"{e}: the firmware would find no boot partition in it") from None
+    if not any(p.number == 1 for p in mbr.partitions):
+        raise VerificationFailed(
+            f"{image}: its partition table has no partition 1, the boot partition the firmware reads"
+        )
+    try:
+        boot = read_boot(image, mbr)
+    except CommandFailed as e:
+        raise VerificationFailed(f"{image}: partition 1 is no FAT filesystem the firmware could read: {e}") from e
     if board is None:
         board = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
         if board is None:
