@@ -8,9 +8,10 @@ service asked the same), shutdown, finalize (identity reset, .sha256, .bmap, man
 (renamed from ``.part``) only when the guest shut down cleanly and every sample passed; the report is written in
 every case, so a failing bake says why in ``report.md``.
 
-What the harness does not carry yet is refused before any work, naming the key: Raspberry Pi OS releases as a
-base (`pibake image fetch` one, then name the file), ONNX and Keras models, preprocessing other than the
-Pi-side package's (RGB scaled by 1/255), Wi-Fi and locales on the Debian base, and a user other than ``pi``.
+What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
+emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
+file), ONNX and Keras models, preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi and
+locales on the Debian base, and a user other than ``pi``.
 """
 
 from __future__ import annotations
@@ -112,10 +113,20 @@ class BakeResult:
     report_html: Path
 
 
-def unsupported(proj: project.Project) -> list[str]:
-    """Why PROJ cannot be baked yet, one line per key (empty: it can). Checked before any work."""
+def unsupported(proj: project.Project, *, profile: str | None = None) -> list[str]:
+    """Why PROJ cannot be baked yet, one line per key (empty: it can). Checked before any work.
+
+    PROFILE is the machine profile the user chose (bake's --profile); without one, a board that no profile emulates
+    (the ARMv6 pi1 and pi-zero) is refused here, by its key, rather than by boards.emulation, which names neither
+    the file nor the key.
+    """
     problems = []
     t, m, s = proj.target, proj.model, proj.system
+    board = boards.get(t.board)
+    if profile is None and board.profile is None:
+        problems.append(
+            f"target.board = {t.board!r}: bake proves the image on the board's emulated core, and {board.emulation}"
+        )
     if t.base_kind == "raspios":
         problems.append(
             f"target.base = {t.base!r}: fetch the release first (`pibake image fetch --release {t.base} -o FILE`) "
@@ -315,7 +326,7 @@ def bake(
 
     Raises UsageError for what `unsupported` lists (before any work) and PibakeError for a stage that fails; samples
     off tolerance are not an exception: the result's image is None and its report says which."""
-    problems = unsupported(proj)
+    problems = unsupported(proj, profile=profile)
     if problems:
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
     board = boards.get(proj.target.board)

@@ -669,7 +669,11 @@ def _target(r: _Reader, release_lookup: Callable[[str], object] | None) -> Targe
             # What image.build.default_spec refuses.
             piboot.require_debian_board(board, arch=release.arch, linux=release.linux)
         except UsageError as e:
-            why = f"base {base} (chosen for {board}: target.base is not set)" if chosen else f"base {base}"
+            if chosen:
+                why = f"base {base} (chosen for {board}: target.base is not set)"
+            else:
+                line = line_of(r.lines, "target.base")
+                why = f"base {base} (target.base{f', line {line}' if line else ''})"
             raise r.error("target.board", f"{why} cannot boot it: {e}") from None
         return Target(board, base, "debian", None, release.arch, size)
     if base.endswith(".img") or "/" in base:

@@ -15,7 +15,7 @@ import yaml
 
 from pibake import bake, project
 from pibake._module_utils import wheel_lock
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, UsageError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "car"
@@ -66,6 +66,23 @@ def test_the_bundled_example_can_be_baked(car: project.Project) -> None:
 def test_what_bake_cannot_carry_yet_is_refused_by_key(car: project.Project, change, says: str) -> None:  # type: ignore[no-untyped-def]
     problems = bake.unsupported(change(car))
     assert len(problems) == 1 and says in problems[0], problems
+
+
+@pytest.mark.parametrize("board", ["pi1", "pi-zero"])
+def test_a_board_no_profile_emulates_is_refused_by_its_key_in_the_project_file(tmp_path: Path, board: str) -> None:
+    # A Raspberry Pi OS image named as the base loads for the ARMv6 boards; bake cannot emulate them.
+    (tmp_path / "raspios.img").write_bytes(b"\0" * 1024)
+    proj = project.load(
+        _copy_project(tmp_path, ('base = "debian-bullseye"', f'board = "{board}"\nbase = "raspios.img"')),
+        check_model=False,
+    )
+    (problem,) = bake.unsupported(proj)
+    assert problem.startswith(f"target.board = '{board}': bake proves the image on the board's emulated core, and ")
+    assert "no profile emulates an ARMv6" in problem and "--profile" not in problem
+    with pytest.raises(UsageError) as refused:
+        bake.bake(proj)
+    assert str(refused.value).startswith(f"{proj.path}: cannot bake this project yet:\n  target.board = '{board}'")
+    assert bake.unsupported(proj, profile="virt") == []  # bake --profile: the user's choice stands
 
 
 def test_the_cli_refuses_before_any_work(tmp_path: Path) -> None:

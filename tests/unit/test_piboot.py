@@ -115,9 +115,9 @@ def test_the_bases_the_refusals_name_exist_with_the_kernels_they_say() -> None:
             default_spec(base=base, board=board)
         messages.append(str(e.value))
     text = "\n".join(messages)
-    named = set(re.findall(r"--base (debian-[a-z0-9-]+)", text))
+    named = set(re.findall(r"\b(debian-[a-z0-9]+(?:-[a-z0-9]+)*)", text))
     assert named and named <= set(build.BASES)
-    for name, series in re.findall(r"--base (debian-[a-z0-9-]+): Linux ([0-9.]+)", text):
+    for name, series in re.findall(r"\b(debian-[a-z0-9]+(?:-[a-z0-9]+)*): Linux ([0-9.]+)", text):
         assert build.BASES[name].linux == series
 
 

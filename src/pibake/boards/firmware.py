@@ -68,7 +68,9 @@ def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board
 
     Debian's armhf port is built for ARMv7 (Debian wiki, ArmHardFloatPort), its arm64 port for ARMv8-A (the
     boards with a 64-bit core in the table, Board.cpu64): debian_port_problem. The firmware needs the board's
-    device tree from the kernel (dtb_missing: the board table's upstream_dtb_since against LINUX).
+    device tree from the kernel (dtb_missing: the board table's upstream_dtb_since against LINUX). The messages
+    name bases and boards, not the options that choose them: `image build --base/--board` and pibake.toml's
+    target.base and target.board both come here.
     """
     board = boards.get(name)
     problem = debian_port_problem(name, arch=arch, linux=linux)
@@ -79,8 +81,8 @@ def require_debian_board(name: str, *, linux: str, arch: str = "armhf") -> Board
         raise UsageError(
             f"board {name} ({board.model}) needs {board.upstream_dtb}, which this base's Linux {series} kernel "
             f"does not ship (it arrived in {board.upstream_dtb_since}): the firmware would find no device tree. "
-            "Use a base with a newer kernel (--base debian-bookworm-armhf: Linux 6.1; --base debian-trixie-arm64: "
-            "Linux 6.12) or Raspberry Pi OS for this board, or build this base for "
+            "Use a base with a newer kernel (debian-bookworm-armhf: Linux 6.1; debian-trixie-arm64: Linux 6.12) "
+            "or Raspberry Pi OS for this board, or build this base for "
             + ", ".join(debian_boards(arch=arch, linux=linux))
         )
     return board

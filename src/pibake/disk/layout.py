@@ -45,9 +45,10 @@ class Layout:
         if self.boot_mb < MIN_BOOT_MB:
             raise UsageError(f"boot partition of {self.boot_mb} MiB is too small for FAT32 (minimum {MIN_BOOT_MB} MiB)")
         if self.root_mb < MIN_ROOT_MB:
+            # No option named: `image build --size` and pibake.toml's target.image_size_mb both land here.
             raise UsageError(
-                f"image of {self.total_mb} MiB leaves {self.root_mb} MiB for the root filesystem; "
-                f"it needs at least {MIN_ROOT_MB} MiB (raise --size)"
+                f"image of {self.total_mb} MiB leaves {self.root_mb} MiB for the root filesystem, which needs at "
+                f"least {MIN_ROOT_MB} MiB: make the image {self.total_mb - self.root_mb + MIN_ROOT_MB} MiB or more"
             )
 
     @property
