@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pibake import boards
 from pibake.errors import UsageError
 from tests.conftest import run_cli
 
@@ -36,3 +37,14 @@ def test_bad_guest_names_are_refused(isolated_cache: Path) -> None:
     res = run_cli(["emulate", "status", "--name", "../etc"])
     assert res.code == UsageError.exit_code
     assert "invalid guest name" in res.err
+
+
+def test_emulate_refuses_an_unknown_board_while_parsing_with_the_known_ones(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    for action in ("start", "run"):
+        res = run_cli(["emulate", action, str(tmp_path / "nope.img"), "--board", "pi9"])
+        assert res.code == UsageError.exit_code
+        # argparse's own refusal, as for `image build --board`: before the image is even looked for.
+        assert "argument --board: invalid choice: 'pi9'" in res.err and "no image at" not in res.err
+        assert all(f"'{name}'" in res.err for name in boards.names())

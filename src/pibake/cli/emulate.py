@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pibake import boards
 from pibake.cli.common import DEFAULT_IMAGE, add_guest_options
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("image", nargs="?", type=Path, default=DEFAULT_IMAGE, help="raw image (default: %(default)s)")
         p.add_argument(
             "--board",
-            default="pi3b-plus",
+            default=boards.DEFAULT_BOARD,
+            choices=boards.names(),
             help="target board: picks the profile and CPU that emulate it (default: %(default)s)",
         )
         p.add_argument("--profile", default=None, help="machine profile from qemu/ (default: the board's)")
