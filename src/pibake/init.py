@@ -103,7 +103,7 @@ def template(values: dict[str, str], *, model_missing: bool = False, candidates:
 
 
 def _comment(text: str) -> list[str]:
-    return ["# " + line for line in textwrap.wrap(text, 98, break_on_hyphens=False)]
+    return ["# " + line for part in text.split("\n") for line in textwrap.wrap(part, 98, break_on_hyphens=False)]
 
 
 def _relative(path: Path, directory: Path) -> str:

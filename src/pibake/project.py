@@ -43,6 +43,7 @@ from typing import Any
 from pibake import boards
 from pibake.boards import firmware as piboot
 from pibake.errors import CommandFailed, PibakeError, UsageError
+from pibake.isa import Arch
 from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ class Key:
     """One key of pibake.toml: its dotted name, its default as TOML text, and what it does.
 
     ``default`` is "" where there is no literal default (a required key, or one computed from the
-    model); ``example`` is then what `pibake init` shows, commented out.
+    model); ``example`` is then what `pibake init` shows, commented out. A line break in ``doc`` starts
+    a comment line of its own in the template.
     """
 
     name: str
@@ -138,8 +140,17 @@ TABLES: dict[str, str] = {
     "provision": "Your own Ansible, run after pibake's roles.",
 }
 
+# The boards pibake can neither bake nor emulate: Debian's armhf port is built for ARMv7
+# (boards.firmware.require_debian_board) and no machine profile emulates an ARMv6 CPU (the board table's emulation).
+ARMV6_BOARDS = tuple(b.name for b in boards.BOARDS.values() if b.isa.arch < Arch.ARMV7)
+
 SCHEMA: tuple[Key, ...] = (
-    Key("target.board", f'"{boards.DEFAULT_BOARD}"', "Raspberry Pi board: " + ", ".join(boards.BOARDS) + "."),
+    Key(
+        "target.board",
+        f'"{boards.DEFAULT_BOARD}"',
+        "Raspberry Pi board: " + ", ".join(boards.BOARDS) + ".\n"
+        f"{' and '.join(ARMV6_BOARDS)} (ARMv6) cannot be baked or emulated: Debian armhf and every profile need ARMv7.",
+    ),
     Key(
         "target.base",
         "",

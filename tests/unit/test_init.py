@@ -95,7 +95,24 @@ def test_the_template_holds_every_key_of_the_schema(car: Path) -> None:
             prose = []
         elif line.startswith("# "):
             prose.append(line[2:])
-    assert docs == {k.name: k.doc for k in project.SCHEMA}
+    assert docs == {k.name: k.doc.replace("\n", " ") for k in project.SCHEMA}
+
+
+def test_the_template_says_by_the_board_key_that_the_armv6_boards_cannot_be_baked_or_emulated(car: Path) -> None:
+    from pibake.boards import firmware
+
+    lines = init.init(model=car).path.read_text().splitlines()
+    board = lines.index(f'# board = "{boards.DEFAULT_BOARD}"')
+    armv6 = [b.name for b in boards.BOARDS.values() if b.core == "ARM1176JZF-S"]
+    assert armv6 == ["pi1", "pi-zero"]
+    note = "# pi1 and pi-zero (ARMv6) cannot be baked or emulated: Debian armhf and every profile need ARMv7."
+    assert lines[board - 1] == note  # one line, in the board key's own comment
+    # What the refusals say, for each of them: the build's (and bake's, by target.board) and the emulator's.
+    for name in armv6:
+        with pytest.raises(UsageError, match=r"\(ARMv6\): Debian's armhf port is built for ARMv7"):
+            firmware.require_debian_board(name, linux="6.1")
+        with pytest.raises(UsageError, match="no profile emulates an ARMv6"):
+            boards.emulation(boards.get(name))
 
 
 def test_the_commented_defaults_are_the_loaders_defaults(car: Path) -> None:
