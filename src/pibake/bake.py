@@ -33,7 +33,7 @@ from pibake import boards, preflight, project, report
 from pibake._module_utils import wheel_lock
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
-from pibake.emulate.boot import image_arch
+from pibake.emulate.boot import image_arch, read_config_txt
 from pibake.emulate.ssh import ssh_run
 from pibake.errors import CommandFailed, PibakeError, UsageError
 from pibake.image import build as image
@@ -132,7 +132,7 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             f"target.base = {t.base!r}: fetch the release first (`pibake image fetch --release {t.base} -o FILE`) "
             "and name the file as the base"
         )
-    if t.base_kind == "image" and t.base_image is not None and image_arch(t.base_image) == "arm64":
+    if t.base_kind == "image" and t.base_image is not None and image_arch(read_config_txt(t.base_image)) == "arm64":
         # The local-image path provisions the bullseye way (project_runtime): a cp39 armv7l wheel on a 32-bit profile.
         problems.append(
             f"target.base = {t.base!r} is a 64-bit image (its config.txt says arm_64bit=1): bake runs a local image "

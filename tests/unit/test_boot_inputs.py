@@ -1,6 +1,15 @@
 from __future__ import annotations
 
+import struct
+from pathlib import Path
+
+import pytest
+
 from pibake.boards.firmware import parse_config_txt
+from pibake.disk.layout import SECTOR
+from pibake.emulate.boot import image_arch
+from pibake.emulate.profiles import Launch
+from pibake.errors import CommandFailed
 
 
 def test_config_txt_names_kernel_and_initramfs_like_the_firmware_reads_them() -> None:
@@ -31,3 +40,54 @@ def test_an_emulated_boot_waits_longer_for_devices_than_systemd_s_90_s() -> None
     assert emulated_cmdline(cmdline) == cmdline + " systemd.default_timeout_start_sec=600"
     mine = "root=/dev/vda2 systemd.default_timeout_start_sec=30"
     assert emulated_cmdline(mine) == mine  # the image's own choice stays
+
+
+def test_a_start_reads_config_txt_from_the_image_once(
+    tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The arch (image_arch) and the kernel and initramfs (boot_inputs) come from the same read: each read is an mtools
+    # call, and a start made three for config.txt (mdir and mcopy for the arch, mcopy again for the kernel).
+    from pibake.disk import fat
+    from pibake.emulate import guest
+
+    files = {
+        "config.txt": "arm_64bit=0\nkernel=vmlinuz-6.1.0-50-armmp\ninitramfs initrd.img-6.1.0-50-armmp followkernel\n",
+        "cmdline.txt": "console=ttyAMA0,115200 root=PARTUUID=1234abcd-02 rootwait\n",
+        "vmlinuz-6.1.0-50-armmp": "zImage",
+        "initrd.img-6.1.0-50-armmp": "initrd",
+    }
+    mtools: list[list[str]] = []
+
+    def boot_partition(argv: list[str], **_: object) -> str:
+        """mdir and mcopy on a FAT partition holding FILES."""
+        mtools.append(argv := [str(a) for a in argv])
+        if argv[0] == "mdir":
+            return "\n".join(f"::/{name}" for name in files)
+        name = argv[-2].removeprefix("::/")
+        if argv[0] != "mcopy" or name not in files:
+            raise CommandFailed(f"{argv[0]}: no {name}", argv=argv, returncode=1, output="")
+        Path(argv[-1]).write_text(files[name])
+        return ""
+
+    class Launched(Exception):
+        pass
+
+    def launch(prof: object, launch: Launch, *args: object, **kwargs: object) -> None:
+        assert (launch.kernel.read_text(), launch.initrd and launch.initrd.read_text()) == ("zImage", "initrd")
+        assert launch.cmdline.startswith(files["cmdline.txt"].strip())
+        raise Launched
+
+    monkeypatch.setattr(fat, "run", boot_partition)
+    monkeypatch.setattr(guest, "_boot", launch)
+    image = tmp_path / "pi2.img"
+    sector0 = bytearray(SECTOR)
+    sector0[446 + 4] = 0x0C  # partition 1: FAT32 (LBA)
+    struct.pack_into("<II", sector0, 446 + 8, 8192, 524288)
+    sector0[510:512] = b"\x55\xaa"
+    image.write_bytes(bytes(sector0))
+    with pytest.raises(Launched):
+        guest.start(image, board="pi2", name="once", persist=True, inventory=None)
+    reads = [argv for argv in mtools if argv[0] == "mdir" or "::/config.txt" in argv]
+    assert len(reads) == 1, mtools
+    assert image_arch(files["config.txt"]) == "armhf" and image_arch("arm_64bit=1\n") == "arm64"
+    assert image_arch(None) == "armhf"  # no config.txt, or no FAT boot partition, as before

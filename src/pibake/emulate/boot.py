@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pibake.boards.firmware import parse_config_txt
-from pibake.disk.fat import FatFs, read_boot_file
+from pibake.disk.fat import read_boot_file
 from pibake.emulate import profiles
 from pibake.errors import PibakeError, UsageError
 
@@ -19,13 +20,33 @@ class BootInputs:
     cmdline: str
 
 
+def read_config_txt(image: Path) -> str | None:
+    """IMAGE's config.txt, read once for a boot (one mtools call) and passed to image_arch and boot_inputs.
+
+    None when there is none to read: no config.txt, or no FAT boot partition.
+    """
+    with tempfile.TemporaryDirectory(prefix="pibake-boot-") as tmp:
+        try:
+            copy = read_boot_file(image, "config.txt", Path(tmp) / "config.txt")
+        except PibakeError:
+            return None
+        return copy.read_text(encoding="utf-8", errors="replace")
+
+
 def boot_inputs(
-    image: Path, prof: profiles.Profile, sdir: Path, *, kernel: Path | None = None, dtb: Path | None = None
+    image: Path,
+    prof: profiles.Profile,
+    sdir: Path,
+    *,
+    config_txt: str | None,
+    kernel: Path | None = None,
+    dtb: Path | None = None,
 ) -> BootInputs:
     """Kernel, initrd, device tree and command line, read from the image's boot partition.
 
-    With KERNEL (a no-initrd kernel from `pibake kernel build`) the image's own kernel and
-    initrd are not used; its cmdline.txt still names the root partition.
+    CONFIG_TXT is the image's config.txt as read_config_txt read it (None: it could not). With KERNEL
+    (a no-initrd kernel from `pibake kernel build`) the image's own kernel and initrd are not used;
+    its cmdline.txt still names the root partition.
     """
     cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
     if not cmdline:
@@ -37,7 +58,12 @@ def boot_inputs(
             raise UsageError(f"no kernel at {kernel}: build one with `pibake kernel build`")
         return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
     # Like the Pi's firmware: config.txt names the kernel and the initramfs.
-    config = parse_config_txt(read_boot_file(image, "config.txt", sdir / "config.txt").read_text())
+    if config_txt is None:
+        # The one read found none: copy it again so that the failure is mtools' own, as it always was.
+        config_txt = read_boot_file(image, "config.txt", sdir / "config.txt").read_text()
+    else:
+        (sdir / "config.txt").write_text(config_txt)  # beside cmdline.txt and the kernel, as booted
+    config = parse_config_txt(config_txt)
     kernel_name = config.get("kernel", "")
     if not kernel_name:
         raise UsageError(f"{image}: config.txt on the boot partition names no kernel= to boot")
@@ -57,18 +83,15 @@ def boot_inputs(
 EMULATION_CMDLINE = ("systemd.default_timeout_start_sec=600",)
 
 
-def image_arch(image: Path) -> str:
-    """The Debian architecture IMAGE's kernel runs: "arm64" when its config.txt says ``arm_64bit=1``, else "armhf".
+def image_arch(config_txt: str | None) -> str:
+    """The Debian architecture an image's kernel runs: "arm64" when CONFIG_TXT, its config.txt (read_config_txt),
+    says ``arm_64bit=1``, else "armhf".
 
     The firmware reads the same setting to start the cores in AArch64 (Raspberry Pi documentation,
     "config.txt": arm_64bit; Debian's raspi-firmware and Raspberry Pi OS's arm64 images set it).
-    An image with no config.txt (or no FAT boot partition) is taken as armhf.
+    An image with no config.txt (or no FAT boot partition: CONFIG_TXT None) is taken as armhf.
     """
-    try:
-        text = FatFs.partition(image).read_text("config.txt")
-    except PibakeError:
-        return "armhf"
-    settings = parse_config_txt(text or "")
+    settings = parse_config_txt(config_txt or "")
     return "arm64" if settings.get("arm_64bit", "0").strip() == "1" else "armhf"
 
 

@@ -25,7 +25,7 @@ from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, snapshot, sshkey
-from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline, image_arch
+from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline, image_arch, read_config_txt
 from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
@@ -255,7 +255,8 @@ def start(
             "-o build/pibake-bullseye.img), or name the image"
         )
     read_mbr(image)
-    arch = image_arch(image)
+    config_txt = read_config_txt(image)
+    arch = image_arch(config_txt)
     profile, cpu = emulation_for(board, profile, cpu, arch=arch)
     prof = profiles.load(profile)
     if kernel is None:
@@ -278,7 +279,7 @@ def start(
         shutil.rmtree(sdir)
     sdir.mkdir(parents=True)
     keys = sshkey.ensure_keypair()
-    boot = boot_inputs(image, prof, sdir, kernel=kernel, dtb=dtb)
+    boot = boot_inputs(image, prof, sdir, config_txt=config_txt, kernel=kernel, dtb=dtb)
     launch = profiles.Launch(
         kernel=boot.kernel,
         initrd=boot.initrd,
