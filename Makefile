@@ -20,7 +20,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Debian packages the harness drives. Override APT_GET to use another front end.
 APT_GET ?= apt-get
-APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support debootstrap \
+APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support mmdebstrap \
 	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu bmap-tools
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg

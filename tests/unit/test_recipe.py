@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,7 +8,16 @@ import pytest
 
 from pibake.disk.sparse import write_at
 from pibake.errors import PibakeError
-from pibake.image.build import DebianBase, ImageSpec, default_spec, fstab, kernel_cmdline
+from pibake.image.build import (
+    MERGED_USR_HOOK,
+    NO_SECURITY_HOOK,
+    DebianBase,
+    ImageSpec,
+    default_spec,
+    fstab,
+    kernel_cmdline,
+    mmdebstrap_argv,
+)
 from pibake.util.cache import recipe_hash
 
 
@@ -21,7 +31,7 @@ def test_image_key_changes_with_user_facing_inputs_but_rootfs_key_does_not() -> 
     spec = ImageSpec(ssh_pubkey="ssh-ed25519 AAAA one")
     other_key = replace(spec, ssh_pubkey="ssh-ed25519 AAAA two")
     assert recipe_hash(spec.key()) != recipe_hash(other_key.key())
-    assert spec.base.key() == other_key.base.key()  # no new debootstrap for a new key
+    assert spec.base.key() == other_key.base.key()  # no new root filesystem for a new key
     bigger = replace(spec, size_mb=4096)
     assert recipe_hash(spec.key()) != recipe_hash(bigger.key())
 
@@ -32,6 +42,44 @@ def test_a_package_or_mirror_change_rebuilds_the_rootfs() -> None:
     assert recipe_hash(base.key()) != recipe_hash(replace(base, mirror="http://mirror.invalid/debian").key())
     spec = ImageSpec(ssh_pubkey="k")
     assert recipe_hash(spec.key()) != recipe_hash(replace(spec, base=replace(base, suite="bookworm")).key())
+
+
+def test_mmdebstrap_builds_the_recipe_with_one_initramfs_and_the_mirror_last(tmp_path: Path) -> None:
+    base = DebianBase(suite="trixie", arch="arm64", packages=("python3", "linux-image-arm64"), components=("main",))
+    argv = mmdebstrap_argv(base, tmp_path / "root")
+    assert argv[0] == "mmdebstrap" and argv[-2:] == ["trixie", str(tmp_path / "root")]
+    assert "--arch=arm64" in argv and "--include=python3,linux-image-arm64" in argv and "--components=main" in argv
+    # update-initramfs is diverted once the essential packages are in and run once at the end.
+    hooks = [a for a in argv if a.startswith(("--essential-hook=", "--customize-hook="))]
+    assert "--rename --add /usr/sbin/update-initramfs" in hooks[0]
+    assert "--rename --remove /usr/sbin/update-initramfs" in hooks[1] and hooks[1].endswith(
+        "update-initramfs -c -k all"
+    )
+    mirrored = mmdebstrap_argv(replace(base, mirror="http://mirror.invalid/debian"), tmp_path / "root")
+    assert mirrored[-3:] == ["trixie", str(tmp_path / "root"), "http://mirror.invalid/debian"]
+
+
+def test_the_merged_usr_hook_makes_debootstraps_links(tmp_path: Path) -> None:
+    subprocess.run(["sh", "-c", MERGED_USR_HOOK, "hook", str(tmp_path)], check=True)
+    for d in ("bin", "sbin", "lib"):
+        assert (tmp_path / d).is_symlink() and str((tmp_path / d).readlink()) == f"usr/{d}"
+        assert (tmp_path / "usr" / d).is_dir()
+
+
+def test_a_suite_without_security_updates_loses_that_source_before_apt_runs(tmp_path: Path) -> None:
+    bullseye = default_spec(base="debian-bullseye").base
+    assert not bullseye.security and default_spec(base="debian-trixie-arm64", board="pi4").base.security
+    assert f"--setup-hook={NO_SECURITY_HOOK}" in mmdebstrap_argv(bullseye, tmp_path / "root")
+    sources = tmp_path / "etc/apt/sources.list"
+    sources.parent.mkdir(parents=True)
+    lines = [
+        "deb http://mirror.invalid/debian bullseye main non-free",
+        "deb http://mirror.invalid/debian bullseye-updates main non-free",
+        "deb http://mirror.invalid/debian-security bullseye-security main non-free",
+    ]
+    sources.write_text("\n".join(lines) + "\n")
+    subprocess.run(["sh", "-c", NO_SECURITY_HOOK, "hook", str(tmp_path)], check=True)
+    assert sources.read_text().splitlines() == lines[:2]
 
 
 def test_disk_id_is_stable_and_root_is_found_by_partuuid() -> None:
