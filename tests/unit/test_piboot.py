@@ -290,12 +290,12 @@ def test_the_arm64_base_refuses_boards_that_cannot_run_64_bit_code(board: str) -
         default_spec(base="debian-trixie-arm64", board=board)
 
 
-# The bullseye rootfs's cache key on main before the arm64 and bookworm bases: recipe_hash(DebianBase().key()).
-BULLSEYE_ROOTFS_KEY = "b9c452edfc55bd644709fda9e90109b94873552e2787f68fac3182176f9f1e68"
+# The bullseye rootfs's cache key since mmdebstrap builds it (ROOTFS_FORMAT 2): recipe_hash(DebianBase().key()).
+BULLSEYE_ROOTFS_KEY = "cf0a1b47709608d3c961755be8f42a13467af66de9951cc9c06741fe59c51dcc"
 
 
 def test_the_bullseye_recipe_is_unchanged_by_the_other_bases() -> None:
-    # The cached bullseye rootfs stays valid: its recipe is still debootstrap's bullseye armhf with the same packages.
+    # The cached bullseye rootfs stays valid: its recipe is still bullseye armhf with the same packages.
     assert default_spec(base="debian-bullseye").base.key() == replace(DebianBase(), mirror=None).key()
     assert recipe_hash(default_spec(base="debian-bullseye").base.key()) == BULLSEYE_ROOTFS_KEY
     assert recipe_hash(DebianBase().key()) == BULLSEYE_ROOTFS_KEY
@@ -426,7 +426,7 @@ BOOKWORM_FIRMWARE = (
 
 
 def _debian_root(root: Path, version: str, dtbs: tuple[str, ...]) -> Path:
-    """A root filesystem with what debootstrap leaves for boot_files: /boot's kernel and initrd, the kernel's device
+    """A root filesystem with what mmdebstrap leaves for boot_files: /boot's kernel and initrd, the kernel's device
     trees, raspi-firmware's GPU firmware (only their names matter here)."""
     (root / "boot").mkdir(parents=True)
     (root / "boot" / f"vmlinuz-{version}").write_bytes(b"zImage")

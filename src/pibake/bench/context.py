@@ -30,7 +30,7 @@ class Context:
     profile_names: Sequence[str]  # the machine profiles to boot and to emulate the CPUs of
     repeat: int  # times each step is measured
     runs: int  # invocations of the model in one inference timing
-    cold_rootfs: bool = False  # image-cold also rebuilds the debootstrapped root
+    cold_rootfs: bool = False  # image-cold also rebuilds the root filesystem (mmdebstrap)
     flash_size_mib: int = 1024  # size of the images the flash step writes
     serve_plan: LoadPlan = field(default_factory=LoadPlan)  # requests, concurrency, time limit of a serving run
 

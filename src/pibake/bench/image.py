@@ -10,15 +10,15 @@ from pibake.util.cache import cache_root, recipe_hash
 
 
 def image_cold(ctx: Context) -> None:
-    """image-cold: the base image rebuilt with its cache entry ignored; with cold_rootfs, its debootstrap too."""
+    """image-cold: the base image rebuilt with its cache entry ignored; with cold_rootfs, its root filesystem too."""
     spec = image.default_spec(base=BENCH_BASE)
     for _ in range(ctx.repeat):
         with ctx.rec.guard("image-cold", "image"):
             if ctx.cold_rootfs:
                 shutil.rmtree(cache_root() / "rootfs" / recipe_hash(spec.base.key()), ignore_errors=True)
             built = image.build_image(spec, rebuild=True)
-            what = "rootfs (debootstrap) and image" if ctx.cold_rootfs else "image from the cached rootfs"
-            ctx.rec.add("image-cold", "image", built.seconds, note=f"{what}; --cold-rootfs: debootstrap too")
+            what = "rootfs (mmdebstrap) and image" if ctx.cold_rootfs else "image from the cached rootfs"
+            ctx.rec.add("image-cold", "image", built.seconds, note=f"{what}; --cold-rootfs: mmdebstrap too")
 
 
 def image_cached(ctx: Context) -> None:

@@ -1,7 +1,7 @@
 """The bench's steps: their names in pipeline order, the runner that measures each, the ones --quick runs.
 
   image-cold       the base image rebuilt with its cache entry ignored (``cold_rootfs``: the
-                   debootstrapped root too, 5-7 minutes, and every later step waits for it)
+                   root filesystem too, 10-25 minutes, and every later step waits for it)
   image-cached     the base image taken from the cache and published, as a second `make image`
   boot             boot to SSH and clean shutdown, for each machine profile
   converge         site.yml against a fresh copy of the image on the virt profile, then again

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--cold-rootfs",
         action="store_true",
-        help="image-cold also deletes the cached debootstrap root (5-7 min each time; later steps wait for it)",
+        help="image-cold also deletes the cached root filesystem (10-25 min each time; later steps wait for it)",
     )
     p.add_argument(
         "--serve-requests",

@@ -109,7 +109,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image_sub = p_image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
     p = image_sub.add_parser(
         "build",
-        help="build a Raspberry-Pi-OS-shaped image from Debian packages, armhf or arm64 (needs root for debootstrap)",
+        help="build a Raspberry-Pi-OS-shaped image from Debian packages, armhf or arm64 (needs root for mmdebstrap)",
         description="Debootstrap a Debian base (armhf or arm64) through qemu-user, add the pi user with the harness's "
         "SSH key, and assemble an MBR image (FAT32 bootfs + ext4 rootfs) without loop mounts. "
         "Cached under a hash of the recipe: a second build with the same recipe takes seconds.",
@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--size", type=int, default=2048, metavar="MIB", help="image size in MiB (default: %(default)s)")
     p.add_argument(
-        "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or debootstrap's default)"
+        "--mirror", default=None, help="Debian mirror URL (default: $PIBAKE_DEBIAN_MIRROR or mmdebstrap's default)"
     )
     p.add_argument(
         "-o",

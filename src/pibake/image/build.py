@@ -186,8 +186,9 @@ class DebianBase:
     components: tuple[str, ...] = ("main", "non-free")
     # None: mmdebstrap's own default mirror. Set with --mirror or $PIBAKE_DEBIAN_MIRROR.
     mirror: str | None = None
-    # With the default mirror: also the SUITE-security source (Base.security).
-    security: bool = True
+    # With the default mirror: also the SUITE-security source (Base.security; the defaults are bullseye's, which has
+    # none left for armhf).
+    security: bool = False
 
     def key(self) -> dict[str, object]:
         return {"format": ROOTFS_FORMAT, **asdict(self)}
