@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import boards, preflight, project, report
+from pibake import boards, preflight, project, report, resources
 from pibake._module_utils import wheel_lock
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
@@ -44,24 +44,19 @@ from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
-# The checkout (or the installed collection) with site.yml, ansible.cfg and playbooks/.
-COLLECTION = Path(__file__).resolve().parents[2]
 # Where the model role keeps versions on the Pi (roles/model/defaults/main.yml: model_root).
 MODEL_ROOT = "/opt/pibake/model"
 GUEST_PACKAGE_DIR = "/usr/local/lib/pibake"
 MODEL_DIR = f"{MODEL_ROOT}/current"
 # The inference service's port on the guest (pibake.raspberry.inference_service), forwarded by the emulator.
 SERVICE_PORT = 8000
-# The bundled example project (`pibake demo`).
-EXAMPLE = COLLECTION / "examples" / "car"
 # The runtime python_runtime pins for the Debian bullseye armhf base (roles/python_runtime/defaults/main.yml).
 RUNTIME = "tflite-runtime"
 RUNTIME_VERSION = "2.11.0"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LOCK_DIR = COLLECTION / "roles" / "python_runtime" / "files" / "locks"
 # The Debian bases whose runtime comes from a lock (`make locks`, scripts/lock_runtimes.py) into the venv: the runtime
-# and its lock in LOCK_DIR. tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l wheel
-# (PyPI, 2026-11-30: tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l); LiteRT has aarch64 wheels only.
+# and its lock in resources.LOCK_DIR. tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l
+# wheel (PyPI, 2026-11-30: tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l); LiteRT has aarch64 wheels only.
 LOCKED_RUNTIMES = {
     "debian-trixie-arm64": ("ai-edge-litert", "ai-edge-litert-3.13-debian-trixie-arm64.txt"),
     "debian-bookworm-armhf": ("tflite-runtime", "tflite-runtime-3.11-debian-bookworm-armhf.txt"),
@@ -92,7 +87,8 @@ def platform_runtime(base: str) -> PlatformRuntime:
         return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3", (wheel,))
     if base in LOCKED_RUNTIMES:
         name, lock = LOCKED_RUNTIMES[base]
-        pins = wheel_lock.read(LOCK_DIR / lock).pins  # read once: the runtime's version and every wheel's file
+        # Read once: the runtime's version and every wheel's file.
+        pins = wheel_lock.read(resources.LOCK_DIR / lock).pins
         version = {p.key: p for p in pins}[name].version
         return PlatformRuntime(name, version, lock, VENV_PYTHON, tuple(p.filename for p in pins if p.filename))
     raise UsageError(f"no runtime is pinned for base {base!r}")
@@ -231,7 +227,7 @@ def host_outputs(proj: project.Project) -> dict[str, object]:
     argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(proj.model.file)]
     argv += ["--labels", str(proj.model.labels_file), *map(str, proj.model.samples)]
     try:
-        out = run(argv, env={"PYTHONPATH": str(COLLECTION / "target")}, timeout=600)
+        out = run(argv, env={"PYTHONPATH": str(resources.TARGET)}, timeout=600)
     except CommandFailed as e:
         raise PibakeError(f"{proj.model.file}: the model did not run on this machine:\n{e}") from e
     return _predict_report(out, "here")
@@ -318,7 +314,7 @@ def bake(
     cpu: str | None = None,
     name: str = "pibake-bake",
     output: Path | None = None,
-    collection: Path = COLLECTION,
+    collection: Path = resources.COLLECTION,
     say: Callable[[str], None] = log.info,
 ) -> BakeResult:
     """Bake PROJ into OUTPUT (default PROJ.root/build/STEM.img, STEM the model file's): the image with .sha256,

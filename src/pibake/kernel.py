@@ -22,6 +22,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pibake import resources
 from pibake.errors import PibakeError, ToolMissing, UsageError, VerificationFailed
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
@@ -29,8 +30,7 @@ from pibake.util.proc import run
 log = logging.getLogger(__name__)
 
 KERNEL_FORMAT = 1
-_PKG = Path(__file__).resolve().parent
-TREE_DIRS = (_PKG / "data" / "buildroot", _PKG.parents[1] / "buildroot")
+TREE_DIR = resources.BUILDROOT
 PROVIDERS = ("debian-source", "buildroot")
 
 # profile -> (Buildroot defconfig in buildroot/configs, device tree or None)
@@ -64,10 +64,9 @@ class KernelBuild:
 
 
 def tree() -> Path:
-    for d in TREE_DIRS:
-        if (d / "external.desc").is_file():
-            return d
-    raise PibakeError(f"the BR2_EXTERNAL tree is missing (looked in {', '.join(map(str, TREE_DIRS))})")
+    if (TREE_DIR / "external.desc").is_file():
+        return TREE_DIR
+    raise PibakeError(f"the BR2_EXTERNAL tree is missing: no {TREE_DIR / 'external.desc'}")
 
 
 def fragment() -> Path:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pibake import resources
 from pibake.boards import Board
 from pibake.emulate import user
 from pibake.emulate.user import Outcome, UserRun
@@ -35,8 +36,6 @@ from pibake.util.cache import cache_root
 
 log = logging.getLogger(__name__)
 
-# The Pi-side package (target/pibake_target), put on the emulated Python's path for the inference.
-TARGET_DIR = Path(__file__).resolve().parents[2] / "target"
 PYTHON = Path("usr/bin/python3")
 ARCH = "arm64"
 
@@ -289,7 +288,7 @@ def try_wheels(
         home = work / "home"
         home.mkdir()
         sites = {wheel: unpack(wheel, work / f"site-{i}") for i, wheel in enumerate(wheels)}
-        env = python_env(sysroot, [*sites.values(), TARGET_DIR], home=home)
+        env = python_env(sysroot, [*sites.values(), resources.TARGET], home=home)
         for wheel in native if native is not None else wheels:
             modules = top_level_modules(wheel)
             if not modules:

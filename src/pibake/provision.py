@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from pibake import resources
 from pibake.errors import ToolMissing
 from pibake.util.proc import run
 
@@ -28,7 +29,8 @@ def provision(
     extra_vars_file: Path | None = None,
     playbook: Path | None = None,
 ) -> str:
-    """Run PLAYBOOK (default: PROJECT's site.yml) against INVENTORY with PROJECT's ansible.cfg, streaming Ansible's
+    """Run PLAYBOOK (default: PROJECT's site.yml) against INVENTORY with PROJECT's ansible.cfg (and, for pibake's
+    installed collection, its collections path: pibake.resources.ansible_env), streaming Ansible's
     output; return that output. EXTRA_VARS_FILE (JSON or YAML) is passed as ``-e @FILE``, then each EXTRA_VARS.
 
     Raises pibake.errors.ToolMissing without ansible-playbook, and the error util.proc.run raises for a failed run.
@@ -39,5 +41,5 @@ def provision(
     for key, value in (extra_vars or {}).items():
         argv += ["-e", f"{key}={value}"]
     # Unbuffered, so each task shows as it happens rather than in blocks.
-    env = {"ANSIBLE_CONFIG": str(project / "ansible.cfg"), "PYTHONUNBUFFERED": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env = {**resources.ansible_env(project), "PYTHONUNBUFFERED": "1", "ANSIBLE_FORCE_COLOR": "0"}
     return run(argv, cwd=project, env=env, stream=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pibake import bake, project
+from pibake import bake, project, resources
 from pibake._module_utils import wheel_lock
 from pibake.errors import PibakeError, UsageError
 from tests.conftest import REPO
@@ -208,7 +208,7 @@ def test_every_debian_base_has_a_runtime_and_its_lock_matches_the_base() -> None
         rt = bake.platform_runtime(name)
         if rt.lock is None:
             continue
-        lock = wheel_lock.read(bake.LOCK_DIR / rt.lock)
+        lock = wheel_lock.read(resources.LOCK_DIR / rt.lock)
         # The lock was resolved for the base's own Python and machine (scripts/lock_runtimes.py).
         assert lock.python_version == base.python, name
         machine = {"armhf": "armv7l", "arm64": "aarch64"}[base.arch]

@@ -66,7 +66,7 @@ def a9_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(profiles.profile_dir(), qemu)
     if not (qemu / "vexpress-a9.toml").exists():
         (qemu / "vexpress-a9.toml").write_text(VEXPRESS_A9_TOML)
-    monkeypatch.setattr(profiles, "PROFILE_DIRS", (qemu,))
+    monkeypatch.setattr(profiles, "PROFILE_DIR", qemu)
     return qemu
 
 

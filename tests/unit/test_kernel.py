@@ -72,7 +72,7 @@ def test_cache_key_follows_the_fragment(tmp_path: Path, monkeypatch: pytest.Monk
     shutil.copytree(kernel.tree(), copy)
     with (copy / "board/pibake/linux.fragment").open("a") as f:
         f.write("CONFIG_EXTRA=y\n")
-    monkeypatch.setattr(kernel, "TREE_DIRS", (copy,))
+    monkeypatch.setattr(kernel, "TREE_DIR", copy)
     assert kernel.cache_key("virt", "debian-source", versions={}) != before
 
 

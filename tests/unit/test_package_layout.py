@@ -65,3 +65,29 @@ def test_the_cli_does_no_stage_work() -> None:
                 assert name not in {"read_text", "read_bytes", "write_text", "write_bytes", "open"}, (
                     f"{path}:{node.lineno} touches files; a stage should"
                 )
+
+
+def test_only_resources_finds_files_from_its_own_location() -> None:
+    """pibake.resources says where the collection, target/, the profiles and the example are, in a checkout and in
+    the wheel; a path computed from another module's __file__ would hold in one of them only."""
+    for path in MODULES:
+        if path.name != "resources.py":
+            assert "__file__" not in path.read_text(), f"{path} finds files from __file__: ask pibake.resources"
+
+
+def test_a_checkout_finds_its_own_files() -> None:
+    from pibake import resources
+
+    repo = SRC.parents[1]
+    assert not resources.INSTALLED
+    found = {"collection": resources.COLLECTION, "site": resources.SITE, "target": resources.TARGET}
+    found |= {"profiles": resources.PROFILES, "example": resources.EXAMPLE}
+    assert found == {
+        "collection": repo,
+        "site": repo / "site.yml",
+        "target": repo / "target",
+        "profiles": repo / "qemu",
+        "example": repo / "examples" / "car",
+    }
+    assert (resources.COLLECTIONS_PATH / "ansible_collections/pibake/raspberry").resolve() == repo
+    assert resources.ansible_env() == {"ANSIBLE_CONFIG": str(repo / "ansible.cfg")}

@@ -11,11 +11,11 @@ from pibake.image.build import BASES, DEFAULT_BASE_32, DEFAULT_BASE_64, default_
 
 
 def _demo(a: argparse.Namespace) -> int:
-    from pibake import bake, project
+    from pibake import bake, project, resources
     from pibake.cli.bake import print_result
 
-    # The checkout named, else the one this pibake runs from (bake.EXAMPLE), so that any directory works.
-    example = project.load(a.project / "examples" / "car" if a.project is not None else bake.EXAMPLE)
+    # The checkout named, else the example this pibake carries (a checkout's or the installed one), from any directory.
+    example = project.load(a.project / "examples" / "car" if a.project is not None else resources.EXAMPLE)
     # The demo's target is its own (--board, --base): the example file pins the legacy base only so that what
     # `pibake bake examples/car` builds does not change with the default.
     base = a.base or default_base(a.board)

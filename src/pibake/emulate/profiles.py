@@ -6,10 +6,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pibake import resources
 from pibake.errors import PibakeError, UsageError
 
-_PKG = Path(__file__).resolve().parents[1]
-PROFILE_DIRS = (_PKG / "data" / "qemu", _PKG.parents[1] / "qemu")
+PROFILE_DIR = resources.PROFILES
 
 DISK_BUSES = ("virtio", "sd")
 # Debian architecture of the images a profile boots -> the QEMU system emulator that runs them.
@@ -60,10 +60,9 @@ class Profile:
 
 
 def profile_dir() -> Path:
-    for d in PROFILE_DIRS:
-        if d.is_dir():
-            return d
-    raise PibakeError(f"no machine profiles found (looked in {', '.join(map(str, PROFILE_DIRS))})")
+    if PROFILE_DIR.is_dir():
+        return PROFILE_DIR
+    raise PibakeError(f"no machine profiles found: no directory {PROFILE_DIR}")
 
 
 def available() -> list[str]:
