@@ -39,6 +39,7 @@ from pibake.errors import CommandFailed, PibakeError, UsageError
 from pibake.image import build as image
 from pibake.image import finalize, prepare
 from pibake.provision import provision
+from pibake.util import progress
 from pibake.util.cache import cache_root, sha256_file
 from pibake.util.proc import run
 
@@ -298,10 +299,13 @@ def _vectors(outputs: dict[str, object], names: list[str], where: str) -> list[l
 
 @contextmanager
 def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]) -> Iterator[None]:
+    """Time stage NAME for the report; SAY when it starts and how long it took (and, on a terminal, a progress row
+    counts its time meanwhile)."""
     say(f"{name}...")
     t0 = time.monotonic()
     try:
-        yield
+        with progress.step(name, logger=log):
+            yield
     finally:
         timings[name] = time.monotonic() - t0
         say(f"{name}: {timings[name]:.0f} s")

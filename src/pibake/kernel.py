@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pibake import resources
 from pibake.errors import PibakeError, ToolMissing, UsageError, VerificationFailed
+from pibake.util import progress
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
 
@@ -210,7 +211,8 @@ def _build_debian_source(out: Path) -> None:
     jobs = str(os.cpu_count() or 1)
     log.info("kernel: building zImage and device trees with %s jobs (about 5 minutes on 2 cores)", jobs)
     t0 = time.monotonic()
-    run([*make, f"-j{jobs}", "zImage", "dtbs"], stream=False, timeout=3600)
+    with progress.step(f"kernel: make -j{jobs} zImage dtbs", logger=log):
+        run([*make, f"-j{jobs}", "zImage", "dtbs"], stream=False, timeout=3600)
     log.info("kernel: built in %.0f s", time.monotonic() - t0)
     shutil.copyfile(src / "arch/arm/boot/zImage", out / "zImage")
     shutil.copyfile(src / ".config", out / "config")
@@ -248,7 +250,8 @@ def _build_buildroot(profile: str, out: Path, *, sha256: str | None) -> None:
     make = ["make", "-C", str(src), f"O={build_dir}", f"BR2_EXTERNAL={tree()}"]
     run([*make, defconfig])
     log.info("kernel: Buildroot %s building the kernel for %s", lock["version"], profile)
-    run([*make, "linux"], stream=True, timeout=7200)
+    with progress.step(f"kernel: Buildroot make linux for {profile}", logger=log) as status:
+        run([*make, "linux"], stream=True, on_line=status.output, timeout=7200)
     images = build_dir / "images"
     shutil.copyfile(images / "zImage", out / "zImage")
     shutil.copyfile(next(build_dir.glob("build/linux-*/.config")), out / "config")

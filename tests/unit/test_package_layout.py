@@ -52,14 +52,21 @@ def test_nothing_is_imported_by_file_path() -> None:
 
 
 def test_the_cli_does_no_stage_work() -> None:
-    """The CLI modules parse and print: no subprocess, no pibake.util, no file reads or writes of their own."""
+    """The CLI modules parse and print: no subprocess, no pibake.util, no file reads or writes of their own.
+
+    One exception: main() takes util.progress (``from pibake.util import progress``), since how a command's
+    progress is printed (live rows on a terminal, plain log lines elsewhere) is printing, the CLI's to choose.
+    """
     for path in (SRC / "cli").glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert all(a.name != "subprocess" for a in node.names), f"{path} runs programs itself"
             if isinstance(node, ast.ImportFrom) and node.module:
-                assert not node.module.startswith("pibake.util"), f"{path} reaches into pibake.util ({node.module})"
+                printing = node.module == "pibake.util" and [a.name for a in node.names] == ["progress"]
+                assert printing or not node.module.startswith("pibake.util"), (
+                    f"{path} reaches into pibake.util ({node.module})"
+                )
             if isinstance(node, ast.Call):
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
                 assert name not in {"read_text", "read_bytes", "write_text", "write_bytes", "open"}, (

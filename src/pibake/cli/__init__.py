@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pibake import __version__
 from pibake.cli import bake, bench, demo, emulate, flash, hostkeys, image, init, kernel, preflight, wheels
 from pibake.errors import Interrupted, PibakeError, exit_codes_epilog
+from pibake.util import progress
 
 log = logging.getLogger("pibake")
 
@@ -36,16 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `pibake` command; return its exit status (see `exit_codes_epilog`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # On a terminal, long steps are live rows at the foot of the screen (util/progress.py) and the log is printed
+    # through the same console, above them; elsewhere (CI, a pipe, a file) the log is plain lines on stderr.
+    console = progress.terminal_console()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        handlers=[progress.ConsoleHandler(console) if console else logging.StreamHandler(sys.stderr)],
     )
     # paramiko narrates every connection at INFO; the harness says what matters itself.
     logging.getLogger("paramiko").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return int(args.func(args))
+        with progress.live(console):
+            return int(args.func(args))
     except PibakeError as e:
         log.debug("error", exc_info=True)
         print(f"pibake: error: {e}", file=sys.stderr)

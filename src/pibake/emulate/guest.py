@@ -29,6 +29,7 @@ from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdlin
 from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
+from pibake.util import progress
 from pibake.util.cache import cache_root
 from pibake.util.proc import run
 
@@ -611,34 +612,53 @@ def run_foreground(
 def wait_for_ssh(guest: Guest, *, timeout: float, banner_only: bool = False) -> None:
     """Return once GUEST's sshd greets and (unless BANNER_ONLY) runs a command for the harness key.
 
-    Raises PibakeError, quoting the serial console, when qemu exits or TIMEOUT seconds pass.
+    On a terminal a progress row says so with the time since qemu started and the serial console's last line;
+    elsewhere a log line every 15 s. Raises PibakeError, quoting the serial console, when qemu exits or TIMEOUT
+    seconds pass.
     """
     sdir = state_dir(guest.name)
     deadline = time.monotonic() + timeout
     last_report = time.monotonic()
-    while True:
-        if not _alive(guest.pid, sdir):
-            qemu_log = (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
-            raise PibakeError(
-                f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
-                + serial_tail(guest.serial_log)
-            )
-        if ssh_banner(guest.ssh_port):
-            if banner_only:
-                return
-            try:
-                status_code, _ = ssh_run(guest, "true", timeout=30)
-                if status_code == 0:
+    with progress.step(f"{guest.name}: waiting for SSH on port {guest.ssh_port}", logger=log) as status:
+        while True:
+            if not _alive(guest.pid, sdir):
+                qemu_log = (
+                    (sdir / "qemu.log").read_text(errors="replace").strip() if (sdir / "qemu.log").exists() else ""
+                )
+                raise PibakeError(
+                    f"qemu exited while {guest.name} was booting. {qemu_log}\nLast lines of the serial console:\n"
+                    + serial_tail(guest.serial_log)
+                )
+            if ssh_banner(guest.ssh_port):
+                if banner_only:
                     return
-            except (OSError, paramiko.SSHException) as e:
-                log.debug("ssh not ready: %s", e)
-        now = time.monotonic()
-        if now > deadline:
-            raise PibakeError(
-                f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
-                f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
-            )
-        if now - last_report > 15:
-            log.info("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
-            last_report = now
-        time.sleep(1)
+                try:
+                    status_code, _ = ssh_run(guest, "true", timeout=30)
+                    if status_code == 0:
+                        return
+                except (OSError, paramiko.SSHException) as e:
+                    log.debug("ssh not ready: %s", e)
+            now = time.monotonic()
+            if now > deadline:
+                raise PibakeError(
+                    f"{guest.name} did not answer SSH within {timeout:.0f} s. Last lines of the serial console "
+                    f"({guest.serial_log}):\n" + serial_tail(guest.serial_log)
+                )
+            if status.live:
+                status.show(serial_last_line(guest.serial_log))
+            elif now - last_report > 15:
+                status.tick("waiting for SSH on port %d (%.0f s)", guest.ssh_port, time.time() - guest.started_at)
+                last_report = now
+            time.sleep(1)
+
+
+def serial_last_line(path: Path | str, *, window: int = 4096) -> str:
+    """The last line of the serial console with something on it (a booting kernel's, systemd's), or ""."""
+    try:
+        with Path(path).open("rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - window, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

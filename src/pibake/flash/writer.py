@@ -545,30 +545,30 @@ def _write_and_verify(
         dst = device.open_target(target, block_device=block_device, image_size=image_size)
         try:
             log.info("writing %s to %s", format_size(plan.nbytes), target)
-            meter = Meter("write", plan.nbytes, callback=progress, logger=log, interval=LOG_INTERVAL)
-            try:
-                digest = _write_image(
-                    src, dst, plan, image=image, image_size=image_size, meter=meter, digest=verify or bool(expected)
-                )
-            except _InterruptedAtTheEnd as e:
-                raise Interrupted(
-                    f"interrupted at the very end, while the partition table was written and everything synced: "
-                    f"{target} may hold the whole image, but it is NOT verified. Run the same command again before "
-                    "using it"
-                ) from e
-            except KeyboardInterrupt as e:
-                raise Interrupted(
-                    f"interrupted after {meter.done >> 20} of {plan.nbytes >> 20} MiB: {_incomplete(target)}"
-                ) from e
-            except PibakeError as e:
-                e.args = (f"{e}\n{_incomplete(target)}",)  # the same kind, and what the card is left as
-                raise
-            except OSError as e:
-                raise PibakeError(
-                    f"writing {target} failed after {meter.done >> 20} MiB: {e.strerror}\n{_incomplete(target)}"
-                ) from e
-            seconds_write = meter.seconds
-            meter.finish(" (fsync included)")
+            with Meter("write", plan.nbytes, callback=progress, logger=log, interval=LOG_INTERVAL) as meter:
+                try:
+                    digest = _write_image(
+                        src, dst, plan, image=image, image_size=image_size, meter=meter, digest=verify or bool(expected)
+                    )
+                except _InterruptedAtTheEnd as e:
+                    raise Interrupted(
+                        f"interrupted at the very end, while the partition table was written and everything synced: "
+                        f"{target} may hold the whole image, but it is NOT verified. Run the same command again before "
+                        "using it"
+                    ) from e
+                except KeyboardInterrupt as e:
+                    raise Interrupted(
+                        f"interrupted after {meter.done >> 20} of {plan.nbytes >> 20} MiB: {_incomplete(target)}"
+                    ) from e
+                except PibakeError as e:
+                    e.args = (f"{e}\n{_incomplete(target)}",)  # the same kind, and what the card is left as
+                    raise
+                except OSError as e:
+                    raise PibakeError(
+                        f"writing {target} failed after {meter.done >> 20} MiB: {e.strerror}\n{_incomplete(target)}"
+                    ) from e
+                seconds_write = meter.seconds
+                meter.finish(" (fsync included)")
             if digest is not None and expected is not None and digest != expected:
                 raise VerificationFailed(
                     f"{image} does not match {image.name}.sha256 (it has {digest}, the file says {expected}): "
@@ -617,16 +617,22 @@ def _read_back(
             log.info("%s has no %s.sha256 beside it: hashing it to verify the card against", image, image.name)
             expected = _image_sha256(src, image_size, image)
         # The meter reports done=0 before the cache is dropped.
-        meter = Meter("verify", image_size, callback=progress, logger=log, interval=LOG_INTERVAL)
-        device.drop_cache(dst, block_device=block_device)
-        rfd = os.open(target, os.O_RDONLY)
-        try:
-            os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
-            _verify(
-                rfd, image_size=image_size, expected_sha256=expected, meter=meter, src=src, image=image, target=target
-            )
-        finally:
-            os.close(rfd)
+        with Meter("verify", image_size, callback=progress, logger=log, interval=LOG_INTERVAL) as meter:
+            device.drop_cache(dst, block_device=block_device)
+            rfd = os.open(target, os.O_RDONLY)
+            try:
+                os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
+                _verify(
+                    rfd,
+                    image_size=image_size,
+                    expected_sha256=expected,
+                    meter=meter,
+                    src=src,
+                    image=image,
+                    target=target,
+                )
+            finally:
+                os.close(rfd)
     except KeyboardInterrupt as e:
         raise Interrupted(f"interrupted while reading back: {target} was written completely but is not verified") from e
     except OSError as e:
@@ -668,32 +674,32 @@ def _zero_unmapped(dst: int, plan: _Plan, *, image_size: int, target: Path, prog
     if not total:
         return 0
     log.info("zeroing the %s of %s that the bmap leaves out", format_size(total), target)
-    meter = Meter("zero", total, callback=progress, logger=log, interval=LOG_INTERVAL)
     zero = _Zeroer(dst)
     piece = CHUNK
-    try:
-        for offset, length in ranges:
-            end = offset + length
-            while offset < end:
-                n = min(piece, end - offset)
-                started = time.monotonic()
-                zero.range(offset, n)
-                rate = n / max(time.monotonic() - started, 1e-6)
-                piece = int(min(max(rate * ZERO_SECONDS, CHUNK), ZERO_PIECE_MAX)) // CHUNK * CHUNK
-                meter.add(n)
-                offset += n
-        os.fsync(dst)
-    except KeyboardInterrupt as e:
-        raise Interrupted(
-            f"interrupted while zeroing what the bmap leaves out: {target} holds the image's data and partition "
-            "table, but not yet the image byte for byte, and it is not verified. Run the same command again"
-        ) from e
-    except OSError as e:
-        raise PibakeError(
-            f"zeroing what the bmap leaves out of {target} failed: {e.strerror}. Its data and partition table are "
-            "written, but it is not the image byte for byte: flash it again (--no-bmap writes every byte)"
-        ) from e
-    meter.finish()
+    with Meter("zero", total, callback=progress, logger=log, interval=LOG_INTERVAL) as meter:
+        try:
+            for offset, length in ranges:
+                end = offset + length
+                while offset < end:
+                    n = min(piece, end - offset)
+                    started = time.monotonic()
+                    zero.range(offset, n)
+                    rate = n / max(time.monotonic() - started, 1e-6)
+                    piece = int(min(max(rate * ZERO_SECONDS, CHUNK), ZERO_PIECE_MAX)) // CHUNK * CHUNK
+                    meter.add(n)
+                    offset += n
+            os.fsync(dst)
+        except KeyboardInterrupt as e:
+            raise Interrupted(
+                f"interrupted while zeroing what the bmap leaves out: {target} holds the image's data and partition "
+                "table, but not yet the image byte for byte, and it is not verified. Run the same command again"
+            ) from e
+        except OSError as e:
+            raise PibakeError(
+                f"zeroing what the bmap leaves out of {target} failed: {e.strerror}. Its data and partition table are "
+                "written, but it is not the image byte for byte: flash it again (--no-bmap writes every byte)"
+            ) from e
+        meter.finish()
     return total
 
 

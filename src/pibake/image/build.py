@@ -22,6 +22,7 @@ from pibake.disk.layout import MIB, Layout, partuuid
 from pibake.disk.sparse import match_free_space, write_at
 from pibake.emulate import sshkey
 from pibake.errors import PibakeError, ToolMissing, UsageError
+from pibake.util import progress
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
 from pibake.util.publish import publish
@@ -416,7 +417,9 @@ def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
     top.mkdir(parents=True)
     log.info("rootfs %s: mmdebstrap %s %s (10-25 min under qemu-user)", key[:12], base.suite, base.arch)
     start = time.monotonic()
-    run(mmdebstrap_argv(base, root), stream=True)
+    argv = mmdebstrap_argv(base, root)
+    with progress.step(f"rootfs {key[:12]}: {argv[0]} {base.suite} {base.arch}", logger=log) as status:
+        run(argv, stream=True, on_line=status.output)
     # Downloaded .debs are not part of the image.
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()

@@ -327,31 +327,31 @@ def _attempt(http: requests.Session, url: str, part: Path, have: int, *, kind: K
             have, mode = 0, "wb"
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None and length.isdigit() else None
-        progress = Meter(part.name.removesuffix(".part"), total, logger=log, interval=PROGRESS_INTERVAL, start=have)
         done = have
-        try:
-            chunks = _raw_chunks(resp)
-            first = next(chunks, b"")
-            if have == 0:
-                # Before a byte is written: an HTML page must not become a .part to resume.
-                check_head(first, kind, url)
-            with part.open(mode) as out:
-                for chunk in itertools.chain([first], chunks):
+        with Meter(part.name.removesuffix(".part"), total, logger=log, interval=PROGRESS_INTERVAL, start=have) as meter:
+            try:
+                chunks = _raw_chunks(resp)
+                first = next(chunks, b"")
+                if have == 0:
+                    # Before a byte is written: an HTML page must not become a .part to resume.
+                    check_head(first, kind, url)
+                with part.open(mode) as out:
+                    for chunk in itertools.chain([first], chunks):
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise _write_failed(part, e) from e
+                        done += len(chunk)
+                        meter.update(done)
                     try:
-                        out.write(chunk)
+                        out.flush()
                     except OSError as e:
                         raise _write_failed(part, e) from e
-                    done += len(chunk)
-                    progress.update(done)
-                try:
-                    out.flush()
-                except OSError as e:
-                    raise _write_failed(part, e) from e
-        except (urllib3.exceptions.HTTPError, requests.RequestException) as e:
-            raise _Retry(f"{type(e).__name__}: {e}") from e
+            except (urllib3.exceptions.HTTPError, requests.RequestException) as e:
+                raise _Retry(f"{type(e).__name__}: {e}") from e
     if total is not None and done < total:
         raise _Retry(f"got {done} of {total} bytes")
-    progress.finish()
+    meter.finish()
     return done
 
 

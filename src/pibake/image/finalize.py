@@ -34,6 +34,7 @@ from pibake.flash import bmap
 from pibake.image import check as bootcheck
 from pibake.image import identity, imager, sbom
 from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
+from pibake.util import progress
 from pibake.util.cache import sha256_file
 from pibake.util.publish import write_sha256
 
@@ -278,99 +279,107 @@ def finalize(
         raise UsageError(f"--init-format {init_format!r}: Imager knows {', '.join(imager.INIT_FORMATS)}")
     if board is not None:
         boards.get(board)
-    root_partition(image)
-    # Planned before anything changes: an image that would lose its host keys with nothing to make
-    # new ones is refused as it is.
-    reset = identity.plan(ExtFs.partition(image, 2))
-    record, undone = undo_tweaks(image)
-    identity.apply(ExtFs.partition(image, 2), reset)
-    if reset.resets:
-        log.info("%s: reset for each card to make its own: %s", image.name, ", ".join(reset.summary) or "-")
-    shrunk_to = None
-    with work_dir(image) as work:
-        card_size = int(record["card_size"]) if record else None
-        if card_size is not None and card_size < image.stat().st_size:
-            # The power-of-two size was for QEMU's SD card only: a card needs just what was asked for.
-            if shrink_root(image, card_size, work):
-                shrunk_to = card_size
-                log.info("%s: back to %d MiB for the card", image.name, card_size // MIB)
+    with progress.step(f"finalize {image.name}", logger=log) as status:
+        root_partition(image)
+        # Planned before anything changes: an image that would lose its host keys with nothing to make
+        # new ones is refused as it is.
+        status.show("undoing the emulation tweaks, resetting what is per device")
+        reset = identity.plan(ExtFs.partition(image, 2))
+        record, undone = undo_tweaks(image)
+        identity.apply(ExtFs.partition(image, 2), reset)
+        if reset.resets:
+            log.info("%s: reset for each card to make its own: %s", image.name, ", ".join(reset.summary) or "-")
+        shrunk_to = None
+        with work_dir(image) as work:
+            card_size = int(record["card_size"]) if record else None
+            if card_size is not None and card_size < image.stat().st_size:
+                # The power-of-two size was for QEMU's SD card only: a card needs just what was asked for.
+                status.show(f"shrinking the image back to {card_size // MIB} MiB")
+                if shrink_root(image, card_size, work):
+                    shrunk_to = card_size
+                    log.info("%s: back to %d MiB for the card", image.name, card_size // MIB)
+                else:
+                    log.warning(
+                        "%s: the root filesystem no longer fits in %d MiB; the image keeps its %d MiB",
+                        image.name,
+                        card_size // MIB,
+                        image.stat().st_size // MIB,
+                    )
+            log.info("%s: checking both filesystems", image.name)
+            status.show("checking both filesystems (fsck)")
+            check_filesystems(image, work)
+            board = board or bootcheck.board_recorded_in(image)
+            if board:
+                bootcheck.check_boot(image, board=board)
             else:
-                log.warning(
-                    "%s: the root filesystem no longer fits in %d MiB; the image keeps its %d MiB",
-                    image.name,
-                    card_size // MIB,
-                    image.stat().st_size // MIB,
+                log.info(
+                    "%s: config.txt records no board: boot partition not checked (pass a board to check it)", image.name
                 )
-        log.info("%s: checking both filesystems", image.name)
-        check_filesystems(image, work)
-        board = board or bootcheck.board_recorded_in(image)
-        if board:
-            bootcheck.check_boot(image, board=board)
-        else:
-            log.info(
-                "%s: config.txt records no board: boot partition not checked (pass a board to check it)", image.name
-            )
-        root = ExtFs.partition(image, 2)
-        os_release = root.read("/etc/os-release") or root.read("/usr/lib/os-release") or b""
-        packages = installed_packages(root, work)
-        dists = python_distributions(root)
-        wheels = kept_wheels(root)
-        model = model_files(root, work)
-    # Holes only where a filesystem says the space is free: the bmap then leaves out nothing that
-    # matters, even for bmaptool, which leaves a card's old bytes wherever the bmap does not map.
-    match_free_space(image)
-    digest = sha256_file(image)
-    size = image.stat().st_size
-    os_info = parse_os_release(os_release.decode(errors="replace"))
-    imager_doc = imager.document(
-        image,
-        sha256=digest,
-        size=size,
-        url=imager_url,
-        name=imager_name,
-        os_name=os_info.get("PRETTY_NAME", ""),
-        device_tags=imager.devices(board, imager.image_architecture(packages)),
-        init=init_format or imager.init_format(packages),
-        model_version=PurePosixPath(model["current"]).name if model and model.get("current") else None,
-    )
-    sbom_json = sbom.build_json(
-        image_name=image.name,
-        image_sha256=digest,
-        image_size=size,
-        os_release=os_info,
-        packages=packages,
-        python=dists,
-        wheels=wheels,
-        model=model,
-    )
-    write_sha256(image, digest)
-    bmap_file = None
-    if write_bmap:
-        bmap_file = bmap.default_path(image)
-        bmap.create(image, bmap_file)
-    manifest = manifest or image.with_name(image.name + ".manifest.json")
-    base = dict(record["base"]) if record else _earlier_base(manifest)
-    data = {
-        "format": MANIFEST_FORMAT,
-        "pibake": __version__,
-        "image": {"name": image.name, "sha256": digest, "size": size},
-        "bmap": bmap_file.name if bmap_file else None,
-        "base": base,
-        "os": os_info.get("PRETTY_NAME", ""),
-        "emulation_tweaks_undone": list(undone),
-        "identity": {
-            "reset": [r.to_json() for r in reset.resets],
-            "ssh_host_keys_made_by": reset.host_keys_made_by,
-        },
-        "packages": packages,
-        "python": dists,
-        "model": model,
-    }
-    _write_whole(manifest, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    imager_file = image.with_name(image.name + ".os_list.json")
-    _write_whole(imager_file, imager.render(imager_doc))
-    sbom_file = image.with_name(image.name + ".cdx.json")
-    _write_whole(sbom_file, sbom_json)
+            status.show("listing packages, Python distributions and the model")
+            root = ExtFs.partition(image, 2)
+            os_release = root.read("/etc/os-release") or root.read("/usr/lib/os-release") or b""
+            packages = installed_packages(root, work)
+            dists = python_distributions(root)
+            wheels = kept_wheels(root)
+            model = model_files(root, work)
+        # Holes only where a filesystem says the space is free: the bmap then leaves out nothing that
+        # matters, even for bmaptool, which leaves a card's old bytes wherever the bmap does not map.
+        status.show("punching holes where the filesystems are free")
+        match_free_space(image)
+        status.show("hashing the image (sha256)")
+        digest = sha256_file(image)
+        size = image.stat().st_size
+        os_info = parse_os_release(os_release.decode(errors="replace"))
+        imager_doc = imager.document(
+            image,
+            sha256=digest,
+            size=size,
+            url=imager_url,
+            name=imager_name,
+            os_name=os_info.get("PRETTY_NAME", ""),
+            device_tags=imager.devices(board, imager.image_architecture(packages)),
+            init=init_format or imager.init_format(packages),
+            model_version=PurePosixPath(model["current"]).name if model and model.get("current") else None,
+        )
+        sbom_json = sbom.build_json(
+            image_name=image.name,
+            image_sha256=digest,
+            image_size=size,
+            os_release=os_info,
+            packages=packages,
+            python=dists,
+            wheels=wheels,
+            model=model,
+        )
+        write_sha256(image, digest)
+        bmap_file = None
+        if write_bmap:
+            status.show("writing the block map")
+            bmap_file = bmap.default_path(image)
+            bmap.create(image, bmap_file)
+        manifest = manifest or image.with_name(image.name + ".manifest.json")
+        base = dict(record["base"]) if record else _earlier_base(manifest)
+        data = {
+            "format": MANIFEST_FORMAT,
+            "pibake": __version__,
+            "image": {"name": image.name, "sha256": digest, "size": size},
+            "bmap": bmap_file.name if bmap_file else None,
+            "base": base,
+            "os": os_info.get("PRETTY_NAME", ""),
+            "emulation_tweaks_undone": list(undone),
+            "identity": {
+                "reset": [r.to_json() for r in reset.resets],
+                "ssh_host_keys_made_by": reset.host_keys_made_by,
+            },
+            "packages": packages,
+            "python": dists,
+            "model": model,
+        }
+        _write_whole(manifest, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        imager_file = image.with_name(image.name + ".os_list.json")
+        _write_whole(imager_file, imager.render(imager_doc))
+        sbom_file = image.with_name(image.name + ".cdx.json")
+        _write_whole(sbom_file, sbom_json)
     seconds = time.monotonic() - t0
     log.info("%s: finalized in %.1f s", image.name, seconds)
     return FinalizedImage(

@@ -8,7 +8,7 @@ import shlex
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pibake.errors import CommandFailed, PibakeError, ToolMissing
@@ -25,12 +25,14 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     stream: bool = False,
+    on_line: Callable[[str], None] | None = None,
     timeout: float | None = None,
 ) -> str:
     """Run ARGV and return its stdout (stderr merged when streaming).
 
-    With ``stream=True`` every output line is logged at INFO as it arrives, so long
-    steps (debootstrap) show progress. A non-zero exit raises CommandFailed quoting
+    With ``stream=True`` every output line is handed to ON_LINE as it arrives (by default
+    logged at INFO), so long steps (debootstrap) show progress: a ``progress.step``'s
+    ``output`` puts it on the step's row on a terminal. A non-zero exit raises CommandFailed quoting
     the tail of the output (the whole output is in its ``output``); a program that is not
     installed raises ToolMissing; a timeout raises PibakeError.
     """
@@ -62,7 +64,10 @@ def run(
                 line = line.rstrip("\n")
                 tail.append(line)
                 lines.append(line)
-                log.info("  %s", line)
+                if on_line is None:
+                    log.info("  %s", line)
+                else:
+                    on_line(line)
             rc = p.wait(timeout=timeout)
         if rc != 0:
             raise CommandFailed(
