@@ -48,6 +48,7 @@ def test_mmdebstrap_builds_the_recipe_with_one_initramfs_and_the_mirror_last(tmp
     base = DebianBase(suite="trixie", arch="arm64", packages=("python3", "linux-image-arm64"), components=("main",))
     argv = mmdebstrap_argv(base, tmp_path / "root")
     assert argv[0] == "mmdebstrap" and argv[-2:] == ["trixie", str(tmp_path / "root")]
+    assert "--verbose" in argv  # dpkg's lines: the progress of the half hour under qemu-user
     assert "--arch=arm64" in argv and "--include=python3,linux-image-arm64" in argv and "--components=main" in argv
     # update-initramfs is diverted once the essential packages are in and run once at the end.
     hooks = [a for a in argv if a.startswith(("--essential-hook=", "--customize-hook="))]

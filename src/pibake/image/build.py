@@ -371,6 +371,9 @@ def mmdebstrap_argv(base: DebianBase, root: Path) -> list[str]:
     """
     argv = [
         "mmdebstrap",
+        # dpkg's and apt's own lines ("Setting up python3-numpy ..."): its progress bars need a terminal, and without
+        # either its 15-30 min of installing print nothing (progress.step shows the latest line).
+        "--verbose",
         "--mode=root",
         f"--arch={base.arch}",
         "--variant=minbase",
