@@ -9,6 +9,7 @@ import pytest
 from pibake.emulate import guest as emulator
 from pibake.image import build as image
 from tests.conftest import REPO
+from tests.integration import wheel
 
 IMAGE = Path(os.environ.get("PIBAKE_IMAGE", REPO / "build" / "pibake-bullseye.img"))
 
@@ -27,6 +28,12 @@ def qemu_processes(marker: str) -> list[int]:
         if ("qemu-system-arm" in cmdline or "qemu-system-aarch64" in cmdline) and marker in cmdline and state != "Z":
             pids.append(int(proc.name))
     return pids
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with pibake's wheel installed (tests/integration/wheel.py), built once a session."""
+    return wheel.install(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")

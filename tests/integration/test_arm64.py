@@ -1,13 +1,15 @@
 """The 64-bit base end to end: Debian trixie arm64 built from Debian's packages, its boot partition checked for the
-Pi 4, and `pibake bake` of the car model for the Pi 4 on it: booted on qemu-system-aarch64's virt board with the
-Pi 4's own core (Cortex-A72), LiteRT installed from its lock into a venv, the model's outputs on the emulated Pi
-compared with this machine's, the card image finalized. One cold boot serves it all (a user playbook of the
-project brings the guest's /proc/cpuinfo back, so the core is read from the guest itself)."""
+Pi 4, and `pibake bake` for the Pi 4 on it as a user runs it: pibake's wheel in a fresh venv, a model of the
+test's own (not the car model: another input size and class count), `pibake init` then `pibake bake` in a directory
+with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72), LiteRT installed
+from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's, the card image
+finalized. One cold boot serves it all (a user playbook of the project brings the guest's /proc/cpuinfo back, so the
+core is read from the guest itself)."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ import pytest
 from pibake.emulate import profiles
 from pibake.image import build as image
 from tests.conftest import REPO, run_cli
+from tests.integration import wheel
+from tests.integration.wheel import run
 
 pytestmark = pytest.mark.emulator
 
@@ -64,30 +68,48 @@ def test_a_32_bit_profile_refuses_the_arm64_image(arm64_image: Path) -> None:
     assert "64-bit (arm64) image" in res.err and "--profile virt64" in res.err
 
 
-def test_bake_for_a_pi4_on_the_64_bit_base(arm64_image: Path, tmp_path: Path) -> None:
-    proj = tmp_path / "car64"
-    shutil.copytree(REPO / "models", proj / "model", ignore=shutil.ignore_patterns("train.py", "*.md"))
-    text = (REPO / "examples" / "car" / "pibake.toml").read_text()
-    text = text.replace('# board = "pi3b-plus"', 'board = "pi4"').replace(
-        'base = "debian-bullseye"', 'base = "debian-trixie-arm64"'
-    )
-    assert 'board = "pi4"' in text and 'base = "debian-trixie-arm64"' in text
-    text = text.replace("# playbooks = []", 'playbooks = ["guest-facts.yml"]')
-    assert 'playbooks = ["guest-facts.yml"]' in text
+def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
+    arm64_image: Path, wheel_venv: Path, tmp_path: Path, stop_guests: list[str]
+) -> None:
+    # A user's own model and project, from pibake's wheel in a fresh venv, in a directory with no checkout in sight.
+    proj = tmp_path / "tiny"
+    env = wheel.outside(proj, wheel_venv)
+    wheel.tiny_model(proj, env)
+    pibake = str(wheel_venv / "bin" / "pibake")
+    assert "it loads" in run([pibake, "init", "--model", "tiny.tflite"], cwd=proj, env=env)
+    text = (proj / "pibake.toml").read_text()
+    for default, chosen in (
+        ('# board = "pi3b-plus"', 'board = "pi4"'),
+        ('# base = "debian-trixie-arm64"', 'base = "debian-trixie-arm64"'),
+        ("# playbooks = []", 'playbooks = ["guest-facts.yml"]'),
+    ):
+        assert default in text, default
+        text = text.replace(default, chosen)
     (proj / "pibake.toml").write_text(text)
     (proj / "guest-facts.yml").write_text(GUEST_FACTS)
 
-    res = run_cli(["bake", str(proj), "--name", "it-bake-arm64"])
+    stop_guests.append("it-bake-arm64")
+    res = subprocess.run(
+        [pibake, "bake", str(proj), "--name", "it-bake-arm64"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     report_md = proj / "build" / "report.md"
-    assert res.code == 0, res.err[-4000:] + (report_md.read_text() if report_md.exists() else "(no report)")
+    assert res.returncode == 0, res.stderr[-4000:] + (report_md.read_text() if report_md.exists() else "(no report)")
     report = report_md.read_text()
 
-    finished = proj / "build" / "car.img"
+    finished = proj / "build" / "tiny.img"
     for suffix in ("", ".sha256", ".bmap"):
         assert finished.with_name(finished.name + suffix).is_file(), suffix
     assert "virt64" in report and "cortex-a72" in report
     assert "ai-edge-litert 2.3.0" in report
     assert "ai_edge_litert-2.3.0-cp313-cp313-manylinux_2_27_aarch64.whl" in report
+    # Both samples, each compared with the host's output, none off tolerance.
+    assert "PASSED: all 2 samples within tolerance" in report
     assert "FAILED" not in report
 
     machine, arch, python, *cpuinfo = (proj / "guest-facts.txt").read_text().splitlines()
@@ -97,8 +119,8 @@ def test_bake_for_a_pi4_on_the_64_bit_base(arm64_image: Path, tmp_path: Path) ->
     features = next(ln for ln in cpuinfo if ln.startswith("Features")).split(":", 1)[1].split()
     assert set(profiles.load("virt64").features("cortex-a72")) <= set(features)
 
-    res = run_cli(["image", "check", str(finished)])
-    assert res.code == 0, res.err
+    res_check = run_cli(["image", "check", str(finished)])
+    assert res_check.code == 0, res_check.err
     manifest = json.loads(finished.with_name(finished.name + ".manifest.json").read_text())
     assert manifest["os"].startswith("Debian GNU/Linux 13")
     names = {(d["name"].lower().replace("_", "-"), d["version"]) for d in manifest["python"]}
