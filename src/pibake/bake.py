@@ -10,8 +10,8 @@ every case, so a failing bake says why in ``report.md``.
 
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
-file), ONNX and Keras models, preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi and
-locales on the Debian base, and a user other than ``pi``.
+file), ONNX and Keras models, preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi on a
+local image (bake writes it the ifupdown way of pibake's Debian bases only), and a user other than ``pi``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -153,9 +154,16 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if t.base_kind == "debian" and s.wifi is not None:
-        problems.append("system.wifi: the Debian base has no Wi-Fi tools (wpasupplicant) yet")
-    if s.locale != project.DEFAULT_LOCALE:
-        problems.append(f"system.locale: only {project.DEFAULT_LOCALE} for now (the base has no locales package)")
+        problem = ifupdown_ssid_problem(s.wifi.ssid)
+        if problem:
+            problems.append(f"system.wifi.ssid: {problem}")
+    if t.base_kind == "image" and s.wifi is not None:
+        # Raspberry Pi OS configures Wi-Fi with NetworkManager from bookworm on (dhcpcd and wpa_supplicant.conf
+        # before); bake cannot tell which a local image uses, and a stanza ifupdown never reads would connect nothing.
+        problems.append(
+            "system.wifi: bake writes Wi-Fi the way pibake's Debian bases configure networking (ifupdown); a local "
+            "image may use NetworkManager or dhcpcd instead, so bake does not write it there yet"
+        )
     bad = [p.name for p in m.samples if p.suffix.lower() not in SAMPLE_SUFFIXES]
     if bad:
         problems.append(f"model.samples: the Pi-side package reads PNG and JPEG images, not {', '.join(bad)}")
@@ -191,6 +199,66 @@ def stage_model(proj: project.Project, directory: Path) -> str:
     return version
 
 
+# What the Wi-Fi of a Debian base needs, none of it in the base's rootfs (its package list decides the cached image):
+# wpa_supplicant with its ifupdown hooks, the Pi's Broadcom Wi-Fi firmware (Debian's firmware-brcm80211: non-free on
+# bullseye, non-free-firmware from bookworm on, components every base's sources.list carries), and the signed
+# regulatory database the kernel needs to apply a country at all (without it cfg80211 stays on the world domain).
+WIFI_PACKAGES = ("wpasupplicant", "firmware-brcm80211", "wireless-regdb")
+# The Pi's Wi-Fi interface: brcmfmac on SDIO, which udev's predictable names leave as wlan0 (Debian's own Pi images
+# write /etc/network/interfaces.d/wlan0 for it).
+WIFI_INTERFACE = "wlan0"
+
+
+def wpa_psk(passphrase: str, ssid: str) -> str:
+    """The 256-bit WPA key for PASSPHRASE on the network SSID, in 64 hex digits, as wpa_passphrase(8) prints it:
+    PBKDF2-HMAC-SHA1 over the passphrase with the SSID as salt, 4096 rounds (IEEE 802.11i, H.4). A PASSPHRASE that
+    is already 64 hex digits is a key and comes back as it is (lower case)."""
+    if len(passphrase) == 64 and all(c in "0123456789abcdefABCDEF" for c in passphrase):
+        return passphrase.lower()
+    return hashlib.pbkdf2_hmac("sha1", passphrase.encode(), ssid.encode(), 4096, 32).hex()
+
+
+def ifupdown_ssid_problem(ssid: str) -> str | None:
+    """Why SSID cannot be written as ifupdown's ``wpa-ssid`` option, or None. ifupdown reads the option's value to
+    the end of the line, strips the whitespace around it and joins a line ending in a backslash to the next; the
+    wpasupplicant hook strips one pair of surrounding double quotes."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in ssid):
+        return "has a control character, which /etc/network/interfaces cannot carry"
+    if ssid != ssid.strip():
+        return "starts or ends with a space, which ifupdown strips from /etc/network/interfaces values"
+    if ssid.endswith("\\"):
+        return "ends with a backslash, which ifupdown reads as a line continuation"
+    if len(ssid) >= 2 and ssid[0] == ssid[-1] == '"':
+        return "is in double quotes, which the wpasupplicant hook for ifupdown strips"
+    return None
+
+
+def ifupdown_wifi_stanza(wifi: project.WiFi) -> str:
+    """/etc/network/interfaces.d/wlan0 for WIFI, in Debian's wpasupplicant "managed mode" (README.Debian): ifupdown
+    starts wpa_supplicant on wlan0 and configures its network from the wpa-* options, then asks DHCP for an
+    address. A passphrase is written as its derived key (wpa_psk), so the passphrase itself never reaches the card;
+    an open network gets ``wpa-key-mgmt NONE``."""
+    lines = [f"allow-hotplug {WIFI_INTERFACE}", f"iface {WIFI_INTERFACE} inet dhcp", f"    wpa-ssid {wifi.ssid}"]
+    if wifi.psk is None:
+        lines.append("    wpa-key-mgmt NONE")
+    else:
+        lines.append(f"    wpa-psk {wpa_psk(wifi.psk, wifi.ssid)}")
+    return "\n".join(lines) + "\n"
+
+
+def wifi_vars(wifi: project.WiFi | None) -> dict[str, object]:
+    """playbooks/bake_system.yml's Wi-Fi variables for WIFI (None: none, nothing written)."""
+    if wifi is None:
+        return {"bake_wifi_enabled": False}
+    return {
+        "bake_wifi_enabled": True,
+        "bake_wifi_country": wifi.country,
+        "bake_wifi_packages": list(WIFI_PACKAGES),
+        "bake_wifi_interface": WIFI_INTERFACE,
+        "bake_wifi_interfaces": ifupdown_wifi_stanza(wifi),
+    }
+
+
 def provision_vars(
     proj: project.Project, source: Path, version: str, runtime: PlatformRuntime | None = None
 ) -> dict[str, object]:
@@ -215,6 +283,8 @@ def provision_vars(
         "bake_ssh_keys": list(proj.system.ssh_keys),
         "bake_timezone": proj.system.timezone,
         "bake_packages": list(proj.system.packages),
+        "bake_locale": proj.system.locale,
+        **wifi_vars(proj.system.wifi),
     }
 
 
@@ -369,7 +439,10 @@ def bake(
             )
         staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
         version = stage_model(proj, staged)
-        extra.write_text(json.dumps(provision_vars(proj, staged, version, runtime), indent=1) + "\n")
+        # Owner-only: with Wi-Fi it carries the network's key (removed again at the end, whatever happens).
+        extra.unlink(missing_ok=True)
+        with os.fdopen(os.open(extra, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(json.dumps(provision_vars(proj, staged, version, runtime), indent=1) + "\n")
         inventory.unlink(missing_ok=True)
         forwards = (proj.service.port,) if proj.service.enabled else ()
         with _stage(timings, "boot", say):

@@ -1,0 +1,214 @@
+"""The [system] settings bake carries to a Debian base's card: the locale and Wi-Fi (playbooks/bake_system.yml and
+what pibake.bake passes it). No guest: the Python side, the playbook's shape, and its locale expressions run by
+ansible-playbook on this machine."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pibake import bake, project
+from tests.conftest import REPO
+
+PLAYBOOK = REPO / "playbooks" / "bake_system.yml"
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+
+@pytest.fixture(scope="module")
+def car() -> project.Project:
+    return project.load(REPO / "examples" / "car")
+
+
+def _with(proj: project.Project, **system: object) -> project.Project:
+    return dataclasses.replace(proj, system=dataclasses.replace(proj.system, **system))  # type: ignore[arg-type]
+
+
+def _tasks() -> list[dict[str, object]]:
+    (play,) = yaml.safe_load(PLAYBOOK.read_text())
+    return list(play["tasks"])
+
+
+def _task(name: str) -> dict[str, object]:
+    (task,) = [t for t in _tasks() if str(t["name"]).startswith(name)]
+    return task
+
+
+@pytest.mark.parametrize(
+    ("passphrase", "ssid", "key"),
+    [
+        # IEEE 802.11i-2004, H.4.3, the PSK test vectors; wpa_passphrase(8) prints the same.
+        ("password", "IEEE", "f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e"),
+        ("ThisIsAPassword", "ThisIsASSID", "0dc0d6eb90555ed6419756b9a15ec3e3209b63df707dd508d14581f8982721af"),
+    ],
+)
+def test_the_key_is_wpa_passphrases(passphrase: str, ssid: str, key: str) -> None:
+    assert bake.wpa_psk(passphrase, ssid) == key
+
+
+def test_a_64_hex_digit_psk_is_already_the_key() -> None:
+    key = "F42C6FC52DF0EBEF9EBB4B90B38A5F902E83FE1B135A70E23AED762E9710A12E"
+    assert bake.wpa_psk(key, "IEEE") == key.lower()
+
+
+def test_the_stanza_carries_the_key_not_the_passphrase() -> None:
+    stanza = bake.ifupdown_wifi_stanza(project.WiFi("GB", "IEEE", "password"))
+    assert stanza == (
+        "allow-hotplug wlan0\n"
+        "iface wlan0 inet dhcp\n"
+        "    wpa-ssid IEEE\n"
+        "    wpa-psk f42c6fc52df0ebef9ebb4b90b38a5f902e83fe1b135a70e23aed762e9710a12e\n"
+    )
+    assert "password" not in stanza
+
+
+def test_an_open_network_takes_no_key() -> None:
+    assert bake.ifupdown_wifi_stanza(project.WiFi("DE", "Café Gäste", None)) == (
+        "allow-hotplug wlan0\niface wlan0 inet dhcp\n    wpa-ssid Café Gäste\n    wpa-key-mgmt NONE\n"
+    )
+
+
+def test_bake_passes_the_locale_and_the_wifi_and_never_the_passphrase(car: project.Project, tmp_path: Path) -> None:
+    plain = bake.provision_vars(car, tmp_path, "v1")
+    assert plain["bake_locale"] == "C.UTF-8" and plain["bake_wifi_enabled"] is False
+    assert "bake_wifi_interfaces" not in plain
+
+    proj = _with(car, locale="en_GB.UTF-8", wifi=project.WiFi("GB", "Lab net", "correct horse"))
+    extra = bake.provision_vars(proj, tmp_path, "v1")
+    assert extra["bake_locale"] == "en_GB.UTF-8"
+    assert extra["bake_wifi_enabled"] is True and extra["bake_wifi_country"] == "GB"
+    assert extra["bake_wifi_interface"] == "wlan0"
+    assert extra["bake_wifi_packages"] == ["wpasupplicant", "firmware-brcm80211", "wireless-regdb"]
+    assert extra["bake_wifi_interfaces"] == bake.ifupdown_wifi_stanza(proj.system.wifi)  # type: ignore[arg-type]
+    assert f"wpa-psk {bake.wpa_psk('correct horse', 'Lab net')}\n" in str(extra["bake_wifi_interfaces"])
+    assert "correct horse" not in json.dumps(extra)  # the vars file bake writes holds the key only
+
+
+def test_the_debian_bases_take_a_locale_and_wifi(car: project.Project) -> None:
+    wifi = project.WiFi("GB", "Lab net", "correct horse")
+    for base, arch in (
+        ("debian-bullseye", "armhf"),
+        ("debian-bookworm-armhf", "armhf"),
+        ("debian-trixie-arm64", "arm64"),
+    ):
+        proj = dataclasses.replace(car, target=dataclasses.replace(car.target, base=base, arch=arch))
+        assert bake.unsupported(_with(proj, locale="de_DE@euro", wifi=wifi)) == [], base
+        assert bake.unsupported(_with(proj, wifi=project.WiFi("GB", "open", None))) == [], base
+
+
+@pytest.mark.parametrize(
+    ("ssid", "says"),
+    [
+        ("lab\nnet", "control character"),
+        (" lab", "space"),
+        ("lab ", "space"),
+        ("lab\\", "backslash"),
+        ('"lab"', "double quotes"),
+    ],
+)
+def test_an_ssid_ifupdown_cannot_carry_is_refused(car: project.Project, ssid: str, says: str) -> None:
+    (problem,) = bake.unsupported(_with(car, wifi=project.WiFi("GB", ssid, None)))
+    assert problem.startswith("system.wifi.ssid: ") and says in problem
+
+
+def test_wifi_on_a_local_image_is_refused_with_the_reason(car: project.Project, tmp_path: Path) -> None:
+    img = tmp_path / "raspios.img"
+    img.write_bytes(b"\0" * 1024)
+    proj = dataclasses.replace(car, target=dataclasses.replace(car.target, base=str(img), base_kind="image"))
+    assert bake.unsupported(_with(proj, locale="en_GB.UTF-8")) == []  # the locale is plain Debian anywhere
+    (problem,) = bake.unsupported(_with(proj, wifi=project.WiFi("GB", "lab", None)))
+    assert problem.startswith("system.wifi: ") and "NetworkManager" in problem
+
+
+def test_the_tasks_that_carry_the_key_log_nothing_and_keep_it_owner_only() -> None:
+    carrying = [t for t in _tasks() if "bake_wifi_interfaces" in json.dumps(t)]
+    assert carrying and all(t.get("no_log") is True for t in carrying)
+    (copy,) = carrying
+    args = copy["ansible.builtin.copy"]
+    assert isinstance(args, dict)
+    assert args["mode"] == "0600" and args["owner"] == "root"
+    assert args["dest"] == "/etc/network/interfaces.d/{{ bake_wifi_interface }}"
+    regdom = _task("Set the Wi-Fi regulatory country")["ansible.builtin.copy"]
+    assert isinstance(regdom, dict)
+    assert "options cfg80211 ieee80211_regdom={{ bake_wifi_country }}" in regdom["content"]
+
+
+def test_ansible_accepts_the_playbook() -> None:
+    res = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "--syntax-check", "-i", "localhost,", str(PLAYBOOK)],
+        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+SUPPORTED = "de_DE ISO-8859-1\nde_DE.UTF-8 UTF-8\nde_DE@euro ISO-8859-15\nen_GB ISO-8859-1\nen_GB.UTF-8 UTF-8\n"
+
+
+# (system.locale, `locale -a` on the Pi, the SUPPORTED line the playbook should find, whether it runs locale-gen)
+LOCALE_CASES = [
+    ("en_GB.UTF-8", ["C", "C.utf8", "POSIX"], "en_GB.UTF-8 UTF-8", True),
+    ("en_GB.UTF-8", ["C", "C.utf8", "en_GB.utf8", "POSIX"], "en_GB.UTF-8 UTF-8", False),  # a second run
+    ("de_DE@euro", ["C.utf8"], "de_DE@euro ISO-8859-15", True),
+    ("en_GB", ["en_GB.utf8"], "en_GB ISO-8859-1", True),  # en_GB is not en_GB.UTF-8
+    ("en_US.UTF-8", ["C.utf8"], "", True),  # not in SUPPORTED: the playbook's assert refuses it
+]
+
+
+def test_the_locale_is_found_in_supported_and_generated_once(tmp_path: Path) -> None:
+    # The playbook's own expressions, with SUPPORTED and `locale -a` as the Pi would give them, on this machine: one
+    # play a case, in one ansible-playbook run.
+    find = {k: v for k, v in _task("Find the locale's line in SUPPORTED").items() if k != "when"}
+    when = _task("Generate the locale")["when"]
+    assert isinstance(when, list)
+    plays = [
+        {
+            "name": f"The locale expressions of bake_system.yml, case {n}",
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {
+                "bake_locale": locale,
+                "bake_supported": {"content": base64.b64encode(SUPPORTED.encode()).decode()},
+                "bake_generated": {"stdout_lines": generated},
+            },
+            "tasks": [
+                find,
+                {
+                    "name": "Write what they decided",
+                    "ansible.builtin.copy": {
+                        "content": "{{ {'entry': bake_locale_entry, 'generate': " + when[-1] + "} | to_json }}",
+                        "dest": str(tmp_path / f"{n}.json"),
+                        "mode": "0644",
+                    },
+                },
+            ],
+        }
+        for n, (locale, generated, _, _) in enumerate(LOCALE_CASES)
+    ]
+    book = tmp_path / "locale.yml"
+    book.write_text(yaml.safe_dump(plays, sort_keys=False))
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of the collection's (Mitogen, its inventory)
+    res = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(book)],
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    for n, (locale, _, entry, generate) in enumerate(LOCALE_CASES):
+        assert json.loads((tmp_path / f"{n}.json").read_text()) == {"entry": entry, "generate": generate}, locale
