@@ -2,12 +2,14 @@
 Pi 4, and `pibake bake` for the Pi 4 on it as a user runs it: pibake's wheel in a fresh venv, a model of the
 test's own (not the car model: another input size and class count), `pibake init` then `pibake bake` in a directory
 with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72), LiteRT installed
-from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's, the card image
-finalized. One cold boot serves it all (a user playbook of the project brings the guest's /proc/cpuinfo back, so the
+from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's, a locale and a Wi-Fi
+network written the Debian way (locales, wpasupplicant and the Pi's Wi-Fi firmware from the mirror at bake time),
+the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's /proc/cpuinfo back, so the
 core is read from the guest itself)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -44,7 +46,28 @@ GUEST_FACTS = """\
         content: "{{ facts.stdout }}"
         dest: "{{ playbook_dir }}/guest-facts.txt"
         mode: "0644"
+    - name: Read what system.locale and [system.wifi] left
+      become: true
+      ansible.builtin.shell: |
+        dpkg-query -W -f='${Package} ${db:Status-Status}\n' locales wpasupplicant firmware-brcm80211 wireless-regdb
+        echo "locales: $(locale -a | tr '\n' ' ')"
+        cat /etc/default/locale /etc/modprobe.d/pibake-wifi-country.conf
+        echo "wlan0 mode: $(stat -c '%a %U' /etc/network/interfaces.d/wlan0)"
+        cat /etc/network/interfaces.d/wlan0
+        ls /lib/firmware/regulatory.db /lib/firmware/brcm/brcmfmac43455-sdio.bin
+      changed_when: false
+      register: system
+    - name: Write those beside the project
+      delegate_to: localhost
+      ansible.builtin.copy:
+        content: "{{ system.stdout }}"
+        dest: "{{ playbook_dir }}/guest-system.txt"
+        mode: "0644"
 """
+# The Wi-Fi network the project names: the card must carry the key derived from the passphrase (IEEE 802.11i's
+# PBKDF2, as wpa_passphrase), never the passphrase itself.
+WIFI_SSID = "pibake-lab"
+WIFI_PASSPHRASE = "pibake test passphrase 7f3a"
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +105,11 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
         ('# board = "pi3b-plus"', 'board = "pi4"'),
         ('# base = "debian-trixie-arm64"', 'base = "debian-trixie-arm64"'),
         ("# playbooks = []", 'playbooks = ["guest-facts.yml"]'),
+        ('# locale = "C.UTF-8"', 'locale = "en_GB.UTF-8"'),
+        ("# [system.wifi]", "[system.wifi]"),
+        ('# country = "GB"', 'country = "GB"'),
+        ('# ssid = "my-network"', f'ssid = "{WIFI_SSID}"'),
+        ('# psk = "correct horse battery staple"', f'psk = "{WIFI_PASSPHRASE}"'),
     ):
         assert default in text, default
         text = text.replace(default, chosen)
@@ -118,6 +146,22 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     assert parts == {CORTEX_A72_PART}  # every core of the guest is the Pi 4's Cortex-A72
     features = next(ln for ln in cpuinfo if ln.startswith("Features")).split(":", 1)[1].split()
     assert set(profiles.load("virt64").features("cortex-a72")) <= set(features)
+
+    # system.locale and [system.wifi], as the card has them (no Wi-Fi device is emulated: wlan0 cannot associate).
+    system = (proj / "guest-system.txt").read_text()
+    for package in ("locales", "wpasupplicant", "firmware-brcm80211", "wireless-regdb"):
+        assert f"{package} installed" in system, system
+    assert "en_GB.utf8" in system and "LANG=en_GB.UTF-8" in system
+    assert "options cfg80211 ieee80211_regdom=GB" in system
+    assert "wlan0 mode: 600 root" in system
+    psk = hashlib.pbkdf2_hmac("sha1", WIFI_PASSPHRASE.encode(), WIFI_SSID.encode(), 4096, 32).hex()
+    assert f"wpa-ssid {WIFI_SSID}" in system and f"wpa-psk {psk}" in system
+    assert WIFI_PASSPHRASE not in system and WIFI_PASSPHRASE not in res.stdout + res.stderr
+    with finished.open("rb") as f:
+        tail = b""
+        while chunk := f.read(64 << 20):
+            assert WIFI_PASSPHRASE.encode() not in tail + chunk, "the passphrase is on the card"
+            tail = chunk[-64:]
 
     res_check = run_cli(["image", "check", str(finished)])
     assert res_check.code == 0, res_check.err
