@@ -649,7 +649,8 @@ def _guest_rootfs() -> Path | None:
 def _bullseye_service_packages(rootfs: Path) -> Path:
     """Debian's .debs of the service's HTTP side, for the rootfs's release, unpacked (cached by the rootfs's key).
 
-    apt-get downloads them with the rootfs's own package lists and sources (read only), as the role's apt would."""
+    apt-get downloads them with the rootfs's own sources and dpkg status (read only), as the role's apt would, after
+    an update into package lists of its own (the rootfs keeps none: mmdebstrap removes them)."""
     top = rootfs.parents[2] / "tests" / f"service-packages-{rootfs.parent.name[:16]}"
     site = top / "usr" / "lib" / "python3" / "dist-packages"
     if (top / "complete").exists():
@@ -657,8 +658,9 @@ def _bullseye_service_packages(rootfs: Path) -> Path:
     shutil.rmtree(top, ignore_errors=True)
     debs = top / "debs"
     debs.mkdir(parents=True)
+    (top / "lists" / "partial").mkdir(parents=True)
     options = [
-        f"-oDir::State::Lists={rootfs}/var/lib/apt/lists",
+        f"-oDir::State::Lists={top}/lists",
         f"-oDir::Etc::SourceList={rootfs}/etc/apt/sources.list",
         "-oDir::Etc::SourceParts=/nonexistent",
         f"-oDir::State::status={rootfs}/var/lib/dpkg/status",
@@ -666,14 +668,12 @@ def _bullseye_service_packages(rootfs: Path) -> Path:
         "-oAPT::Architecture=armhf",
         "-oDebug::NoLocking=1",
     ]
-    result = subprocess.run(
-        ["apt-get", *options, "download", *_BULLSEYE_SERVICE_PACKAGES],
-        cwd=debs,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    for command in (["update"], ["download", *_BULLSEYE_SERVICE_PACKAGES]):
+        result = subprocess.run(
+            ["apt-get", *options, *command], cwd=debs, capture_output=True, text=True, timeout=300, check=False
+        )
+        if result.returncode != 0:
+            break
     if result.returncode != 0:
         pytest.skip(f"cannot download {' '.join(_BULLSEYE_SERVICE_PACKAGES)} with apt-get: {result.stderr[-500:]}")
     for deb in sorted(debs.glob("*.deb")):
