@@ -49,8 +49,8 @@ GUEST_FACTS = """\
     - name: Read what system.locale and [system.wifi] left
       become: true
       ansible.builtin.shell: |
-        dpkg-query -W -f='${Package} ${db:Status-Status}\n' locales wpasupplicant firmware-brcm80211 wireless-regdb
-        echo "locales: $(locale -a | tr '\n' ' ')"
+        dpkg-query -W -f='${Package} ${db:Status-Status}\\n' locales wpasupplicant firmware-brcm80211 wireless-regdb
+        echo "locales: $(locale -a | tr '\\n' ' ')"
         cat /etc/default/locale /etc/modprobe.d/pibake-wifi-country.conf
         echo "wlan0 mode: $(stat -c '%a %U' /etc/network/interfaces.d/wlan0)"
         cat /etc/network/interfaces.d/wlan0
