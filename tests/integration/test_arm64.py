@@ -4,8 +4,8 @@ test's own (not the car model: another input size and class count), `pibake init
 with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72), LiteRT installed
 from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's, a locale and a Wi-Fi
 network written the Debian way (locales, wpasupplicant and the Pi's Wi-Fi firmware from the mirror at bake time),
-the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's /proc/cpuinfo back, so the
-core is read from the guest itself)."""
+the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's
+/proc/cpuinfo back, so the core is read from the guest itself)."""
 
 from __future__ import annotations
 
