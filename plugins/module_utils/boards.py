@@ -84,6 +84,10 @@ class Board:
     # QEMU's model of the board's own core for a 64-bit OS (qemu-system-aarch64 -cpu, profile virt64); None: the
     # core is not ARMv8 and runs no 64-bit OS.
     cpu64: str | None = None
+    # Whether the board has Wi-Fi on board (Raspberry Pi's product briefs): the Pi 3 Model B and B+, Zero W, Zero 2 W
+    # and Pi 4 / 400 do; the Pi 1 and Pi 2 do not (a USB adapter needs firmware of its own, which pibake does not
+    # pick). The pi-zero row stands for the Zero W here: the plain Zero has none.
+    wifi: bool = False
 
     def describe(self) -> str:
         """For example "pi2 (Raspberry Pi 2 Model B v1.1, BCM2836, Cortex-A7): ARMv7, VFPv4 (D32), ..."."""
@@ -158,6 +162,7 @@ _TABLE = (
         profile=None,
         cpu=None,
         emulation=_NO_ARMV6_PROFILE,
+        wifi=True,
     ),
     Board(
         name="pi2",
@@ -198,6 +203,7 @@ _TABLE = (
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
         cpu64="cortex-a53",
+        wifi=True,
     ),
     Board(
         name="pi3b-plus",
@@ -217,6 +223,7 @@ _TABLE = (
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
         cpu64="cortex-a53",
+        wifi=True,
     ),
     Board(
         name="pi-zero-2",
@@ -237,6 +244,7 @@ _TABLE = (
         emulation=_A15_FOR_ARMV8,
         upstream_dtb_since="Linux 5.16",
         cpu64="cortex-a53",
+        wifi=True,
     ),
     Board(
         name="pi4",
@@ -256,6 +264,7 @@ _TABLE = (
         cpu="cortex-a15",
         emulation=_A15_FOR_ARMV8,
         cpu64="cortex-a72",
+        wifi=True,
     ),
 )
 

@@ -153,7 +153,12 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         problems.append(f"runtime: {gets} {rt.name} {rt.version} only")
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
-    if t.base_kind == "debian" and s.wifi is not None:
+    if s.wifi is not None and not board.wifi:
+        problems.append(
+            f"system.wifi: target.board = {t.board!r} ({board.model}) has no Wi-Fi on board; remove [system.wifi] "
+            "(a USB Wi-Fi adapter needs firmware of its own, which bake does not install)"
+        )
+    elif t.base_kind == "debian" and s.wifi is not None:
         problem = ifupdown_ssid_problem(s.wifi.ssid)
         if problem:
             problems.append(f"system.wifi.ssid: {problem}")

@@ -118,6 +118,19 @@ def test_an_ssid_ifupdown_cannot_carry_is_refused(car: project.Project, ssid: st
     assert problem.startswith("system.wifi.ssid: ") and says in problem
 
 
+@pytest.mark.parametrize("board", ["pi3", "pi3b-plus", "pi-zero-2", "pi4"])
+def test_wifi_on_a_board_with_wifi_is_taken(car: project.Project, board: str) -> None:
+    proj = dataclasses.replace(car, target=dataclasses.replace(car.target, board=board))
+    assert bake.unsupported(_with(proj, wifi=project.WiFi("GB", "lab", None))) == []
+
+
+def test_wifi_on_a_board_without_it_is_refused_with_the_reason(car: project.Project) -> None:
+    proj = dataclasses.replace(car, target=dataclasses.replace(car.target, board="pi2"))
+    assert bake.unsupported(proj) == []
+    (problem,) = bake.unsupported(_with(proj, wifi=project.WiFi("GB", "lab", None)))
+    assert problem.startswith("system.wifi: target.board = 'pi2' (Raspberry Pi 2 Model B v1.1) has no Wi-Fi")
+
+
 def test_wifi_on_a_local_image_is_refused_with_the_reason(car: project.Project, tmp_path: Path) -> None:
     img = tmp_path / "raspios.img"
     img.write_bytes(b"\0" * 1024)
