@@ -235,18 +235,38 @@ def _class_hint(board: Board, arch: str) -> str:
     return f"Use the build for 32-bit ARM (a *_armv7l.whl) on a 32-bit OS{other}."
 
 
+def userland_of(artifacts: Sequence[Artifact]) -> str:
+    """The userland ("armhf", "arm64") the ARTIFACTS' native code is built for, read from its ELF headers.
+
+    DEFAULT_ARCH when there is no ARM or AArch64 code to read (pure-Python wheels, x86 files: the armhf check then
+    says what each is). Raises UsageError when both kinds are there: which one the OS runs is the user's to say.
+    """
+    found: dict[str, list[str]] = {}
+    for art in artifacts:
+        for obj in art.objects:
+            for userland, header in isa.USERLANDS.items():
+                if (obj.elf_class, obj.machine) == header:
+                    found.setdefault(userland, []).append(art.name)
+    if len(found) > 1:
+        which = "; ".join(f"{u}: {', '.join(sorted(set(names)))}" for u, names in sorted(found.items()))
+        raise UsageError(f"the wheels hold code for both userlands ({which}): name the OS's with --arch")
+    return next(iter(found), DEFAULT_ARCH)
+
+
 def preflight(
     paths: Sequence[Path],
     *,
     board: str = boards.DEFAULT_BOARD,
     profile: str | None = None,
     cpu: str | None = None,
-    arch: str = DEFAULT_ARCH,
+    arch: str | None = None,
     sysroot: Path | None = None,
     model: Path | None = None,
     timeout: float = 600,
 ) -> Report:
     """Check every wheel (or directory) in PATHS against BOARD running an ARCH ("armhf", "arm64") userland.
+
+    ARCH None: the one the wheels' native code is built for (userland_of), arm64 when MODEL or SYSROOT is given.
 
     armhf: against the board's CPU and the CPU that emulates it, from the files' build attributes;
     PROFILE and CPU override the board's own emulation profile and CPU. arm64: every file's ELF class
@@ -259,9 +279,12 @@ def preflight(
     VerificationFailed for a damaged wheel.
     """
     the_board = boards.get(board)
-    if arch not in ARCHES:
+    if arch is not None and arch not in ARCHES:
         raise UsageError(f"unknown arch {arch!r}: pibake checks wheels for {', '.join(ARCHES)}")
     artifacts = tuple(isa.scan(paths))
+    if arch is None:
+        arch = "arm64" if model is not None or sysroot is not None else userland_of(artifacts)
+        log.info("checking for a %s OS (the wheels' ELF headers; --arch chooses)", arch)
     if arch == "armhf":
         if model is not None or sysroot is not None:
             raise UsageError(

@@ -232,14 +232,27 @@ def test_the_userland_loads_only_its_own_elf_class() -> None:
 
 def test_an_aarch64_wheel_for_a_32_bit_os_is_refused_by_its_elf_class(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path / "litert-1-cp311-cp311-linux_aarch64.whl", {"litert/_x.so": elf64(EM_AARCH64)})
-    errors = preflight.preflight([wheel], board="pi4").errors()
+    errors = preflight.preflight([wheel], board="pi4", arch="armhf").errors()
     assert len(errors) == 2  # the board and the emulated CPU
     assert errors[0].startswith(f"{wheel.name} cannot be loaded on board pi4 (")
     assert "litert/_x.so is ELFCLASS64 AArch64 (arm64) code, which a 32-bit (armhf) system cannot load" in errors[0]
     assert "a *_armv7l.whl" in errors[0] and "--arch arm64" in errors[0]
     assert "Illegal instruction" not in errors[0]
     # The Pi 2 cannot run a 64-bit OS: no --arch arm64 advice there.
-    assert "--arch arm64" not in preflight.preflight([wheel], board="pi2").errors()[0]
+    assert "--arch arm64" not in preflight.preflight([wheel], board="pi2", arch="armhf").errors()[0]
+
+
+def test_without_arch_the_wheels_elf_headers_choose_the_userland(tmp_path: Path, tflite_wheel: Path) -> None:
+    aarch64 = make_wheel(tmp_path / "litert-1-cp311-cp311-linux_aarch64.whl", {"litert/_x.so": elf64(EM_AARCH64)})
+    pure = make_wheel(tmp_path / "tqdm-1-py3-none-any.whl", {"tqdm/__init__.py": b""})
+    assert preflight.userland_of(tuple(isa.scan([aarch64, pure]))) == "arm64"
+    assert preflight.userland_of(tuple(isa.scan([tflite_wheel, pure]))) == "armhf"
+    assert preflight.userland_of(tuple(isa.scan([pure]))) == preflight.DEFAULT_ARCH
+    with pytest.raises(UsageError, match=r"code for both userlands \(arm64: litert-1-.*; armhf: tflite_runtime-.*name"):
+        preflight.userland_of(tuple(isa.scan([aarch64, tflite_wheel])))
+    # An armv7l wheel checked without --arch is checked for armhf: read, not run.
+    report = preflight.preflight([tflite_wheel], board="pi4")
+    assert report.targets[0].arch == "armhf" and report.ok, report.describe()
 
 
 def test_an_armv7_wheel_for_a_64_bit_os_is_refused_without_running_anything(
@@ -261,7 +274,9 @@ def test_arm64_usage_errors(tmp_path: Path, isolated_cache: Path) -> None:
     with pytest.raises(UsageError, match="--profile is for the 32-bit check"):
         preflight.preflight([wheel], board="pi4", arch="arm64", profile="virt")
     with pytest.raises(UsageError, match="--model and --sysroot are for the 64-bit check"):
-        preflight.preflight([wheel], board="pi4", model=tmp_path / "m.tflite")
+        preflight.preflight([wheel], board="pi4", arch="armhf", model=tmp_path / "m.tflite")
+    with pytest.raises(ToolMissing, match=r"pibake image build --base debian-trixie-arm64`, or pass --sysroot DIR"):
+        preflight.preflight([wheel], board="pi4")  # the wheel's AArch64 code: the 64-bit check
     with pytest.raises(UsageError, match="qemu-aarch64 has no CPU 'cortex-a9'"):
         preflight.preflight([wheel], board="pi4", arch="arm64", cpu="cortex-a9")
     with pytest.raises(ToolMissing, match=r"pibake image build --base debian-trixie-arm64`, or pass --sysroot DIR"):

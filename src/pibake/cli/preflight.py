@@ -55,9 +55,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--arch",
-        default="armhf",
+        default=None,
         choices=tuple(USERLANDS),
-        help="the OS's userland, as Debian names it: armhf (32-bit) or arm64 (64-bit) (default: %(default)s)",
+        help="the OS's userland, as Debian names it: armhf (32-bit) or arm64 (64-bit) (default: the one the wheels' "
+        "native code is built for, read from its ELF headers; arm64 with --model or --sysroot; armhf when there is "
+        "none)",
     )
     p.add_argument("--profile", default=None, help="armhf: machine profile that emulates it (default: the board's)")
     p.add_argument(
