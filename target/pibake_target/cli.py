@@ -35,7 +35,9 @@ def _positive_float(text: str) -> float:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="FILE", help="float32 model, input (1, H, W, 3): .tflite")
+    parser.add_argument(
+        "--model", required=True, metavar="FILE", help="float32 model, input (1, H, W, 3): .tflite or .onnx"
+    )
     parser.add_argument("--labels", required=True, metavar="FILE", help="labels file, one label per line, output order")
 
 
@@ -109,7 +111,11 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="file holding a bearer token every endpoint but /, /v2/health/live and /v2/health/ready requires",
     )
     parser.add_argument(
-        "--num-threads", type=_positive_int, metavar="N", help="TFLite interpreter threads (default: the runtime's)"
+        "--num-threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads of the TFLite interpreter, or onnxruntime's intra-op threads (default: the runtime's; "
+        "onnxruntime's: one per CPU the process may use)",
     )
     parser.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="(default: %(default)s)"
