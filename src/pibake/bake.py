@@ -10,13 +10,15 @@ every case, so a failing bake says why in ``report.md``.
 
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
-file), ONNX and Keras models, preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi on a
-local image (bake writes it the ifupdown way of pibake's Debian bases only), and a user other than ``pi``.
+file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), Keras models,
+preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi on a local image (bake writes it the
+ifupdown way of pibake's Debian bases only), and a user other than ``pi``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -36,7 +38,7 @@ from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.boot import image_arch, read_config_txt
 from pibake.emulate.ssh import ssh_run
-from pibake.errors import CommandFailed, PibakeError, UsageError
+from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError
 from pibake.image import build as image
 from pibake.image import finalize, prepare
 from pibake.provision import provision
@@ -56,13 +58,20 @@ SERVICE_PORT = 8000
 RUNTIME = "tflite-runtime"
 RUNTIME_VERSION = "2.11.0"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# The Debian bases whose runtime comes from a lock (`make locks`, scripts/lock_runtimes.py) into the venv: the runtime
-# and its lock in resources.LOCK_DIR. tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l
-# wheel (PyPI, 2026-11-30: tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l); LiteRT has aarch64 wheels only.
-LOCKED_RUNTIMES = {
-    "debian-trixie-arm64": ("ai-edge-litert", "ai-edge-litert-3.13-debian-trixie-arm64.txt"),
-    "debian-bookworm-armhf": ("tflite-runtime", "tflite-runtime-3.11-debian-bookworm-armhf.txt"),
+# The Debian bases whose runtimes come from a lock (`make locks`, scripts/lock_runtimes.py) into the venv: each
+# runtime and its lock in resources.LOCK_DIR, the one for TFLite models first (platform_runtime's default).
+# tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l wheel (PyPI, 2026-11-30:
+# tflite_runtime-2.14.0-cp311-cp311-manylinux_2_34_armv7l); LiteRT and onnxruntime have aarch64 wheels only
+# (DESIGN.md: no LiteRT or onnxruntime for armv7l), so ONNX models are baked on the arm64 base alone.
+LOCKED_RUNTIMES: dict[str, dict[str, str]] = {
+    "debian-trixie-arm64": {
+        "ai-edge-litert": "ai-edge-litert-3.13-debian-trixie-arm64.txt",
+        "onnxruntime": "onnxruntime-3.13-debian-trixie-arm64.txt",
+    },
+    "debian-bookworm-armhf": {"tflite-runtime": "tflite-runtime-3.11-debian-bookworm-armhf.txt"},
 }
+# The legacy base: the python_runtime role's single pinned wheel, no lock.
+LEGACY_BASE = "debian-bullseye"
 # The Python of the venv a lock is installed into (roles/python_runtime/defaults/main.yml: python_runtime_venv).
 VENV_PYTHON = "/opt/pibake/venv/bin/python"
 
@@ -80,25 +89,69 @@ class PlatformRuntime:
     wheel_filenames: tuple[str, ...]
 
 
-def platform_runtime(base: str) -> PlatformRuntime:
-    """The runtime for the Debian base BASE (image.build.BASES): from its lock into the venv (LOCKED_RUNTIMES: LiteRT
-    on trixie arm64, tflite-runtime 2.14.0 on bookworm armhf; its version is the lock's), tflite-runtime 2.11.0 in
-    the system Python on bullseye. Raises UsageError for a base with no runtime here."""
-    if base == "debian-bullseye":
+def base_runtimes(base: str) -> tuple[str, ...]:
+    """The runtimes pibake installs on the Debian base BASE (image.build.BASES), the one for TFLite models first:
+    ("ai-edge-litert", "onnxruntime") on trixie arm64, ("tflite-runtime",) on the armhf bases; () for another."""
+    if base == LEGACY_BASE:
+        return (RUNTIME,)
+    return tuple(LOCKED_RUNTIMES.get(base, ()))
+
+
+def format_runtimes(base: str, model_format: str) -> tuple[str, ...]:
+    """The runtimes of BASE that run models of MODEL_FORMAT (project.MODEL_FORMATS' values: "tflite", "onnx"), in
+    base_runtimes' order; () when BASE has none for it (ONNX on the armhf bases, Keras anywhere)."""
+    return tuple(r for r in base_runtimes(base) if model_format in project.RUNTIMES[r][0])
+
+
+def platform_runtime(base: str, runtime: str | None = None) -> PlatformRuntime:
+    """The runtime RUNTIME (a project.RUNTIMES name; None: the base's runtime for TFLite models) on the Debian base
+    BASE (image.build.BASES): from its lock into the venv (LOCKED_RUNTIMES: LiteRT or onnxruntime on trixie arm64,
+    tflite-runtime 2.14.0 on bookworm armhf; its version is the lock's), tflite-runtime 2.11.0 in the system Python
+    on bullseye. Raises UsageError for a base with no runtime here, or none called RUNTIME."""
+    names = base_runtimes(base)
+    if not names:
+        raise UsageError(f"no runtime is pinned for base {base!r}")
+    name = runtime or names[0]
+    if name not in names:
+        raise UsageError(f"base {base!r} has no {name} pinned, only {', '.join(names)}")
+    if base == LEGACY_BASE:
         wheel = f"tflite_runtime-{RUNTIME_VERSION}-cp39-cp39-manylinux2014_armv7l.whl"
         return PlatformRuntime(RUNTIME, RUNTIME_VERSION, None, "python3", (wheel,))
-    if base in LOCKED_RUNTIMES:
-        name, lock = LOCKED_RUNTIMES[base]
-        # Read once: the runtime's version and every wheel's file.
-        pins = wheel_lock.read(resources.LOCK_DIR / lock).pins
-        version = {p.key: p for p in pins}[name].version
-        return PlatformRuntime(name, version, lock, VENV_PYTHON, tuple(p.filename for p in pins if p.filename))
-    raise UsageError(f"no runtime is pinned for base {base!r}")
+    lock = LOCKED_RUNTIMES[base][name]
+    # Read once: the runtime's version and every wheel's file.
+    pins = wheel_lock.read(resources.LOCK_DIR / lock).pins
+    version = {p.key: p for p in pins}[name].version
+    return PlatformRuntime(name, version, lock, VENV_PYTHON, tuple(p.filename for p in pins if p.filename))
+
+
+def runtime_base(proj: project.Project) -> str:
+    """The Debian base whose runtimes PROJ's image gets: its own, or bullseye's for a local image (provisioned the
+    32-bit way; unsupported refuses a 64-bit one)."""
+    return proj.target.base if proj.target.base_kind == "debian" else LEGACY_BASE
+
+
+def runtime_name(proj: project.Project) -> str | None:
+    """The runtime PROJ's model runs with: ``runtime.name`` where its base has it for the model's format, for "auto"
+    the base's first that runs the format (LiteRT for .tflite, onnxruntime for .onnx on trixie arm64); None when
+    there is none (the format has no runtime on the base, or ``runtime.name`` names another: unsupported says
+    which)."""
+    fits = format_runtimes(runtime_base(proj), proj.model.format)
+    if proj.runtime.name == project.AUTO_RUNTIME:
+        return fits[0] if fits else None
+    return proj.runtime.name if proj.runtime.name in fits else None
 
 
 def project_runtime(proj: project.Project) -> PlatformRuntime:
-    """The runtime PROJ's image gets: its Debian base's, or bullseye's (tflite-runtime) for a local image."""
-    return platform_runtime(proj.target.base if proj.target.base_kind == "debian" else "debian-bullseye")
+    """The runtime PROJ's image gets (runtime_name) on its base (runtime_base), with its lock and version.
+
+    Raises UsageError when there is none for the project (unsupported lists why before bake calls this)."""
+    name = runtime_name(proj)
+    if name is None:
+        raise UsageError(
+            f"no runtime for {proj.model.file.name} ({proj.model.format}, runtime.name = {proj.runtime.name!r}) "
+            f"on base {runtime_base(proj)}"
+        )
+    return platform_runtime(runtime_base(proj), name)
 
 
 @dataclass(frozen=True)
@@ -137,8 +190,22 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             "the 32-bit way only (tflite-runtime 2.11.0 on Python 3.9) for now; use target.base = "
             '"debian-trixie-arm64" for a 64-bit card'
         )
-    if m.format != "tflite":
-        problems.append(f"model.file: {m.file.name} is {m.format}; bake runs .tflite models for now")
+    base = runtime_base(proj)
+    fits = format_runtimes(base, m.format)
+    if m.format == "keras":
+        problems.append(
+            f"model.file: {m.file.name} is a Keras model; bake runs .tflite and .onnx models: convert it to TFLite "
+            "first (scripts/convert_model.py, with the convert extra)"
+        )
+    elif not fits:
+        runtimes = sorted(r for r, (formats, _) in project.RUNTIMES.items() if m.format in formats)
+        bases = sorted(b for b in (*LOCKED_RUNTIMES, LEGACY_BASE) if format_runtimes(b, m.format))
+        arches = sorted({a for r in runtimes for a in project.RUNTIMES[r][1]})
+        problems.append(
+            f"model.file: {m.file.name}: bake runs .{m.format} models with {' or '.join(runtimes)} on target.base = "
+            f"{' or '.join(f'{b!r}' for b in bases)} only; {' and '.join(runtimes)} has wheels for "
+            f"{', '.join(arches)} only (none for armv7l on PyPI), so no 32-bit base can carry it"
+        )
     pre = m.preprocessing
     if (pre.scale, pre.mean, pre.std, pre.channel_order) != (project.DEFAULT_SCALE, (0.0,) * 3, (1.0,) * 3, "rgb"):
         problems.append(
@@ -147,10 +214,12 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         )
     if m.input_shape is not None and pre.size is not None and tuple(pre.size) != _input_size(m.input_shape):
         problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
-    rt = project_runtime(proj)
-    if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
-        gets = f"the {t.base} base runs" if t.base_kind == "debian" else "a local image gets"
-        problems.append(f"runtime: {gets} {rt.name} {rt.version} only")
+    if fits:
+        # The runtime named, where the base runs the model's format with it; else the one it would get (auto).
+        rt = platform_runtime(base, proj.runtime.name if proj.runtime.name in fits else fits[0])
+        if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
+            gets = f"the {t.base} base runs" if t.base_kind == "debian" else "a local image runs"
+            problems.append(f"runtime: {gets} .{m.format} models with {rt.name} {rt.version} only")
     if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
         problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if s.wifi is not None and not board.wifi:
@@ -293,17 +362,39 @@ def provision_vars(
     }
 
 
+# What the host's reference run imports for each model format, and where to get it: the packages the Pi-side package
+# loads (target/pibake_target/runtimes.py), from pibake's extras (pyproject.toml).
+HOST_RUNTIMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tflite": (
+        ("tflite_runtime", "ai_edge_litert"),
+        "tflite-runtime (pibake's test extra: pip install -e '.[test]') or ai-edge-litert",
+    ),
+    "onnx": (
+        ("onnxruntime",),
+        "onnxruntime (pibake's test extra: pip install -e '.[test]', or pip install onnxruntime)",
+    ),
+}
+
+
 def host_outputs(proj: project.Project) -> dict[str, object]:
     """The model on every sample on this machine (the reference), by the Pi-side package's predict command in a child
-    Python, as on the Pi (a damaged model cannot take pibake down with it):
+    Python, as on the Pi (a damaged model cannot take pibake down with it), with the runtime the Pi gets for the
+    model's format (HOST_RUNTIMES: TFLite, or onnxruntime for .onnx):
     {"runtime": str, "results": [{"image", "label", "probability", "probabilities"}, ...]}.
 
-    Raises PibakeError when it fails or prints no JSON (no TFLite interpreter here: the `convert` extra has one).
+    Raises ToolMissing, naming the package to install, when no runtime for the model's format is importable here;
+    PibakeError when the run fails or prints no JSON.
     """
+    modules, install = HOST_RUNTIMES.get(proj.model.format, ((), ""))
+    if modules and not any(importlib.util.find_spec(m) for m in modules):
+        raise ToolMissing(
+            f"{proj.model.file}: the reference run on this machine needs {' or '.join(modules)}, which is not "
+            f"installed: install {install}"
+        )
     argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(proj.model.file)]
     argv += ["--labels", str(proj.model.labels_file), *map(str, proj.model.samples)]
     try:
-        out = run(argv, env={"PYTHONPATH": str(resources.TARGET)}, timeout=600)
+        out = run(argv, env={"PYTHONPATH": resources.target_pythonpath()}, timeout=600)
     except CommandFailed as e:
         raise PibakeError(f"{proj.model.file}: the model did not run on this machine:\n{e}") from e
     return _predict_report(out, "here")

@@ -13,8 +13,9 @@ template from it, and the README documents the same keys (a test holds the two t
 
 Checks that need a package the host may not have are skipped, never failed, and each skip is
 recorded in `Project.skipped` (for the report): the labels and input size against the model need
-a TFLite interpreter (tflite-runtime, LiteRT, or TensorFlow's ``tf.lite``), decoding the samples
-needs Pillow, and ``.onnx`` and ``.keras``/``.h5`` models are checked by their bytes only.
+a TFLite interpreter (tflite-runtime, LiteRT, or TensorFlow's ``tf.lite``) for a ``.tflite`` model and
+onnxruntime for an ``.onnx`` one, decoding the samples needs Pillow, and ``.keras``/``.h5`` models are
+checked by their bytes only.
 """
 
 from __future__ import annotations
@@ -154,18 +155,19 @@ SCHEMA: tuple[Key, ...] = (
     Key(
         "target.base",
         "",
-        "What the image starts from: a Debian base pibake builds (debian-trixie-arm64: 64-bit, LiteRT, for pi3, "
-        "pi3b-plus, pi-zero-2, pi4; debian-bookworm-armhf: 32-bit, tflite-runtime, for pi2 and up; debian-bullseye: "
-        "32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, latest-arm64-lite, ...; `pibake image fetch "
-        "--list`), or a local .img file. Default: the board's, debian-trixie-arm64 where it has a 64-bit core, "
-        "debian-bookworm-armhf on the pi2.",
+        "What the image starts from: a Debian base pibake builds (debian-trixie-arm64: 64-bit, LiteRT or onnxruntime, "
+        "for pi3, pi3b-plus, pi-zero-2, pi4; debian-bookworm-armhf: 32-bit, tflite-runtime, for pi2 and up; "
+        "debian-bullseye: 32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, latest-arm64-lite, ...; "
+        "`pibake image fetch --list`), or a local .img file. Default: the board's, debian-trixie-arm64 where it has a "
+        "64-bit core, debian-bookworm-armhf on the pi2.",
         example='"debian-trixie-arm64"',
     ),
     Key("target.image_size_mb", str(DEFAULT_IMAGE_SIZE_MB), "Size of the finished image in MiB."),
     Key(
         "model.file",
         "",
-        "The model: .tflite, .onnx, or Keras .keras/.h5 (converted to TFLite on this machine with the convert extra).",
+        "The model: .tflite, .onnx (baked on debian-trixie-arm64, with onnxruntime), or Keras .keras/.h5 (converted "
+        "to TFLite on this machine with the convert extra).",
         required=True,
         example='"model.tflite"',
     ),
@@ -189,7 +191,9 @@ SCHEMA: tuple[Key, ...] = (
     Key(
         "runtime.name",
         f'"{AUTO_RUNTIME}"',
-        'Runtime on the Pi: "auto" (the platform\'s choice), ' + ", ".join(f'"{r}"' for r in RUNTIMES) + ".",
+        'Runtime on the Pi: "auto" (the platform\'s choice for the model: onnxruntime for .onnx), '
+        + ", ".join(f'"{r}"' for r in RUNTIMES)
+        + ".",
     ),
     Key("runtime.version", '""', "Pin the runtime's version; empty: the version pibake pins for the platform."),
     Key("service.enabled", "true", "Install and start the inference service."),
@@ -757,14 +761,14 @@ def _model(r: _Reader, skipped: list[str], *, check_model: bool) -> Model:
 
     input_shape: tuple[int, ...] | None = None
     output_count: int | None = None
-    if fmt != "tflite":
+    if fmt == "keras":
         skipped.append(
-            f"labels and input size against {file.name}: only TFLite models are opened on this machine "
-            + ("(the .keras/.h5 model is checked once converted)" if fmt == "keras" else "(no ONNX runtime here)")
+            f"labels and input size against {file.name}: only TFLite and ONNX models are opened on this machine "
+            "(the .keras/.h5 model is checked once converted)"
         )
     elif check_model:
         try:
-            opened = _tflite_shapes(file)
+            opened = _model_shapes(file, fmt)
         except UsageError as e:
             raise r.error("model.file", str(e)) from None
         if isinstance(opened, str):
@@ -915,14 +919,33 @@ print(json.dumps({"runtime": None}))
 """
 
 
-def _tflite_shapes(file: Path) -> tuple[tuple[int, ...], tuple[int, ...], str] | str:
-    """(input shape, output shape, interpreter) of a TFLite model; a string saying why not when none is importable.
+# Run in a child Python too, with the Pi-side package's own loader (target/pibake_target/runtimes.py): onnxruntime,
+# the shapes as the Pi will see them (a dynamic batch dimension as 1), and its refusals (other dynamic dimensions).
+_READ_ONNX_SHAPES = """
+import json, sys
+from pibake_target.errors import ModelError
+from pibake_target.runtimes import load_onnx
+try:
+    session, runtime = load_onnx(sys.argv[1], 1)
+except ModelError as exc:
+    print(json.dumps({"runtime": "onnxruntime", "error": str(exc)}))
+    sys.exit(0)
+shapes = lambda details: [[int(x) for x in d["shape"]] for d in details]
+print(json.dumps({"runtime": runtime, "inputs": shapes(session.get_input_details()),
+                  "outputs": shapes(session.get_output_details())}))
+"""
 
-    The model is opened in a child process (see _READ_SHAPES); UsageError when it cannot be loaded.
+
+def _model_shapes(file: Path, fmt: str) -> tuple[tuple[int, ...], tuple[int, ...], str] | str:
+    """(input shape, output shape, "<runtime>") of a TFLite or ONNX model (FMT "tflite" or "onnx"); a string saying
+    why not when no runtime for it is importable here.
+
+    The model is opened in a child process (see _READ_SHAPES, _READ_ONNX_SHAPES); UsageError when it cannot be
+    loaded, or has other than one input and one output.
     """
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     if digest not in _SHAPES:
-        _SHAPES[digest] = _read_tflite_shapes(file)
+        _SHAPES[digest] = _read_onnx_shapes(file) if fmt == "onnx" else _read_tflite_shapes(file)
     return _SHAPES[digest]
 
 
@@ -936,12 +959,29 @@ def _read_tflite_shapes(file: Path) -> tuple[tuple[int, ...], tuple[int, ...], s
             "no TFLite interpreter on this machine (tflite-runtime, ai-edge-litert or the convert extra's TensorFlow)"
         )
     argv = [sys.executable, "-c", _READ_SHAPES, str(file), json.dumps(_TFLITE_INTERPRETERS)]
+    return _read_shapes(file, argv, {"TF_CPP_MIN_LOG_LEVEL": "2"}, "the TFLite interpreter")
+
+
+def _read_onnx_shapes(file: Path) -> tuple[tuple[int, ...], tuple[int, ...], str] | str:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed on this machine (pibake's test extra has it)"
+    from pibake import resources
+
+    argv = [sys.executable, "-B", "-c", _READ_ONNX_SHAPES, str(file)]
+    return _read_shapes(file, argv, {"PYTHONPATH": resources.target_pythonpath()}, "onnxruntime")
+
+
+def _read_shapes(
+    file: Path, argv: list[str], env: dict[str, str], reader: str
+) -> tuple[tuple[int, ...], tuple[int, ...], str] | str:
+    """Run ARGV (_READ_SHAPES or _READ_ONNX_SHAPES on FILE) with ENV and read its JSON answer; READER names the
+    runtime in the message when the child dies."""
     try:
-        out = run(argv, env={"TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
+        out = run(argv, env=env, timeout=300)
         answer = json.loads(out.strip().splitlines()[-1])
     except CommandFailed as e:
         how = f"signal {-e.returncode}" if e.returncode < 0 else f"exit {e.returncode}"
-        raise UsageError(f"{file}: the TFLite interpreter crashed loading it ({how}): the file is damaged") from e
+        raise UsageError(f"{file}: {reader} crashed loading it ({how}): the file is damaged") from e
     except (ValueError, IndexError) as e:
         raise PibakeError(f"reading {file}'s input and output shapes printed no JSON") from e
     runtime = answer["runtime"]

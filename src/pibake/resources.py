@@ -53,3 +53,9 @@ def ansible_env(collection: Path = COLLECTION) -> dict[str, str]:
     if INSTALLED and collection == COLLECTION:
         env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join([str(COLLECTIONS_PATH), *_ANSIBLE_DEFAULT_COLLECTIONS])
     return env
+
+
+def target_pythonpath() -> str:
+    """PYTHONPATH for a child Python that runs the Pi-side package on this machine: TARGET first, then this process's
+    own PYTHONPATH, so that the child imports every runtime this process finds (and the checks made here hold)."""
+    return os.pathsep.join([str(TARGET), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])

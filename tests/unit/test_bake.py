@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -155,7 +156,7 @@ def test_each_debian_base_gets_its_runtime(car: project.Project, tmp_path: Path)
     assert bake.unsupported(bookworm) == []
     assert bake.unsupported(dataclasses.replace(bookworm, runtime=project.Runtime("tflite-runtime", "2.14.0"))) == []
     assert bake.unsupported(dataclasses.replace(bookworm, runtime=project.Runtime("tflite-runtime", "2.11.0"))) == [
-        "runtime: the debian-bookworm-armhf base runs tflite-runtime 2.14.0 only"
+        "runtime: the debian-bookworm-armhf base runs .tflite models with tflite-runtime 2.14.0 only"
     ]
     values = bake.provision_vars(car, tmp_path, "v1", litert)
     assert values["python_runtime_lock"] == litert.lock
@@ -163,7 +164,9 @@ def test_each_debian_base_gets_its_runtime(car: project.Project, tmp_path: Path)
     arm64 = dataclasses.replace(car, target=dataclasses.replace(car.target, base="debian-trixie-arm64", arch="arm64"))
     assert bake.unsupported(arm64) == []
     pinned = dataclasses.replace(arm64, runtime=project.Runtime("ai-edge-litert", "2.2.0"))
-    assert bake.unsupported(pinned) == ["runtime: the debian-trixie-arm64 base runs ai-edge-litert 2.3.0 only"]
+    assert bake.unsupported(pinned) == [
+        "runtime: the debian-trixie-arm64 base runs .tflite models with ai-edge-litert 2.3.0 only"
+    ]
 
 
 def test_provisioning_is_one_playbook_that_ansible_accepts(tmp_path: Path) -> None:
@@ -200,18 +203,30 @@ def test_provisioning_without_project_roles_has_no_roles_play(tmp_path: Path) ->
     assert yaml.safe_load(play.read_text()) == [{"ansible.builtin.import_playbook": str(REPO / "site.yml")}]
 
 
-def test_every_debian_base_has_a_runtime_and_its_lock_matches_the_base() -> None:
+def test_every_debian_base_has_a_runtime_and_its_locks_match_the_base() -> None:
     from pibake.image.build import BASES
 
     for name, base in BASES.items():
-        rt = bake.platform_runtime(name)
-        if rt.lock is None:
-            continue
-        lock = wheel_lock.read(resources.LOCK_DIR / rt.lock)
-        # The lock was resolved for the base's own Python and machine (scripts/lock_runtimes.py).
-        assert lock.python_version == base.python, name
-        machine = {"armhf": "armv7l", "arm64": "aarch64"}[base.arch]
-        assert lock.platforms and all(p.endswith(f"_{machine}") for p in lock.platforms), name
+        assert bake.platform_runtime(name).name == bake.base_runtimes(name)[0]
+        for runtime in bake.base_runtimes(name):
+            rt = bake.platform_runtime(name, runtime)
+            # A runtime runs on the base's architecture (project.RUNTIMES), and the base's first runs TFLite models.
+            assert base.arch in project.RUNTIMES[runtime][1], (name, runtime)
+            if rt.lock is None:
+                continue
+            assert rt.lock.startswith(f"{runtime}-{base.python}-{name}"), (name, rt.lock)
+            lock = wheel_lock.read(resources.LOCK_DIR / rt.lock)
+            # The lock was resolved for the base's own Python and machine (scripts/lock_runtimes.py).
+            assert lock.python_version == base.python, (name, runtime)
+            machine = {"armhf": "armv7l", "arm64": "aarch64"}[base.arch]
+            assert lock.platforms and all(p.endswith(f"_{machine}") for p in lock.platforms), (name, runtime)
+        assert bake.format_runtimes(name, "tflite")[:1] == bake.base_runtimes(name)[:1], name
+    assert bake.format_runtimes("debian-trixie-arm64", "onnx") == ("onnxruntime",)
+    assert (
+        bake.format_runtimes("debian-bookworm-armhf", "onnx") == bake.format_runtimes("debian-bullseye", "onnx") == ()
+    )
+    with pytest.raises(UsageError, match="base 'debian-bookworm-armhf' has no onnxruntime pinned, only tflite-runtime"):
+        bake.platform_runtime("debian-bookworm-armhf", runtime="onnxruntime")
 
 
 def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -266,3 +281,133 @@ def test_a_local_64_bit_image_is_refused_not_baked_the_32_bit_way(
          'the 32-bit way only (tflite-runtime 2.11.0 on Python 3.9) for now; use target.base = "debian-trixie-arm64" '
          "for a 64-bit card"] if refused else []
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- ONNX models: onnxruntime on the arm64 base
+
+ONNX_LOCK = "onnxruntime-3.13-debian-trixie-arm64.txt"
+
+
+def _onnx_project(
+    tmp_path: Path, target: str = 'board = "pi4"\nbase = "debian-trixie-arm64"\n', extra: str = ""
+) -> Path:
+    """A project of its own in TMP_PATH: a 24x24, 4-class ONNX classifier with labels and two samples."""
+    from PIL import Image
+
+    from tests import onnx_models
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "m.onnx").write_bytes(onnx_models.classifier(24, 24, 4))
+    (tmp_path / "labels.txt").write_text("north\neast\nsouth\nwest\n")
+    (tmp_path / "samples").mkdir()
+    Image.new("RGB", (24, 24), (200, 40, 40)).save(tmp_path / "samples" / "red.png")
+    Image.new("RGB", (30, 20), (20, 90, 220)).save(tmp_path / "samples" / "blue.png")
+    (tmp_path / "pibake.toml").write_text(f'[target]\n{target}\n[model]\nfile = "m.onnx"\n{extra}')
+    return tmp_path
+
+
+def test_an_onnx_model_is_baked_on_the_arm64_base_with_onnxruntime_from_its_lock(tmp_path: Path) -> None:
+    proj = project.load(_onnx_project(tmp_path / "p"), check_model=False)
+    assert proj.runtime.name == project.AUTO_RUNTIME and bake.unsupported(proj) == []
+    rt = bake.project_runtime(proj)
+    assert (rt.name, rt.version, rt.lock, rt.python) == ("onnxruntime", "1.28.0", ONNX_LOCK, bake.VENV_PYTHON)
+    assert "onnxruntime-1.28.0-cp313-cp313-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl" in rt.wheel_filenames
+    assert not any("numpy" in f or "litert" in f for f in rt.wheel_filenames)
+    assert bake.platform_runtime("debian-trixie-arm64", runtime="onnxruntime") == rt
+    # platform_runtime(base) stays the base's TFLite runtime for its callers.
+    assert bake.platform_runtime("debian-trixie-arm64").name == "ai-edge-litert"
+    values = bake.provision_vars(proj, tmp_path / "staged", "m-0123", rt)
+    assert values["python_runtime_lock"] == ONNX_LOCK  # the python_runtime role installs onnxruntime's closure
+    assert values["model_file"] == "m.onnx" and values["model_samples_glob"] == "samples/*.png"
+    assert values["inference_service_model_path"] == "/opt/pibake/model/current/m.onnx"
+    version = bake.stage_model(proj, tmp_path / "staged")
+    assert (tmp_path / "staged" / "m.onnx").read_bytes() == proj.model.file.read_bytes() and version.startswith("m-")
+    # Named, not auto: the same.
+    named = dataclasses.replace(proj, runtime=project.Runtime("onnxruntime", "1.28.0"))
+    assert bake.unsupported(named) == [] and bake.project_runtime(named) == rt
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            {"target": {"base": "debian-bookworm-armhf", "arch": "armhf"}},
+            "model.file: m.onnx: bake runs .onnx models with onnxruntime on target.base = 'debian-trixie-arm64' only; "
+            "onnxruntime has wheels for arm64 only (none for armv7l on PyPI), so no 32-bit base can carry it",
+        ),
+        ({"target": {"base": "debian-bullseye", "arch": "armhf"}}, "model.file: m.onnx: bake runs .onnx models with"),
+        (
+            {"runtime": project.Runtime("ai-edge-litert", None)},
+            "runtime: the debian-trixie-arm64 base runs .onnx models with onnxruntime 1.28.0 only",
+        ),
+        (
+            {"runtime": project.Runtime("onnxruntime", "1.27.0")},
+            "runtime: the debian-trixie-arm64 base runs .onnx models with onnxruntime 1.28.0 only",
+        ),
+        ({"model": {"format": "keras"}}, "model.file: m.onnx is a Keras model; bake runs .tflite and .onnx models"),
+    ],
+)
+def test_an_onnx_model_elsewhere_or_with_another_runtime_is_refused(
+    tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    proj = project.load(_onnx_project(tmp_path), check_model=False)
+    for table, value in change.items():
+        new = dataclasses.replace(getattr(proj, table), **value) if isinstance(value, dict) else value
+        proj = dataclasses.replace(proj, **{table: new})
+    problems = bake.unsupported(proj)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    if problem.startswith("model.file: m.onnx: ") or "ai-edge-litert" in str(change):
+        with pytest.raises(UsageError, match=r"no runtime for m\.onnx"):
+            bake.project_runtime(proj)  # nothing to install: bake refuses before it asks
+
+
+def test_a_tflite_model_with_onnxruntime_named_is_refused(car: project.Project) -> None:
+    arm64 = dataclasses.replace(car, target=dataclasses.replace(car.target, base="debian-trixie-arm64", arch="arm64"))
+    named = dataclasses.replace(arm64, runtime=project.Runtime("onnxruntime", None))
+    assert bake.unsupported(named) == [
+        "runtime: the debian-trixie-arm64 base runs .tflite models with ai-edge-litert 2.3.0 only"
+    ]
+    assert bake.project_runtime(arm64).name == "ai-edge-litert"
+
+
+def test_an_onnx_model_on_a_local_image_is_refused(car: project.Project, tmp_path: Path) -> None:
+    proj = project.load(_onnx_project(tmp_path), check_model=False)
+    image = tmp_path / "mine.img"
+    image.write_bytes(b"\0" * 1024)
+    local = dataclasses.replace(
+        proj, target=dataclasses.replace(proj.target, base=str(image), base_kind="image", base_image=None, arch=None)
+    )
+    (problem,) = bake.unsupported(local)
+    assert problem.startswith("model.file: m.onnx: bake runs .onnx models with onnxruntime on target.base")
+
+
+def test_the_reference_run_of_an_onnx_model_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from pibake.errors import ToolMissing
+
+    proj = project.load(_onnx_project(tmp_path), check_model=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(
+        ToolMissing, match=r"needs onnxruntime, which is not installed: install onnxruntime \(pibake's test extra"
+    ):
+        bake.host_outputs(proj)
+
+
+def test_the_reference_run_of_an_onnx_model_is_the_pi_side_package_on_onnxruntime(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+    import numpy as np
+    from pibake_target.preprocess import load_image
+
+    from tests import onnx_models
+
+    proj = project.load(_onnx_project(tmp_path))
+    outputs = bake.host_outputs(proj)
+    assert outputs["runtime"] == f"onnxruntime {ort.__version__}"
+    names = [p.name for p in proj.model.samples]
+    got = np.array(bake._vectors(outputs, names, "host"), dtype=np.float32)
+    batch = np.concatenate([load_image(str(p), 24, 24) for p in proj.model.samples])
+    np.testing.assert_allclose(got, onnx_models.classifier_outputs(batch, 4), atol=1e-6)

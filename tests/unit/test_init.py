@@ -205,3 +205,28 @@ def test_the_readme_documents_every_key_with_its_default() -> None:
     for key in project.SCHEMA:
         if key.default and key.name not in {"model.labels", "model.samples"}:  # those: "beside the model"
             assert f"`{key.default}`" in rows[key.name], key.name
+
+
+def test_init_for_an_onnx_model_writes_a_project_bake_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The board's default base is the 64-bit one, whose auto runtime for .onnx is onnxruntime: nothing to edit."""
+    from PIL import Image
+
+    from pibake import bake
+    from tests import onnx_models
+
+    m = tmp_path / "m"
+    (m / "samples").mkdir(parents=True)
+    model = m / "my.onnx"
+    model.write_bytes(onnx_models.classifier(24, 24, 4))
+    (m / "labels.txt").write_text("a\nb\nc\nd\n")
+    Image.new("RGB", (24, 24), (10, 200, 30)).save(m / "samples" / "green.png")
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(["init", "--model", str(model)])
+    assert res.code == 0, res.err
+    assert res.out.splitlines()[-1] == f"it loads: `pibake bake {m}` takes it", res.out
+    lines = (m / "pibake.toml").read_text().splitlines()
+    assert 'file = "my.onnx"' in lines and '# base = "debian-trixie-arm64"' in lines
+    proj = project.load(m)
+    assert (proj.target.base, proj.runtime.name) == ("debian-trixie-arm64", project.AUTO_RUNTIME)
+    assert bake.unsupported(proj) == []
+    assert bake.project_runtime(proj).lock == "onnxruntime-3.13-debian-trixie-arm64.txt"

@@ -374,9 +374,8 @@ def _onnx_like() -> bytes:
 def test_onnx_and_keras_models_are_checked_by_their_bytes_and_the_skip_recorded(proj: Path) -> None:
     (proj / "m.onnx").write_bytes(_onnx_like())
     _write(proj, '[model]\nfile = "m.onnx"\n')
-    p = project.load(proj)
+    p = project.load(proj, check_model=False)  # by its bytes only: not opened with onnxruntime
     assert p.model.format == "onnx" and p.model.output_count is None and p.model.preprocessing.size is None
-    assert any("only TFLite models are opened" in s for s in p.skipped)
     if importlib.util.find_spec("onnx") is None:
         assert any("the onnx package is not installed" in s for s in p.skipped)
 
@@ -385,10 +384,66 @@ def test_onnx_and_keras_models_are_checked_by_their_bytes_and_the_skip_recorded(
     with zipfile.ZipFile(proj / "m.keras", "w") as z:
         z.writestr("config.json", "{}")
     _write(proj, '[model]\nfile = "m.keras"\n')
-    assert project.load(proj).model.format == "keras"
+    keras = project.load(proj)
+    assert keras.model.format == "keras"
+    assert any("only TFLite and ONNX models are opened" in s for s in keras.skipped)
     (proj / "m.h5").write_bytes(b"\0" * 512 + b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # after a 512-byte user block
     _write(proj, '[model]\nfile = "m.h5"\n')
     assert project.load(proj).model.format == "keras"
+
+
+def _onnx_classifier(proj: Path, **kwargs: object) -> None:
+    """PROJ/m.onnx: a 24x24 RGB, 4-class classifier (tests/onnx_models.py), and its four labels."""
+    from tests import onnx_models
+
+    (proj / "m.onnx").write_bytes(onnx_models.classifier(24, 24, 4, **kwargs))  # type: ignore[arg-type]
+    (proj / "labels.txt").write_text("north\neast\nsouth\nwest\n")
+
+
+def test_an_onnx_model_is_opened_with_onnxruntime_as_the_pi_opens_it(proj: Path) -> None:
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+    _onnx_classifier(proj)
+    _write(proj, '[model]\nfile = "m.onnx"\n')
+    p = project.load(proj)
+    # The dynamic batch dimension ("N") is read as 1, as the Pi-side package runs it.
+    assert (p.model.input_shape, p.model.output_count, p.model.preprocessing.size) == ((1, 24, 24, 3), 4, (24, 24))
+    assert not any("m.onnx" in s and "labels and input size" in s for s in p.skipped)
+
+    (proj / "labels.txt").write_text("north\nsouth\n")
+    message = _error(proj)
+    assert f"model.labels: 2 labels, but m.onnx (read with onnxruntime {ort.__version__}) has 4 outputs" in message
+    (proj / "labels.txt").write_text("north\neast\nsouth\nwest\n")
+    _write(proj, '[model]\nfile = "m.onnx"\npreprocessing.size = [32, 32]\n')
+    assert "model.preprocessing.size: is [32, 32] but m.onnx" in _error(proj)
+
+
+@pytest.mark.parametrize(
+    ("dims", "says"),
+    [
+        (["N", 3, 24, 24], "takes input of shape [1, 3, 24, 24]; pibake feeds images as [1, height, width, 3]"),
+        (["N", "height", "width", 3], "dynamic axis 1 ('height'), axis 2 ('width'); only the first (batch)"),
+    ],
+)
+def test_an_onnx_model_the_pi_side_package_cannot_feed_is_refused(proj: Path, dims: list[object], says: str) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+    _onnx_classifier(proj, input_dims=dims)  # NCHW (PyTorch's layout), or a dynamic image size
+    path = _write(proj, '[model]\nfile = "m.onnx"\n')
+    message = _error(proj)
+    assert message.startswith(f"{path}:2: model.file: ") and says in message, message
+
+
+def test_without_onnxruntime_the_onnx_check_is_skipped_and_recorded(
+    proj: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _onnx_classifier(proj)
+    _write(proj, '[model]\nfile = "m.onnx"\n')
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    project._SHAPES.clear()
+    p = project.load(proj)
+    assert p.model.input_shape is None and p.model.preprocessing.size is None
+    assert "labels and input size against m.onnx: onnxruntime is not installed on this machine" in " ".join(p.skipped)
+    project._SHAPES.clear()
 
 
 def test_labels_against_the_car_models_outputs(proj: Path) -> None:
