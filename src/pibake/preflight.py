@@ -270,7 +270,7 @@ def preflight(
 
     armhf: against the board's CPU and the CPU that emulates it, from the files' build attributes;
     PROFILE and CPU override the board's own emulation profile and CPU. arm64: every file's ELF class
-    first, then each wheel with aarch64 code is imported, and MODEL (a .tflite file) run once, by
+    first, then each wheel with aarch64 code is imported, and MODEL (a .tflite or .onnx file) run once, by
     SYSROOT's usr/bin/python3 under qemu-aarch64 on the board's core (CPU overrides it; PROFILE is
     refused), TIMEOUT seconds per run; SYSROOT defaults to the arm64 root `pibake image build` cached.
 

@@ -275,7 +275,7 @@ def try_wheels(
     WHEELS are all unpacked side by side onto the emulated Python's path (a runtime's dependencies are
     among them; the sysroot's own packages, numpy say, are seen too); NATIVE are the ones to import
     (default: all WHEELS), each its own run of ``python3 -c 'import <top-level modules>'``. MODEL (a
-    .tflite file), when given, is loaded and run once on zeros by the Pi-side package. SYSROOT is an arm64
+    .tflite or .onnx file), when given, is loaded and run once on zeros by the Pi-side package. SYSROOT is an arm64
     root with usr/bin/python3 (require_sysroot). Each run gets TIMEOUT seconds.
 
     Returns one Trial per native wheel and one for the model. Raises ToolMissing when qemu-aarch64 is not

@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="arm64: a .tflite model to run once on zeros with the wheels, after the imports",
+        help="arm64: a .tflite or .onnx model to run once on zeros with the wheels (LiteRT, onnxruntime), after the "
+        "imports",
     )
     p.add_argument(
         "--timeout",
