@@ -776,6 +776,8 @@ def _model(r: _Reader, skipped: list[str], *, check_model: bool) -> Model:
         else:
             input_shape, output_shape, runtime = opened
             _check_shapes(r, file, input_shape, output_shape, runtime, labels, pre)
+            # onnxruntime loaded the whole graph: more than the onnx package's check, whose skip is moot.
+            skipped[:] = [s for s in skipped if not s.startswith(f"{file.name} {_ONNX_BYTES_ONLY}")]
             output_count = output_shape[-1]
             if pre.size is None:
                 pre = Preprocessing((input_shape[2], input_shape[1]), pre.scale, pre.mean, pre.std, pre.channel_order)
@@ -816,6 +818,9 @@ def _model_bytes_problem(file: Path, fmt: str, skipped: list[str]) -> str | None
     return _onnx_problem(file, skipped)
 
 
+_ONNX_BYTES_ONLY = "parsed as protobuf only, not loaded: the onnx package is not installed here"
+
+
 def _onnx_problem(file: Path, skipped: list[str]) -> str | None:
     """Why FILE is not an ONNX model, or None.
 
@@ -835,7 +840,7 @@ def _onnx_problem(file: Path, skipped: list[str]) -> str | None:
         except Exception as e:  # onnx raises DecodeError, ValueError and more for a broken file
             return f"not an ONNX model: {type(e).__name__}: {e}"
         return None
-    skipped.append(f"{file.name} parsed as protobuf only, not loaded: the onnx package is not installed here")
+    skipped.append(f"{file.name} {_ONNX_BYTES_ONLY}")
     data = file.read_bytes()
     try:
         head = data[:4096].decode("utf-8")
