@@ -96,3 +96,21 @@ def tiny_model(work: Path, env: dict[str, str]) -> Path:
     Image.new("RGB", (32, 32), (200, 40, 40)).save(work / "samples" / "red.png")
     Image.new("RGB", (24, 40), (20, 90, 220)).save(work / "samples" / "blue.png")
     return model
+
+
+def tiny_onnx_model(path: Path, size: int = 24, classes: int = 4) -> Path:
+    """PATH, an ONNX classifier: input "pixels", float32 NHWC (batch, SIZE, SIZE, 3) as the Pi-side package feeds it
+    (batch dimension dynamic, "N", as exporters write it), output "probabilities", float32 (batch, CLASSES), a
+    softmax; with labels.txt (CLASSES labels) and two samples in samples/ beside it, as tiny_model leaves them, so
+    use a directory of its own. Its defaults differ from tiny_model's (16x16, 3 classes) and the car model's (128x128,
+    2) in input size and class count. Written as protobuf bytes (tests/onnx_models.py): needs neither the onnx
+    package nor TensorFlow; onnxruntime (the test extra) runs it here, the onnxruntime lock's wheels on the Pi."""
+    from tests import onnx_models
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(onnx_models.classifier(size, size, classes))
+    (path.parent / "labels.txt").write_text("".join(f"class-{i}\n" for i in range(classes)))
+    (path.parent / "samples").mkdir(exist_ok=True)
+    Image.new("RGB", (size + 6, size + 6), (230, 160, 20)).save(path.parent / "samples" / "amber.png")
+    Image.new("RGB", (size - 4, size + 12), (30, 30, 30)).save(path.parent / "samples" / "dark.png")
+    return path
