@@ -78,7 +78,7 @@ VENV_PYTHON = "/opt/pibake/venv/bin/python"
 
 @dataclass(frozen=True)
 class PlatformRuntime:
-    """The runtime a Debian base gets: its name and version, the lock it is installed from (None: the role's single
+    """A runtime on a Debian base: its name and version, the lock it is installed from (None: the role's single
     pinned wheel into the system Python, bullseye), and the Python on the Pi that runs it."""
 
     name: str
@@ -99,7 +99,8 @@ def base_runtimes(base: str) -> tuple[str, ...]:
 
 def format_runtimes(base: str, model_format: str) -> tuple[str, ...]:
     """The runtimes of BASE that run models of MODEL_FORMAT (project.MODEL_FORMATS' values: "tflite", "onnx"), in
-    base_runtimes' order; () when BASE has none for it (ONNX on the armhf bases, Keras anywhere)."""
+    base_runtimes' order (a Keras model's are the TFLite ones: it runs converted); () when BASE has none for it
+    (ONNX on the armhf bases)."""
     return tuple(r for r in base_runtimes(base) if model_format in project.RUNTIMES[r][0])
 
 
