@@ -1,8 +1,9 @@
 """The 64-bit base end to end: Debian trixie arm64 built from Debian's packages, its boot partition checked for the
-Pi 4, and `pibake bake` for the Pi 4 on it as a user runs it: pibake's wheel in a fresh venv, a model of the
-test's own (not the car model: another input size and class count), `pibake init` then `pibake bake` in a directory
-with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72), LiteRT installed
-from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's, a locale and a Wi-Fi
+Pi 4, and `pibake bake` for the Pi 4 on it as a user runs it: pibake's wheel in a fresh venv, an ONNX model of the
+test's own (not the car model: another format, input size and class count), `pibake init` then `pibake bake` in a
+directory with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72),
+onnxruntime installed from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's
+(onnxruntime on both), a locale and a Wi-Fi
 network written the Debian way (locales, wpasupplicant and the Pi's Wi-Fi firmware from the mirror at bake time),
 the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's
 /proc/cpuinfo back, so the core is read from the guest itself)."""
@@ -97,9 +98,9 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     # A user's own model and project, from pibake's wheel in a fresh venv, in a directory with no checkout in sight.
     proj = tmp_path / "tiny"
     env = wheel.outside(proj, wheel_venv)
-    wheel.tiny_model(proj, env)
+    wheel.tiny_onnx_model(proj / "tiny.onnx", size=24, classes=4)
     pibake = str(wheel_venv / "bin" / "pibake")
-    assert "it loads" in run([pibake, "init", "--model", "tiny.tflite"], cwd=proj, env=env)
+    assert "it loads" in run([pibake, "init", "--model", "tiny.onnx"], cwd=proj, env=env)
     text = (proj / "pibake.toml").read_text()
     for default, chosen in (
         ('# board = "pi3b-plus"', 'board = "pi4"'),
@@ -134,8 +135,8 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     for suffix in ("", ".sha256", ".bmap"):
         assert finished.with_name(finished.name + suffix).is_file(), suffix
     assert "virt64" in report and "cortex-a72" in report
-    assert "ai-edge-litert 2.3.0" in report
-    assert "ai_edge_litert-2.3.0-cp313-cp313-manylinux_2_27_aarch64.whl" in report
+    assert "onnxruntime 1.28.0" in report
+    assert "onnxruntime-1.28.0-cp313-cp313-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl" in report
     # Both samples, each compared with the host's output, none off tolerance.
     assert "PASSED: all 2 samples within tolerance" in report
     assert "FAILED" not in report
@@ -168,4 +169,4 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     manifest = json.loads(finished.with_name(finished.name + ".manifest.json").read_text())
     assert manifest["os"].startswith("Debian GNU/Linux 13")
     names = {(d["name"].lower().replace("_", "-"), d["version"]) for d in manifest["python"]}
-    assert ("ai-edge-litert", "2.3.0") in names  # from the runtime's venv
+    assert ("onnxruntime", "1.28.0") in names  # from the runtime's venv
