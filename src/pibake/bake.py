@@ -274,11 +274,6 @@ def stage_model(proj: project.Project, directory: Path) -> str:
     return version
 
 
-# What the Wi-Fi of a Debian base needs, none of it in the base's rootfs (its package list decides the cached image):
-# wpa_supplicant with its ifupdown hooks, the Pi's Broadcom Wi-Fi firmware (Debian's firmware-brcm80211: non-free on
-# bullseye, non-free-firmware from bookworm on, components every base's sources.list carries), and the signed
-# regulatory database the kernel needs to apply a country at all (without it cfg80211 stays on the world domain).
-WIFI_PACKAGES = ("wpasupplicant", "firmware-brcm80211", "wireless-regdb")
 # The Pi's Wi-Fi interface: brcmfmac on SDIO, which udev's predictable names leave as wlan0 (Debian's own Pi images
 # write /etc/network/interfaces.d/wlan0 for it).
 WIFI_INTERFACE = "wlan0"
@@ -328,7 +323,8 @@ def wifi_vars(wifi: project.WiFi | None) -> dict[str, object]:
     return {
         "bake_wifi_enabled": True,
         "bake_wifi_country": wifi.country,
-        "bake_wifi_packages": list(WIFI_PACKAGES),
+        # In the current bases already (image.build.WIFI_PACKAGES); the playbook installs whichever is missing.
+        "bake_wifi_packages": list(image.WIFI_PACKAGES),
         "bake_wifi_interface": WIFI_INTERFACE,
         "bake_wifi_interfaces": ifupdown_wifi_stanza(wifi),
     }

@@ -66,10 +66,25 @@ BASE_PACKAGES = (
     "raspi-firmware",
 )
 
+# The Pi's Wi-Fi, as Debian's own Raspberry Pi images carry it (image-specs: wpasupplicant, firmware-brcm80211, and a
+# /etc/network/interfaces.d/wlan0 for ifupdown): wpa_supplicant with its ifupdown hooks, the Pi's Broadcom Wi-Fi
+# firmware (non-free on bullseye, non-free-firmware from bookworm on), and the signed regulatory database cfg80211
+# needs to apply a country at all. In the current bases' root filesystems with `locales` (glibc's locale data and
+# locale-gen, which Raspberry Pi OS carries too), so that a bake with system.locale or [system.wifi] downloads and
+# unpacks nothing on the emulated Pi (measured: about 4 of test_arm64's 11 min); pibake bake installs whichever is
+# missing, which on the legacy bullseye base is all of them.
+WIFI_PACKAGES = ("wpasupplicant", "firmware-brcm80211", "wireless-regdb")
+SYSTEM_SETTING_PACKAGES = ("locales", *WIFI_PACKAGES)
+
 # The arm64 base: Debian's generic arm64 kernel (a plain Image with every Pi's device tree under broadcom/),
 # python3-venv (PEP 668: trixie's system Python is externally managed; venvs with pip of their own), and the Pi
 # firmware from non-free-firmware, where Debian moved it in bookworm.
-ARM64_PACKAGES = (*(p for p in BASE_PACKAGES if p != "linux-image-armmp"), "linux-image-arm64", "python3-venv")
+ARM64_PACKAGES = (
+    *(p for p in BASE_PACKAGES if p != "linux-image-armmp"),
+    "linux-image-arm64",
+    "python3-venv",
+    *SYSTEM_SETTING_PACKAGES,
+)
 
 # The bookworm armhf base: bullseye's list and python3-venv, for the runtime's venv (PEP 668: bookworm's system Python
 # is externally managed). Every name is in bookworm's armhf Packages index (main; raspi-firmware in non-free-firmware,
@@ -77,8 +92,9 @@ ARM64_PACKAGES = (*(p for p in BASE_PACKAGES if p != "linux-image-armmp"), "linu
 # linux-image-armmp 6.1.176-1 (linux-image-6.1.0-50-armmp, the Pi 2/3/3B+/Zero 2 W/4 device trees in
 # /usr/lib/linux-image-6.1.0-50-armmp/), python3 3.11.2, python3-numpy 1.24.2, python3-venv 3.11.2; and
 # `debootstrap --download-only --variant=minbase --components=main,non-free-firmware` resolved the whole list
-# (223 packages, 122 MB; nothing installed).
-BOOKWORM_ARMHF_PACKAGES = (*BASE_PACKAGES, "python3-venv")
+# (223 packages, 122 MB; nothing installed). SYSTEM_SETTING_PACKAGES were added after that check (bookworm has each:
+# firmware-brcm80211 in non-free-firmware).
+BOOKWORM_ARMHF_PACKAGES = (*BASE_PACKAGES, "python3-venv", *SYSTEM_SETTING_PACKAGES)
 
 # The mainline series of each suite's kernel packages (linux-image-armmp, linux-image-arm64), as Debian's archive has
 # them: bullseye 5.10.x, bookworm 6.1.x, trixie 6.12.x. A board whose device tree reached mainline after a suite's
