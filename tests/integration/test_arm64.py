@@ -6,7 +6,8 @@ onnxruntime installed from its lock into a venv, the model's outputs on the emul
 (onnxruntime on both), a locale and a Wi-Fi
 network written the Debian way (locales, wpasupplicant and the Pi's Wi-Fi firmware from the mirror at bake time),
 the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's
-/proc/cpuinfo back, so the core is read from the guest itself)."""
+/proc/cpuinfo back, so the core is read from the guest itself). Then `pibake demo` from the same wheel: the bundled
+example (the car model) baked for a Pi 3 on its own core (Cortex-A53) with LiteRT from its lock."""
 
 from __future__ import annotations
 
@@ -170,3 +171,38 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     assert manifest["os"].startswith("Debian GNU/Linux 13")
     names = {(d["name"].lower().replace("_", "-"), d["version"]) for d in manifest["python"]}
     assert ("onnxruntime", "1.28.0") in names  # from the runtime's venv
+
+
+def test_demo_from_the_installed_wheel_bakes_the_bundled_example_with_litert(
+    arm64_image: Path, wheel_venv: Path, tmp_path: Path, stop_guests: list[str]
+) -> None:
+    # `pibake demo` as a new user runs it: the example the wheel carries (the car model), the default base for a
+    # Pi 3 (trixie arm64), LiteRT from its lock, the Pi 3's own core; from a directory with no checkout.
+    work = tmp_path / "demo"
+    env = wheel.outside(work, wheel_venv)
+    pibake = str(wheel_venv / "bin" / "pibake")
+    stop_guests.append("pibake-demo")
+    out = work / "build" / "demo.img"
+    res = subprocess.run(
+        [pibake, "demo", "--board", "pi3", "-o", str(out)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
+    report_md = out.with_name("report.md")
+    assert res.returncode == 0, res.stderr[-4000:] + (report_md.read_text() if report_md.exists() else "(no report)")
+    report = report_md.read_text()
+    assert "virt64" in report and "cortex-a53" in report
+    assert "ai-edge-litert 2.3.0" in report
+    assert "ai_edge_litert-2.3.0-cp313-cp313-manylinux_2_27_aarch64.whl" in report
+    samples = sorted(p.name for p in (REPO / "examples" / "car" / "model" / "samples").iterdir())
+    assert f"PASSED: all {len(samples)} samples within tolerance" in report and "FAILED" not in report
+    for name in samples:
+        assert f"| {name} |" in report, name
+    for suffix in (".sha256", ".bmap"):
+        assert out.with_name(out.name + suffix).is_file(), suffix
+    res_check = run_cli(["image", "check", str(out), "--board", "pi3"])
+    assert res_check.code == 0, res_check.err
