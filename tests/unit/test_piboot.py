@@ -331,8 +331,11 @@ def test_the_bookworm_armhf_base() -> None:
     base = build.BASES["debian-bookworm-armhf"]
     assert (base.suite, base.arch, base.python, base.legacy) == ("bookworm", "armhf", "3.11", None)
     assert base.components == ("main", "non-free-firmware")  # raspi-firmware's component since bookworm
-    # Bullseye's list, with python3-venv for the runtime's venv (PEP 668); the 32-bit armmp kernel.
-    assert base.packages == (*build.BASE_PACKAGES, "python3-venv")
+    # Bullseye's list, with python3-venv for the runtime's venv (PEP 668) and what system.locale and [system.wifi]
+    # need (locales, wpasupplicant, firmware-brcm80211, wireless-regdb); the 32-bit armmp kernel.
+    assert base.packages == (*build.BASE_PACKAGES, "python3-venv", *build.SYSTEM_SETTING_PACKAGES)
+    assert {"locales", "wpasupplicant", "firmware-brcm80211", "wireless-regdb"} <= set(base.packages)
+    assert {"locales", "wpasupplicant"}.isdisjoint(build.BASES["debian-bullseye"].packages)  # legacy: at bake time
     assert "linux-image-armmp" in base.packages and "linux-image-arm64" not in base.packages
     for board in ARMV7_BOARDS:  # 6.1 has the Zero 2 W's device tree
         spec = default_spec(base="debian-bookworm-armhf", board=board)
