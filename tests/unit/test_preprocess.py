@@ -95,7 +95,8 @@ def test_scale_mean_and_std_per_channel_as_computed_by_hand() -> None:
     np.testing.assert_array_equal(_bits(got[0]), _bits(want))
     # The same formula in float32 arithmetic rounds three times: a few float32 steps (2.4e-7 at 2) away.
     p32 = pixels.astype(np.float32)
-    in32 = (p32 * np.float32(1 / 127.5) - np.float32([1.0, 0.9, 0.8])) / np.float32([0.5, 0.25, 0.75])
+    mean, std = np.array([1.0, 0.9, 0.8], dtype=np.float32), np.array([0.5, 0.25, 0.75], dtype=np.float32)
+    in32 = (p32 * np.float32(1 / 127.5) - mean) / std
     np.testing.assert_allclose(got[0], in32, rtol=0, atol=1e-6)
 
 
