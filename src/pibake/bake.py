@@ -11,8 +11,9 @@ every case, so a failing bake says why in ``report.md``.
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
 file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), Keras models,
-preprocessing other than the Pi-side package's (RGB scaled by 1/255), Wi-Fi on a local image (bake writes it the
-ifupdown way of pibake's Debian bases only), and a user other than ``pi``.
+a preprocessing size other than the model's input size, Wi-Fi on a local image (bake writes it the
+ifupdown way of pibake's Debian bases only), and a user other than ``pi``. Any other [model.preprocessing] is carried:
+a preprocessing.json beside the model (stage_model), which the Pi-side package reads on the Pi and here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -58,6 +60,9 @@ SERVICE_PORT = 8000
 RUNTIME = "tflite-runtime"
 RUNTIME_VERSION = "2.11.0"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# The file beside the model that says how images become its input: the Pi-side package reads it (its name and keys
+# are target/pibake_target/preprocess.py's PREPROCESSING_FILE and read_preprocessing's), the model role deploys it.
+PREPROCESSING_FILE = "preprocessing.json"
 # The Debian bases whose runtimes come from a lock (`make locks`, scripts/lock_runtimes.py) into the venv: each
 # runtime and its lock in resources.LOCK_DIR, the one for TFLite models first (platform_runtime's default).
 # tflite-runtime 2.14.0 is its last release and the only one with a cp311 armv7l wheel (PyPI, 2026-11-30:
@@ -207,12 +212,8 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             f"{' or '.join(f'{b!r}' for b in bases)} only; {' and '.join(runtimes)} has wheels for "
             f"{', '.join(arches)} only (none for armv7l on PyPI), so no 32-bit base can carry it"
         )
+    # scale, mean, std and channel_order are carried (preprocessing_json); the Pi resizes to the model's input size.
     pre = m.preprocessing
-    if (pre.scale, pre.mean, pre.std, pre.channel_order) != (project.DEFAULT_SCALE, (0.0,) * 3, (1.0,) * 3, "rgb"):
-        problems.append(
-            "model.preprocessing: the Pi-side package feeds RGB pixels scaled by 1/255 (scale 1/255, mean 0, std 1, "
-            "rgb); other preprocessing is not carried to the Pi yet"
-        )
     if m.input_shape is not None and pre.size is not None and tuple(pre.size) != _input_size(m.input_shape):
         problems.append(f"model.preprocessing.size: {list(pre.size)} is not the model's input size")
     if fits:
@@ -250,25 +251,45 @@ def _input_size(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[2], shape[1]) if len(shape) == 4 else (0, 0)
 
 
+def preprocessing_json(pre: project.Preprocessing) -> str | None:
+    """PRE as the Pi-side package's preprocessing.json (PREPROCESSING_FILE), one line of JSON: {"scale": float,
+    "mean": [r, g, b], "std": [r, g, b], "channel_order": "rgb" | "bgr"}; None for the default (scale 1/255, mean 0,
+    std 1, rgb), which the package applies to a model without the file. ``size`` is not in it: the Pi resizes to the
+    model's input size, and unsupported refuses another."""
+    values = (pre.scale, tuple(pre.mean), tuple(pre.std), pre.channel_order)
+    if values == (project.DEFAULT_SCALE, (0.0,) * 3, (1.0,) * 3, "rgb"):
+        return None
+    # JSON numbers as repr writes them: read back, they are the same doubles.
+    spec = {"scale": pre.scale, "mean": list(pre.mean), "std": list(pre.std), "channel_order": pre.channel_order}
+    return json.dumps(spec) + "\n"
+
+
 def model_version(proj: project.Project) -> str:
     """The version name of the project's model on the Pi: its file's stem and the first 12 hex of a digest over the
-    model, labels and samples (a changed file is a new version; the model role never changes a deployed one)."""
+    model, labels, samples and preprocessing.json where there is one (a changed file is a new version; the model role
+    never changes a deployed one). A project with the default preprocessing keeps the name it had before the file."""
     h = hashlib.sha256()
     for path in (proj.model.file, proj.model.labels_file, *proj.model.samples):
         h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    spec = preprocessing_json(proj.model.preprocessing)
+    if spec is not None:
+        h.update(PREPROCESSING_FILE.encode() + b"\0" + hashlib.sha256(spec.encode()).hexdigest().encode() + b"\n")
     stem = "".join(c if c.isalnum() or c in "._+-" else "-" for c in proj.model.file.stem)[:40] or "model"
     return f"{stem}-{h.hexdigest()[:12]}"
 
 
 def stage_model(proj: project.Project, directory: Path) -> str:
-    """Lay the project's model out as the model role reads it (VERSION, the model, labels.txt, samples/) in
-    DIRECTORY (replaced); return the version name."""
+    """Lay the project's model out as the model role reads it (VERSION, the model, labels.txt, preprocessing.json
+    unless the preprocessing is the default, samples/) in DIRECTORY (replaced); return the version name."""
     version = model_version(proj)
     shutil.rmtree(directory, ignore_errors=True)
     (directory / "samples").mkdir(parents=True)
     (directory / "VERSION").write_text(version + "\n")
     shutil.copyfile(proj.model.file, directory / proj.model.file.name)
     shutil.copyfile(proj.model.labels_file, directory / "labels.txt")
+    spec = preprocessing_json(proj.model.preprocessing)
+    if spec is not None:
+        (directory / PREPROCESSING_FILE).write_text(spec)
     for sample in proj.model.samples:
         shutil.copyfile(sample, directory / "samples" / sample.name)
     return version
@@ -373,11 +394,14 @@ HOST_RUNTIMES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def host_outputs(proj: project.Project) -> dict[str, object]:
+def host_outputs(proj: project.Project, staged: Path | None = None) -> dict[str, object]:
     """The model on every sample on this machine (the reference), by the Pi-side package's predict command in a child
     Python, as on the Pi (a damaged model cannot take pibake down with it), with the runtime the Pi gets for the
     model's format (HOST_RUNTIMES: TFLite, or onnxruntime for .onnx):
     {"runtime": str, "results": [{"image", "label", "probability", "probabilities"}, ...]}.
+
+    It runs on the files the model role deploys, STAGED (stage_model's layout; staged in a temporary directory when
+    None), so the command finds the preprocessing.json the Pi gets beside the model, or none, as the Pi does.
 
     Raises ToolMissing, naming the package to install, when no runtime for the model's format is importable here;
     PibakeError when the run fails or prints no JSON.
@@ -388,8 +412,12 @@ def host_outputs(proj: project.Project) -> dict[str, object]:
             f"{proj.model.file}: the reference run on this machine needs {' or '.join(modules)}, which is not "
             f"installed: install {install}"
         )
-    argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(proj.model.file)]
-    argv += ["--labels", str(proj.model.labels_file), *map(str, proj.model.samples)]
+    if staged is None:
+        with tempfile.TemporaryDirectory(prefix="pibake-reference-") as tmp:
+            stage_model(proj, Path(tmp) / "model")
+            return host_outputs(proj, Path(tmp) / "model")
+    argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(staged / proj.model.file.name)]
+    argv += ["--labels", str(staged / "labels.txt"), *(str(staged / "samples" / p.name) for p in proj.model.samples)]
     try:
         out = run(argv, env={"PYTHONPATH": resources.target_pythonpath()}, timeout=600)
     except CommandFailed as e:
@@ -515,8 +543,11 @@ def bake(
             assert proj.target.base_image is not None
             base = proj.target.base_image
             release = f"image {base.name}"
+    # The model role's source, and the reference's: what runs here is what the Pi gets.
+    staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
+    version = stage_model(proj, staged)
     with _stage(timings, "reference", say):
-        reference = host_outputs(proj)
+        reference = host_outputs(proj, staged)
         host = _vectors(reference, names, "host")
 
     output.unlink(missing_ok=True)
@@ -530,8 +561,6 @@ def bake(
                 ssh_pubkey=sshkey.ensure_keypair().public_key,
                 hostname=proj.system.hostname,
             )
-        staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
-        version = stage_model(proj, staged)
         # Owner-only: with Wi-Fi it carries the network's key (removed again at the end, whatever happens).
         extra.unlink(missing_ok=True)
         with os.fdopen(os.open(extra, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:

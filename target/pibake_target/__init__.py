@@ -5,7 +5,7 @@ Modules, each owning one thing:
     errors        the two failures: a model that cannot be used, a request that is refused
     runtimes      model files to interpreters, by file suffix (TFLite; onnxruntime behind TFLite's interface)
     model         the classifier: checks its tensors, runs batches, top-k, OIP metadata
-    preprocess    images to the model's input (the preprocessing training used)
+    preprocess    images to the model's input (the preprocessing training used: preprocessing.json)
     predict       the predict command: images on disk to one JSON report
     timing        per-image latency of the model (what `pibake bench` measures)
     oip           the Open Inference Protocol v2 codec, with Triton's binary tensor data extension

@@ -2,6 +2,7 @@
 
     GET  /                                   health: 200 {"status": "ok", "model": ..., "version": ...}
     POST /predict                            body: a PNG or JPEG image -> label, probability, top_k
+                                             (preprocessed as the model's preprocessing.json says)
     GET  /metrics                            Prometheus text format
     GET  /v2                                 Open Inference Protocol (OIP) server metadata
     GET  /v2/health/live | /v2/health/ready  OIP liveness and readiness
@@ -350,7 +351,11 @@ class InferenceApp:
 
         def job() -> Response:
             image = decode_image(
-                self._decoded(body, encoding), model.height, model.width, max_pixels=settings.max_image_pixels
+                self._decoded(body, encoding),
+                model.height,
+                model.width,
+                max_pixels=settings.max_image_pixels,
+                preprocessing=model.preprocessing,
             )
             probabilities = self._run_model(image)[0]
             if not np.all(np.isfinite(probabilities)):
@@ -386,7 +391,9 @@ class InferenceApp:
             probabilities = self._run_model(batch)
             if not np.all(np.isfinite(probabilities)):
                 raise RequestError(
-                    400, "the model's output is not finite for this input (pixel values belong in [0, 1])"
+                    400,
+                    "the model's output is not finite for this input (send the image preprocessed as the model "
+                    f"expects: {model.preprocessing.describe()})",
                 )
             payload, json_length = encode_infer_response(infer_request, probabilities, outputs, model)
             if json_length is None:

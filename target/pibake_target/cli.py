@@ -39,6 +39,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", required=True, metavar="FILE", help="float32 model, input (1, H, W, 3): .tflite or .onnx"
     )
     parser.add_argument("--labels", required=True, metavar="FILE", help="labels file, one label per line, output order")
+    parser.add_argument(
+        "--preprocessing",
+        metavar="FILE",
+        help="JSON file saying how an image becomes the model's input: "
+        '{"scale": S, "mean": [R, G, B], "std": [R, G, B], "channel_order": "rgb"|"bgr"}, applied after the resize '
+        "as (pixel * scale - mean) / std (default: preprocessing.json beside the model file if there is one, "
+        "else RGB scaled by 1/255)",
+    )
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -179,6 +187,7 @@ def run_serve(args: argparse.Namespace) -> int:
             version=args.version,
             max_batch_size=args.max_batch_size,
             num_threads=args.num_threads,
+            preprocessing_file=args.preprocessing,
         )
     except ModelError as exc:
         log.error("%s", exc)
@@ -218,6 +227,7 @@ def run_serve(args: argparse.Namespace) -> int:
         port,
         " (token required)" if token else "",
     )
+    log.info("preprocessing of POST /predict images: %s", model.preprocessing.describe())
     # uvicorn handles SIGTERM and SIGINT while it serves (a graceful stop); newer releases raise the signal again
     # afterwards, for the handler that was there before: this one, so that a stop ends with status 0.
     signal.signal(signal.SIGTERM, _stopped)
@@ -241,11 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "predict":
             from pibake_target.predict import predict
 
-            output = predict(args.model, args.labels, args.images)
+            output = predict(args.model, args.labels, args.images, preprocessing_file=args.preprocessing)
         else:
             from pibake_target.timing import time_model
 
-            output = time_model(args.model, args.labels, args.images, runs=args.runs)
+            output = time_model(
+                args.model, args.labels, args.images, runs=args.runs, preprocessing_file=args.preprocessing
+            )
     except (ModelError, OSError, ValueError) as exc:
         print(f"pibake_target {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""The image classifier: a float32 NHWC model with one input and one output, and its labels."""
+"""The image classifier: a float32 NHWC model with one input and one output, its labels and its preprocessing."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pibake_target.errors import ModelError
+from pibake_target.preprocess import DEFAULT, Preprocessing, find_preprocessing
 from pibake_target.runtimes import load_interpreter
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Model:
     """A classifier behind an interpreter with TFLite's interface, safe to call from many threads.
 
     The interpreter has batch size 1 and is not thread-safe: a batch runs one image at a time, under a lock.
+    PREPROCESSING is how an image becomes its input (preprocess.to_input); run() takes inputs already made.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Model:
         max_batch_size: int = 8,
         runtime: str = "unknown",
         platform: str = "tensorflow_tflite",
+        preprocessing: Preprocessing = DEFAULT,
     ) -> None:
         self.name = name
         self.version = version
@@ -56,6 +59,7 @@ class Model:
         self.max_batch_size = max_batch_size
         self.runtime = runtime
         self.platform = platform
+        self.preprocessing = preprocessing
         self._interpreter = interpreter
         self._lock = threading.Lock()
         try:
@@ -118,14 +122,17 @@ def load_model(
     version: str | None = None,
     max_batch_size: int = 8,
     num_threads: int | None = None,
+    preprocessing_file: str | None = None,
 ) -> Model:
-    """The model file with its labels, checked; every failure is a ModelError."""
+    """The model file with its labels and its preprocessing (PREPROCESSING_FILE, else preprocessing.json beside the
+    model file, else the default: preprocess.find_preprocessing), checked; every failure is a ModelError."""
     try:
         labels = read_labels(labels_path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"cannot read the labels file {labels_path}: {exc}") from exc
     if not Path(model_path).is_file():
         raise ModelError(f"no model file at {model_path}")
+    preprocessing = find_preprocessing(model_path, preprocessing_file)
     interpreter, runtime = load_interpreter(model_path, num_threads)
     return Model(
         interpreter,
@@ -135,4 +142,5 @@ def load_model(
         max_batch_size=max_batch_size,
         runtime=runtime,
         platform=PLATFORMS.get(Path(model_path).suffix.lower(), "unknown"),
+        preprocessing=preprocessing,
     )

@@ -15,12 +15,20 @@ from pibake_target.model import load_model
 from pibake_target.preprocess import load_image
 
 
-def time_model(model_path: str, labels_path: str, image_paths: Sequence[str], *, runs: int) -> dict[str, Any]:
-    """Load the model, then time RUNS passes over the images, one invoke per image."""
+def time_model(
+    model_path: str,
+    labels_path: str,
+    image_paths: Sequence[str],
+    *,
+    runs: int,
+    preprocessing_file: str | None = None,
+) -> dict[str, Any]:
+    """Load the model, then time RUNS passes over the images, one invoke per image; the images are preprocessed as
+    predict preprocesses them (PREPROCESSING_FILE, else preprocessing.json beside the model, else the default)."""
     start = time.perf_counter()
-    model = load_model(model_path, labels_path, max_batch_size=1)
+    model = load_model(model_path, labels_path, max_batch_size=1, preprocessing_file=preprocessing_file)
     load_seconds = time.perf_counter() - start
-    arrays = [load_image(path, model.height, model.width) for path in image_paths]
+    arrays = [load_image(path, model.height, model.width, model.preprocessing) for path in image_paths]
     model.run(arrays[0])
     seconds: list[float] = []
     for _ in range(runs):

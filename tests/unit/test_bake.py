@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -48,10 +49,12 @@ def test_the_bundled_example_can_be_baked(car: project.Project) -> None:
             lambda p: dataclasses.replace(
                 p,
                 model=dataclasses.replace(
-                    p.model, preprocessing=dataclasses.replace(p.model.preprocessing, channel_order="bgr")
+                    p.model,
+                    input_shape=(1, 128, 128, 3),
+                    preprocessing=dataclasses.replace(p.model.preprocessing, size=(96, 96)),
                 ),
             ),
-            "model.preprocessing",
+            "model.preprocessing.size: [96, 96] is not the model's input size",
         ),
         (lambda p: dataclasses.replace(p, model=dataclasses.replace(p.model, format="onnx")), "model.file"),
         (lambda p: dataclasses.replace(p, runtime=dataclasses.replace(p.runtime, version="2.14.0")), "runtime"),
@@ -411,3 +414,165 @@ def test_the_reference_run_of_an_onnx_model_is_the_pi_side_package_on_onnxruntim
     got = np.array(bake._vectors(outputs, names, "host"), dtype=np.float32)
     batch = np.concatenate([load_image(str(p), 24, 24) for p in proj.model.samples])
     np.testing.assert_allclose(got, onnx_models.classifier_outputs(batch, 4), atol=1e-6)
+
+
+# ---------------------------------------------------------------- [model.preprocessing]: preprocessing.json
+
+CUSTOM = project.Preprocessing(None, 1 / 127.5, (1.0, 0.9, 0.8), (0.5, 0.25, 0.75), "bgr")
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
+
+
+def _with_preprocessing(proj: project.Project, pre: project.Preprocessing) -> project.Project:
+    return dataclasses.replace(proj, model=dataclasses.replace(proj.model, preprocessing=pre))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"scale": 1 / 127.5}, {"mean": (0.485, 0.456, 0.406)}, {"std": (0.229, 0.224, 0.225)}, {"channel_order": "bgr"}],
+)
+def test_any_scale_mean_std_and_channel_order_can_be_baked(car: project.Project, change: dict[str, Any]) -> None:
+    assert bake.unsupported(_with_preprocessing(car, dataclasses.replace(car.model.preprocessing, **change))) == []
+
+
+def test_the_staged_preprocessing_json_is_what_the_pi_side_package_reads(car: project.Project, tmp_path: Path) -> None:
+    from pibake_target.preprocess import DEFAULT, Preprocessing, find_preprocessing
+
+    # The default: no file, and the version named as before there was one (model, labels and samples only).
+    version = bake.stage_model(car, tmp_path / "default")
+    assert not (tmp_path / "default" / "preprocessing.json").exists()
+    assert find_preprocessing(str(tmp_path / "default" / "car.tflite")) == DEFAULT
+    h = hashlib.sha256()
+    for path in (car.model.file, car.model.labels_file, *car.model.samples):
+        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    assert version == f"car-{h.hexdigest()[:12]}"
+
+    custom = _with_preprocessing(car, CUSTOM)
+    custom_version = bake.stage_model(custom, tmp_path / "custom")
+    assert custom_version != version  # a deployed version never changes: other preprocessing, another version
+    assert (tmp_path / "custom" / "VERSION").read_text().split() == [custom_version]
+    assert json.loads((tmp_path / "custom" / "preprocessing.json").read_text()) == {
+        "scale": 1 / 127.5,
+        "mean": [1.0, 0.9, 0.8],
+        "std": [0.5, 0.25, 0.75],
+        "channel_order": "bgr",
+    }
+    read = find_preprocessing(str(tmp_path / "custom" / "car.tflite"))
+    assert read == Preprocessing(CUSTOM.scale, CUSTOM.mean, CUSTOM.std, CUSTOM.channel_order)  # the same doubles
+    assert bake.stage_model(custom, tmp_path / "again") == custom_version  # the same file, the same version
+    # The vars need nothing more: the model role copies preprocessing.json when model_source_dir has one.
+    assert bake.provision_vars(custom, tmp_path / "custom", custom_version) == bake.provision_vars(
+        car, tmp_path / "custom", custom_version
+    )
+
+
+def _hand_outputs(proj: project.Project, pre: project.Preprocessing) -> Any:
+    """The tiny ONNX classifier's outputs for PROJ's samples preprocessed as PRE says, in numpy."""
+    import numpy as np
+    from pibake_target.preprocess import RESAMPLE
+    from PIL import Image
+
+    from tests import onnx_models
+
+    rows = []
+    for sample in proj.model.samples:
+        with Image.open(sample) as img:
+            pixels = np.asarray(img.convert("RGB").resize((24, 24), RESAMPLE), dtype=np.float64)
+        x = (pixels * pre.scale - np.array(pre.mean)) / np.array(pre.std)
+        rows.append((x[..., ::-1] if pre.channel_order == "bgr" else x).astype(np.float32))
+    return onnx_models.classifier_outputs(np.stack(rows), 4)
+
+
+def test_the_reference_run_preprocesses_as_the_staged_file_says(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+    import numpy as np
+
+    extra = "[model.preprocessing]\nscale = 0.00784313725490196\nmean = [1.0, 0.9, 0.8]\nstd = [0.5, 0.25, 0.75]\n"
+    proj = project.load(_onnx_project(tmp_path / "p", extra=extra + 'channel_order = "bgr"\n'))
+    assert bake.unsupported(proj) == []
+    # A stray file beside the project's model is not what the Pi gets: the reference must not read it either.
+    (tmp_path / "p" / "preprocessing.json").write_text('{"scale": 1}')
+    names = [p.name for p in proj.model.samples]
+    got = np.array(bake._vectors(bake.host_outputs(proj), names, "host"), dtype=np.float32)
+    np.testing.assert_allclose(got, _hand_outputs(proj, proj.model.preprocessing), atol=1e-6)
+    default = _hand_outputs(proj, project.Preprocessing(None, project.DEFAULT_SCALE, (0.0,) * 3, (1.0,) * 3, "rgb"))
+    assert np.abs(got - default).max() > 0.01  # the preprocessing changed what the model saw
+    # Given the staged files, as bake gives them: the same.
+    bake.stage_model(proj, tmp_path / "staged")
+    staged = bake._vectors(bake.host_outputs(proj, tmp_path / "staged"), names, "host")
+    np.testing.assert_array_equal(np.array(staged, dtype=np.float32), got)
+
+
+def test_the_model_role_deploys_the_preprocessing_json_with_the_model(tmp_path: Path) -> None:
+    """The model role run on this machine (no guest), from bake's staged files into model roots of the test's: the
+    version on the "Pi" has the file, its SHA256SUMS covers it, and the predict command there (the role's smoke check,
+    then bake's verify) gives the reference's outputs; a project with the default preprocessing deploys no file.
+    The emulated Pi and the inference service's unit are the integration test's."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is in the test extra: pip install -e '.[test]'")
+    plain = project.load(_onnx_project(tmp_path / "p"), check_model=False)
+    plays, deployed = [], {}
+    for name, proj in (("custom", _with_preprocessing(plain, CUSTOM)), ("default", plain)):
+        version = bake.stage_model(proj, tmp_path / name / "staged")
+        root = tmp_path / name / "model"
+        deployed[name] = (proj, root, version)
+        plays.append(
+            {
+                "name": f"The model role on this machine, {name} preprocessing",
+                "hosts": "localhost",
+                "connection": "local",
+                "gather_facts": False,
+                "vars": {
+                    **bake.provision_vars(proj, tmp_path / name / "staged", version),
+                    "model_root": str(root),
+                    "model_python": sys.executable,
+                    "model_package_dir": str(resources.TARGET),
+                    "model_restart_services": [],
+                    # The smoke check (the predict command on current/) once is enough: with the file.
+                    "model_smoke_check_enabled": name == "custom",
+                },
+                "roles": [{"role": str(REPO / "roles" / "model")}],
+            }
+        )
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of the collection's (Mitogen, its inventory)
+    res = subprocess.run(
+        [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(tmp_path / "play.yml")],
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+    proj, root, version = deployed["custom"]
+    staged = tmp_path / "custom" / "staged"
+    assert (root / "versions" / version / "preprocessing.json").read_bytes() == (
+        staged / "preprocessing.json"
+    ).read_bytes()
+    assert "  preprocessing.json\n" in (root / "versions" / version / "SHA256SUMS").read_text()
+    current = root / "current"
+    argv = [sys.executable, "-B", "-m", "pibake_target", "predict", "--model", str(current / "m.onnx")]
+    argv += ["--labels", str(current / "labels.txt"), *(str(current / "samples" / p.name) for p in proj.model.samples)]
+    on_pi = subprocess.run(
+        argv,
+        env={**os.environ, "PYTHONPATH": resources.target_pythonpath()},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    names = [p.name for p in proj.model.samples]
+    assert bake._vectors(bake._predict_report(on_pi.stdout, "there"), names, "Pi") == bake._vectors(
+        bake.host_outputs(proj, staged), names, "host"
+    )
+
+    _, root, version = deployed["default"]
+    assert sorted(p.name for p in (root / "versions" / version).iterdir()) == [
+        "SHA256SUMS",
+        "labels.txt",
+        "m.onnx",
+        "samples",
+    ]

@@ -152,6 +152,36 @@ def test_version_defaults_to_the_model_directory(tmp_path: Path) -> None:
 # ---- the API ----
 
 
+def test_predict_preprocesses_as_preprocessing_json_beside_the_model_says(tmp_path: Path, client: ServeClient) -> None:
+    """As the model role deploys a version with its preprocessing.json, and the unit names current/<model>."""
+    version_dir = tmp_path / "model" / "versions" / "2"
+    version_dir.mkdir(parents=True)
+    (version_dir / "car.tflite").write_bytes(find_model().read_bytes())
+    spec = {"scale": 1 / 127.5, "mean": [1.0, 0.9, 0.8], "std": [0.5, 0.25, 0.75], "channel_order": "bgr"}
+    (version_dir / "preprocessing.json").write_text(json.dumps(spec))
+    (tmp_path / "model" / "current").symlink_to("versions/2")
+    model = tmp_path / "model" / "current" / "car.tflite"
+    argv = target_command("predict", "--model", str(model), "--labels", str(LABELS), *map(str, SAMPLES))
+    result = subprocess.run(argv, capture_output=True, text=True, env=target_env(), timeout=120, check=True)
+    reference = {r["image"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])["results"]}
+    labels = LABELS.read_text().split()
+    moved = 0.0
+    with serve(tmp_path, model=model) as running:
+        for sample in SAMPLES:
+            answer = running.client.predict(sample.read_bytes()).json()
+            want = reference[sample.name]
+            assert answer["label"] == want["label"], (sample.name, answer, want)
+            for entry in answer["top_k"]:
+                probability = want["probabilities"][labels.index(entry["label"])]
+                assert entry["probability"] == pytest.approx(probability, rel=1e-6)
+            # The default server (no preprocessing.json beside the committed model) answers otherwise.
+            moved = max(moved, abs(answer["probability"] - client.predict(sample.read_bytes()).json()["probability"]))
+    assert moved > 1e-3, "the preprocessing.json beside the model changed nothing the service answered"
+    assert "preprocessing of POST /predict images: (pixel * 0.00784314 - [1, 0.9, 0.8]) / [0.5, 0.25, 0.75], bgr" in (
+        running.log_text()
+    )
+
+
 def test_health(client: ServeClient) -> None:
     assert client.health() == {"status": "ok", "model": "car", "version": "1.0.0"}
     head = client.request("HEAD", "/")
@@ -549,14 +579,16 @@ def test_token(tmp_path: Path) -> None:
 # ---- the guest's Python ----
 
 _GUEST_CHECK = r"""
-import asyncio, io, json, sys, threading, time, urllib.request, urllib.error
+import asyncio, io, json, os, sys, tempfile, threading, time, urllib.request, urllib.error
 import numpy as np
 from PIL import Image
 import uvicorn, h11, prometheus_client
 
 from pibake_target.app import InferenceApp, Settings
+from pibake_target.errors import ModelError
 from pibake_target.metrics import Metrics
 from pibake_target.model import Model
+from pibake_target.preprocess import read_preprocessing, to_input
 from pibake_target.server import listen, make_server
 from pibake_target.workqueue import WorkQueue
 
@@ -624,6 +656,26 @@ length = {"Inference-Header-Content-Length": str(len(header))}
 status, headers, body = call("/v2/models/m/infer", header + raw.tobytes(), length)
 split = int(headers["inference-header-content-length"])
 results["infer"] = [status, json.loads(body[:split]), np.frombuffer(body[split:], dtype="<f4").tolist()]
+
+# The default preprocessing, bit for bit float32(pixel) / 255 under numpy 1.19 on the Pi's core: every pixel value.
+values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+image = Image.fromarray(np.stack([values, values[::-1], values.T], axis=-1))
+want = (np.asarray(image, dtype=np.float32) / np.float32(255)).reshape(1, 16, 16, 3)
+results["default_bits"] = bool(np.array_equal(to_input(image, 16, 16).view(np.uint32), want.view(np.uint32)))
+# A model with a preprocessing.json: /predict's blue image is (1 - 0.5) / 0.25 = 2 in blue, -2 in red and green,
+# and blue comes first in BGR, where the fake model's "red" class reads it.
+folder = tempfile.mkdtemp()
+with open(os.path.join(folder, "preprocessing.json"), "w") as f:
+    json.dump({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "channel_order": "bgr"}, f)
+app.model = Model(FakeInterpreter(), ["red", "green", "blue"], name="m", version="1",
+                  preprocessing=read_preprocessing(os.path.join(folder, "preprocessing.json")))
+results["predict_bgr"] = json.loads(call("/predict", png.getvalue(), {"Content-Type": "image/png"})[2])
+with open(os.path.join(folder, "preprocessing.json"), "w") as f:
+    f.write('{"std": [1, 1]}')
+try:
+    read_preprocessing(os.path.join(folder, "preprocessing.json"))
+except ModelError as exc:
+    results["bad_file"] = str(exc)
 server.should_exit = True
 thread.join(timeout=30)
 print(json.dumps(results))
@@ -738,6 +790,11 @@ def test_service_runs_on_the_guests_python(tmp_path: Path) -> None:
     status, header, values = report["infer"]
     assert status == 200 and header["outputs"][0]["parameters"]["binary_data_size"] == 12
     assert values == [0.0, 1.0, 0.0]
+    assert report["default_bits"] is True
+    bgr = report["predict_bgr"]
+    assert (bgr["label"], bgr["probability"]) == ("red", 2.0), bgr
+    assert [(t["label"], t["probability"]) for t in bgr["top_k"]] == [("red", 2.0), ("green", -2.0)], bgr
+    assert report["bad_file"].endswith("preprocessing.json: std: must be a list of 3 numbers [r, g, b], got [1, 1]")
 
 
 def test_bullseyes_uvicorn_answers_malformed_requests_with_400_too(
