@@ -57,6 +57,8 @@ GUEST_FACTS = """\
         echo "wlan0 mode: $(stat -c '%a %U' /etc/network/interfaces.d/wlan0)"
         cat /etc/network/interfaces.d/wlan0
         ls /lib/firmware/regulatory.db /lib/firmware/brcm/brcmfmac43455-sdio.bin
+        echo "preprocessing.json: $(cat /opt/pibake/model/current/preprocessing.json)"
+        journalctl -b -u pibake-inference.service --no-pager -o cat | grep 'preprocessing of POST'
       changed_when: false
       register: system
     - name: Write those beside the project
@@ -112,6 +114,10 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
         ('# country = "GB"', 'country = "GB"'),
         ('# ssid = "my-network"', f'ssid = "{WIFI_SSID}"'),
         ('# psk = "correct horse battery staple"', f'psk = "{WIFI_PASSPHRASE}"'),
+        # Not the default preprocessing: the Pi must read it from the card (preprocessing.json), as the host does.
+        ("# mean = 0.0", "mean = [0.1, 0.2, 0.3]"),
+        ("# std = 1.0", "std = [0.5, 0.25, 0.5]"),
+        ('# channel_order = "rgb"', 'channel_order = "bgr"'),
     ):
         assert default in text, default
         text = text.replace(default, chosen)
@@ -141,6 +147,14 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
     # Both samples, each compared with the host's output, none off tolerance.
     assert "PASSED: all 2 samples within tolerance" in report
     assert "FAILED" not in report
+    # The service on the Pi preprocessed them as the project says too: its answer is the host's top class.
+    sample_rows = ("| amber.png |", "| dark.png |")
+    rows = [ln.strip("| ").split(" | ") for ln in report.splitlines() if ln.startswith(sample_rows)]
+    assert len(rows) == 2, report
+    for row in rows:
+        host_label, host_p = row[1].split(", ")[0].split()
+        service_label, service_p = row[5].split()
+        assert service_label == host_label and abs(float(service_p) - float(host_p)) <= 1e-5, row
 
     machine, arch, python, *cpuinfo = (proj / "guest-facts.txt").read_text().splitlines()
     assert (machine, arch, python) == ("aarch64", "arm64", "(3, 13)")
@@ -155,6 +169,12 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
         assert f"{package} installed" in system, system
     assert "en_GB.utf8" in system and "LANG=en_GB.UTF-8" in system
     assert "options cfg80211 ieee80211_regdom=GB" in system
+    # [model.preprocessing] on the card, and the service using it.
+    prep = json.loads(system.split("preprocessing.json: ", 1)[1].splitlines()[0])
+    assert (prep["mean"], prep["std"], prep["channel_order"]) == ([0.1, 0.2, 0.3], [0.5, 0.25, 0.5], "bgr"), prep
+    assert "preprocessing of POST /predict images: (pixel * 0.00392157 - [0.1, 0.2, 0.3]) / [0.5, 0.25, 0.5], bgr" in (
+        system
+    ), system
     assert "wlan0 mode: 600 root" in system
     psk = hashlib.pbkdf2_hmac("sha1", WIFI_PASSPHRASE.encode(), WIFI_SSID.encode(), 4096, 32).hex()
     assert f"wpa-ssid {WIFI_SSID}" in system and f"wpa-psk {psk}" in system
