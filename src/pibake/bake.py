@@ -511,6 +511,11 @@ def bake(
     problems = unsupported(proj, profile=profile)
     if problems:
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
+    board = boards.get(proj.target.board)
+    runtime = project_runtime(proj)
+    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
+    prof = profiles.load(profile)
+    # Checked above, converted here: the first work, and a project that cannot be emulated converts nothing.
     timings: dict[str, float] = {}
     conversion: convert.Conversion | None = None
     if proj.model.format == "keras":
@@ -521,10 +526,6 @@ def bake(
             "unchanged, converted before" if conversion.cached else f"converted with TensorFlow {conversion.tensorflow}"
         )
         say(f"convert: {conversion.keras.name} ({how}) is {conversion.tflite}")
-    board = boards.get(proj.target.board)
-    runtime = project_runtime(proj)
-    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
-    prof = profiles.load(profile)
     output = output or proj.build_dir / f"{proj.model.file.stem}.img"
     out_dir = output.parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -192,6 +192,15 @@ def test_without_tensorflow_bake_stops_first_naming_the_extra(tmp_path: Path, mo
     assert "pip install 'pibake[convert]'" in res.err and "Traceback" not in res.err
 
 
+def test_a_bake_that_cannot_be_emulated_converts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile is checked before the conversion, the first work: a wrong --profile costs no TensorFlow run."""
+    monkeypatch.setattr(convert, "to_tflite", lambda *a: pytest.fail("converted before the profile was checked"))
+    directory = _project(tmp_path)
+    with pytest.raises(UsageError, match="unknown machine profile 'nope'"):
+        bake.bake(project.load(directory), profile="nope")
+    assert not (directory / "build").exists()
+
+
 def test_a_converter_that_cannot_import_tensorflow_is_tool_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
