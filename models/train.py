@@ -24,7 +24,7 @@ Outputs:
         samples/*.png     3 + 3 held-out drawings: car_<n>.png, other_<n>.png
         car_metrics.json  what was measured: held-out accuracy (Keras and TFLite), per class and kind, timings
     --work-dir (default: build/model/)
-        car.keras         the trained Keras model, converted by scripts/convert_model.py
+        car.keras         the trained Keras model, converted by pibake.convert.keras
 
 Exit status 0 when every sample is classified as its name says with probability > 0.9.
 """
@@ -32,7 +32,6 @@ Exit status 0 when every sample is classified as its name says with probability 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -41,7 +40,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 # Keep TensorFlow quiet; must be set before it is imported.
@@ -529,18 +527,6 @@ def build_model(keras: Any, decay_steps: int) -> Any:
     return model
 
 
-def _load_converter() -> ModuleType:
-    """scripts/convert_model.py, imported by path (scripts/ is not a package)."""
-    path = REPO / "scripts" / "convert_model.py"
-    spec = importlib.util.spec_from_file_location("convert_model", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["convert_model"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def tflite_predict(tf: Any, model_path: Path, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
     """Softmax outputs of a .tflite model, one image at a time (as on the Pi)."""
     interp = tf.lite.Interpreter(model_path=str(model_path), num_threads=2)
@@ -619,12 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (%(default)s)")
     args = parser.parse_args(argv)
 
-    converter = _load_converter()
+    from pibake.convert import keras as converter
+    from pibake.errors import ToolMissing
+
     try:
-        tf = converter._import_tensorflow()
-    except converter.ConvertError as e:
+        tf = converter.import_tensorflow()
+    except ToolMissing as e:
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     keras = tf.keras
 
     keras.utils.set_random_seed(args.seed)

@@ -1,19 +1,22 @@
 """`pibake bake`: a project file (pibake.toml) to a finished card image with its report.
 
-Stages, in order, each timed for the report: image (build the Debian base or take the project's image), prepare
-(a copy, for the board and the profile), boot (the board's own core, cold: the copy is the card), provision
-(pibake's site.yml with the project's model, then the project's system settings, playbooks and roles), verify
-(the model on every sample on this machine and on the emulated Pi, compared within the tolerance; the inference
-service asked the same), shutdown, finalize (identity reset, .sha256, .bmap, manifest). The image is published
-(renamed from ``.part``) only when the guest shut down cleanly and every sample passed; the report is written in
-every case, so a failing bake says why in ``report.md``.
+Stages, in order, each timed for the report: convert (a Keras model only: to TFLite on this machine, into the
+project's build/, cached by the Keras file's sha256; see pibake.convert), image (build the Debian base or take the
+project's image), prepare (a copy, for the board and the profile), boot (the board's own core, cold: the copy is the
+card), provision (pibake's site.yml with the project's model, then the project's system settings, playbooks and
+roles), verify (the model on every sample on this machine and on the emulated Pi, compared within the tolerance; the
+inference service asked the same), shutdown, finalize (identity reset, .sha256, .bmap, manifest). The image is
+published (renamed from ``.part``) only when the guest shut down cleanly and every sample passed; the report is
+written in every case, so a failing bake says why in ``report.md``.
 
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
-file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), Keras models,
-a preprocessing size other than the model's input size, Wi-Fi on a local image (bake writes it the
-ifupdown way of pibake's Debian bases only), and a user other than ``pi``. Any other [model.preprocessing] is carried:
-a preprocessing.json beside the model (stage_model), which the Pi-side package reads on the Pi and here.
+file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), a
+preprocessing size other than the model's input size, Wi-Fi on a local image or on a board without Wi-Fi (bake
+writes it the ifupdown way of pibake's Debian bases only), and a user other than ``pi``. Any other
+[model.preprocessing] is carried: a preprocessing.json beside the model (stage_model), which the Pi-side package
+reads on the Pi and here. Keras models are converted to TFLite on this machine first (pibake.convert, the convert
+extra).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import boards, preflight, project, report, resources
+from pibake import boards, convert, preflight, project, report, resources
 from pibake._module_utils import wheel_lock
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
@@ -197,13 +200,9 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             '"debian-trixie-arm64" for a 64-bit card'
         )
     base = runtime_base(proj)
+    # A Keras model fits where a .tflite does: bake converts it first (prepare_model).
     fits = format_runtimes(base, m.format)
-    if m.format == "keras":
-        problems.append(
-            f"model.file: {m.file.name} is a Keras model; bake runs .tflite and .onnx models: convert it to TFLite "
-            "first (scripts/convert_model.py, with the convert extra)"
-        )
-    elif not fits:
+    if not fits:
         runtimes = sorted(r for r, (formats, _) in project.RUNTIMES.items() if m.format in formats)
         bases = sorted(b for b in (*LOCKED_RUNTIMES, LEGACY_BASE) if format_runtimes(b, m.format))
         arches = sorted({a for r in runtimes for a in project.RUNTIMES[r][1]})
@@ -244,6 +243,26 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
     if bad:
         problems.append(f"model.samples: the Pi-side package reads PNG and JPEG images, not {', '.join(bad)}")
     return problems
+
+
+def prepare_model(proj: project.Project) -> tuple[project.Project, convert.Conversion | None]:
+    """PROJ as bake runs its model, and the conversion that made it (None: nothing to convert).
+
+    A Keras model.file (.keras or .h5) becomes the float32 TFLite model PROJ.root/build/<stem>.tflite
+    (pibake.convert.to_tflite: TensorFlow in a child Python, nothing converted while the Keras file's sha256 is the
+    one recorded beside it), and the project returned names it, format "tflite", checked against the labels and
+    model.preprocessing.size as `project.load` checks a .tflite (project.with_model); labels, samples and every other
+    setting are PROJ's, so the host reference, the runtime (LiteRT or tflite-runtime, by base) and the model role
+    all take the .tflite. A .tflite or .onnx project is returned as it is.
+
+    Raises ToolMissing, naming the convert extra, when TensorFlow is not importable here and there is no conversion
+    to reuse; UsageError when the file is not a Keras model Keras loads (its name and the reason) or the result does
+    not fit the labels or size; VerificationFailed when the result is not fit for the Pi (pibake.convert.keras).
+    """
+    if proj.model.format != "keras":
+        return proj, None
+    conversion = convert.to_tflite(proj.model.file, proj.build_dir)
+    return project.with_model(proj, conversion.tflite), conversion
 
 
 def _input_size(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -513,10 +532,12 @@ def bake(
     say: Callable[[str], None] = log.info,
 ) -> BakeResult:
     """Bake PROJ into OUTPUT (default PROJ.root/build/STEM.img, STEM the model file's): the image with .sha256,
-    .bmap and manifest beside it when every sample passed, and report.md/report.html there always.
+    .bmap and manifest beside it when every sample passed, and report.md/report.html there always. A Keras model is
+    converted first, to PROJ.root/build/STEM.tflite (prepare_model), and baked as that .tflite.
 
-    Raises UsageError for what `unsupported` lists (before any work) and PibakeError for a stage that fails; samples
-    off tolerance are not an exception: the result's image is None and its report says which."""
+    Raises UsageError for what `unsupported` lists (before any work), what prepare_model raises (ToolMissing without
+    TensorFlow for a Keras model, before any other work) and PibakeError for a stage that fails; samples off
+    tolerance are not an exception: the result's image is None and its report says which."""
     problems = unsupported(proj, profile=profile)
     if problems:
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
@@ -524,14 +545,24 @@ def bake(
     runtime = project_runtime(proj)
     profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
     prof = profiles.load(profile)
-    output = output or proj.root / "build" / f"{proj.model.file.stem}.img"
+    # Checked above, converted here: the first work, and a project that cannot be emulated converts nothing.
+    timings: dict[str, float] = {}
+    conversion: convert.Conversion | None = None
+    if proj.model.format == "keras":
+        with _stage(timings, "convert", say):
+            proj, conversion = prepare_model(proj)
+        assert conversion is not None
+        how = (
+            "unchanged, converted before" if conversion.cached else f"converted with TensorFlow {conversion.tensorflow}"
+        )
+        say(f"convert: {conversion.keras.name} ({how}) is {conversion.tflite}")
+    output = output or proj.build_dir / f"{proj.model.file.stem}.img"
     out_dir = output.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     work = output.with_name(output.name + ".part")
     inventory = out_dir / "inventory.yml"
     extra = out_dir / "provision-vars.json"
     provision_play = out_dir / "provision.yml"
-    timings: dict[str, float] = {}
     names = [p.name for p in proj.model.samples]
 
     with _stage(timings, "image", say):
@@ -631,6 +662,8 @@ def bake(
         release=release,
         runtime=runtime.name,
         runtime_version=runtime.version,
+        model=proj.model.file.name,
+        model_origin=conversion.describe() if conversion else None,
         wheels=wheels,
         labels=proj.model.labels,
         tolerance=proj.model.tolerance,

@@ -9,7 +9,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import project
+from pibake import convert, project
 from pibake.errors import Refused, UsageError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ class Written:
     samples: Path | None
     # Model files found in the directory when none was given and there was not exactly one.
     candidates: tuple[Path, ...] = ()
+    # A Keras model: the .tflite `pibake bake` converts it to (DIRECTORY/build/<stem>.tflite), and why it cannot on
+    # this machine yet (convert.tensorflow_missing: no TensorFlow), or None.
+    converts_to: Path | None = None
+    tensorflow_missing: str | None = None
 
 
 def init(directory: Path | None = None, *, model: Path | None = None, force: bool = False) -> Written:
@@ -36,7 +40,8 @@ def init(directory: Path | None = None, *, model: Path | None = None, force: boo
     Without MODEL, the directory's one model file is taken; with none or several, model.file is
     left for the user to fill in. labels.txt and a samples/ directory beside the model are filled in.
     Every other key is written commented out, with its default and what it does. An existing
-    pibake.toml is Refused unless FORCE; MODEL must exist and be a model file pibake takes.
+    pibake.toml is Refused unless FORCE; MODEL must exist and be a model file pibake takes. For a Keras
+    MODEL, the result says where bake will convert it to and whether TensorFlow is here to do it.
     """
     if model is not None:
         model = model.resolve()
@@ -73,7 +78,11 @@ def init(directory: Path | None = None, *, model: Path | None = None, force: boo
     part.write_text(text, encoding="utf-8")
     part.replace(path)
     log.debug("wrote %s", path)
-    return Written(path, model, labels, samples, candidates)
+    converts_to = missing = None
+    if model is not None and project.MODEL_FORMATS[model.suffix.lower()] == "keras":
+        converts_to = convert.tflite_path(model, directory / project.BUILD_DIR)
+        missing = convert.tensorflow_missing()
+    return Written(path, model, labels, samples, candidates, converts_to, missing)
 
 
 def template(values: dict[str, str], *, model_missing: bool = False, candidates: list[str] | None = None) -> str:

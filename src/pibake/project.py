@@ -15,7 +15,8 @@ Checks that need a package the host may not have are skipped, never failed, and 
 recorded in `Project.skipped` (for the report): the labels and input size against the model need
 a TFLite interpreter (tflite-runtime, LiteRT, or TensorFlow's ``tf.lite``) for a ``.tflite`` model and
 onnxruntime for an ``.onnx`` one, decoding the samples needs Pillow, and ``.keras``/``.h5`` models are
-checked by their bytes only.
+checked by their bytes only: loading one needs TensorFlow, which `load` never imports. `pibake bake` converts such a
+model to TFLite on this machine (pibake.convert) and checks the result with `with_model`, as `load` checks a .tflite.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import tomllib
 import zipfile
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ from pibake.util.proc import run
 log = logging.getLogger(__name__)
 
 PROJECT_FILE = "pibake.toml"
+# Where `pibake bake` writes in the project's directory: the image, its reports, a Keras model's .tflite.
+BUILD_DIR = "build"
 # ImageSpec.size_mb: what `pibake image build` makes.
 DEFAULT_IMAGE_SIZE_MB = 2048
 DEFAULT_TOLERANCE = 1e-5
@@ -166,8 +169,8 @@ SCHEMA: tuple[Key, ...] = (
     Key(
         "model.file",
         "",
-        "The model: .tflite, .onnx (baked on debian-trixie-arm64, with onnxruntime), or Keras .keras/.h5 (converted "
-        "to TFLite on this machine with the convert extra).",
+        "The model: .tflite, .onnx (baked on debian-trixie-arm64, with onnxruntime), or Keras .keras/.h5 (bake "
+        "converts it to TFLite on this machine, into build/, with the convert extra: pip install 'pibake[convert]').",
         required=True,
         example='"model.tflite"',
     ),
@@ -347,6 +350,11 @@ class Project:
     def root(self) -> Path:
         """The project's directory: relative paths in the file start here; `bake` writes to ROOT/build."""
         return self.path.parent
+
+    @property
+    def build_dir(self) -> Path:
+        """ROOT/build: where `bake` writes the image, its reports and a Keras model's conversion."""
+        return self.root / BUILD_DIR
 
 
 # ---------------------------------------------------------------- key positions
@@ -763,26 +771,72 @@ def _model(r: _Reader, skipped: list[str], *, check_model: bool) -> Model:
     output_count: int | None = None
     if fmt == "keras":
         skipped.append(
-            f"labels and input size against {file.name}: only TFLite and ONNX models are opened on this machine "
+            f"{_SHAPES_SKIPPED} {file.name}: only TFLite and ONNX models are opened on this machine "
             "(the .keras/.h5 model is checked once converted)"
         )
     elif check_model:
-        try:
-            opened = _model_shapes(file, fmt)
-        except UsageError as e:
-            raise r.error("model.file", str(e)) from None
-        if isinstance(opened, str):
-            skipped.append(f"labels and input size against {file.name}: {opened}")
-        else:
-            input_shape, output_shape, runtime = opened
-            _check_shapes(r, file, input_shape, output_shape, runtime, labels, pre)
-            # onnxruntime loaded the whole graph: more than the onnx package's check, whose skip is moot.
-            skipped[:] = [s for s in skipped if not s.startswith(f"{file.name} {_ONNX_BYTES_ONLY}")]
-            output_count = output_shape[-1]
-            if pre.size is None:
-                pre = Preprocessing((input_shape[2], input_shape[1]), pre.scale, pre.mean, pre.std, pre.channel_order)
+        pre, input_shape, output_count = _open_model(r, file, fmt, labels, pre, skipped)
     _decode_samples(r, samples, skipped)
     return Model(file, fmt, labels_file, labels, samples, tolerance, pre, input_shape, output_count)
+
+
+# How a skipped model check starts, followed by the model file's name.
+_SHAPES_SKIPPED = "labels and input size against"
+
+
+def _open_model(
+    r: _Reader,
+    file: Path,
+    fmt: str,
+    labels: tuple[str, ...],
+    pre: Preprocessing,
+    skipped: list[str],
+    *,
+    converted_from: str | None = None,
+) -> tuple[Preprocessing, tuple[int, ...] | None, int | None]:
+    """Open the TFLite or ONNX model FILE (FMT) with a host runtime and check it against LABELS and PRE.size (errors
+    name r's file, the key and its line, and the model file CONVERTED_FROM where FILE is its conversion). Returns
+    PRE with the model's own input size where it had none, the input shape and the output count; where no runtime
+    is importable here, PRE unchanged, None, None and the skip appended to SKIPPED."""
+    try:
+        opened = _model_shapes(file, fmt)
+    except UsageError as e:
+        raise r.error("model.file", str(e)) from None
+    if isinstance(opened, str):
+        skipped.append(f"{_SHAPES_SKIPPED} {file.name}: {opened}")
+        return pre, None, None
+    input_shape, output_shape, runtime = opened
+    _check_shapes(r, file, input_shape, output_shape, runtime, labels, pre, converted_from=converted_from)
+    # onnxruntime loaded the whole graph: more than the onnx package's check, whose skip is moot.
+    skipped[:] = [s for s in skipped if not s.startswith(f"{file.name} {_ONNX_BYTES_ONLY}")]
+    if pre.size is None:
+        pre = Preprocessing((input_shape[2], input_shape[1]), pre.scale, pre.mean, pre.std, pre.channel_order)
+    return pre, input_shape, output_shape[-1]
+
+
+def with_model(proj: Project, file: Path) -> Project:
+    """PROJ with FILE, a .tflite or .onnx model (`pibake bake`'s conversion of a Keras model.file), as its model: the
+    format FILE's, labels, samples, tolerance and every other setting PROJ's. FILE is checked as `load` checks a
+    model file: its bytes, then, where a runtime for it is importable here, its input shape against
+    model.preprocessing.size (filled in from the model where unset) and its output count against the labels; the
+    old model's skipped shape check is dropped from ``skipped`` (or replaced by FILE's, if that is skipped too).
+
+    Raises UsageError naming the project file, the key and its line, and FILE as converted from PROJ's model file.
+    """
+    fmt = MODEL_FORMATS.get(file.suffix.lower())
+    text = proj.path.read_text(encoding="utf-8")
+    r = _Reader(proj.path, text, tomllib.loads(text))
+    if fmt not in ("tflite", "onnx"):
+        raise r.error("model.file", f"{file}: bake runs .tflite and .onnx models, not {file.suffix or file.name!r}")
+    old = proj.model.file.name
+    skipped = [s for s in proj.skipped if not s.startswith(f"{_SHAPES_SKIPPED} {old}:")]
+    problem = _model_bytes_problem(file, fmt, skipped)
+    if problem:
+        raise r.error("model.file", f"{file} (converted from {old}): {problem}")
+    m = proj.model
+    pre, input_shape, output_count = _open_model(r, file, fmt, m.labels, m.preprocessing, skipped, converted_from=old)
+    model = replace(m, file=file, format=fmt, preprocessing=pre, input_shape=input_shape, output_count=output_count)
+    return replace(proj, model=model, skipped=tuple(skipped))
 
 
 def _model_bytes_problem(file: Path, fmt: str, skipped: list[str]) -> str | None:
@@ -1011,8 +1065,10 @@ def _check_shapes(
     runtime: str,
     labels: tuple[str, ...],
     pre: Preprocessing,
+    *,
+    converted_from: str | None = None,
 ) -> None:
-    said = f"{file.name} (read with {runtime})"
+    said = f"{file.name} ({f'converted from {converted_from}, ' if converted_from else ''}read with {runtime})"
     if len(input_shape) != 4 or input_shape[3] != 3:
         raise r.error(
             "model.file",

@@ -109,6 +109,10 @@ class BakeReport:
     image_sha256: str | None = None
     # Checks that could not run (project.Project.skipped).
     skipped: tuple[str, ...] = ()
+    # The model file the Pi runs ("car.tflite"), and where it came from when bake made it: "converted from FILE
+    # (sha256 HEX) with TensorFlow VERSION" (pibake.convert.Conversion.describe); None: the project's own file.
+    model: str = ""
+    model_origin: str | None = None
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -209,6 +213,7 @@ def _overview(r: BakeReport) -> list[tuple[str, str]]:
         ("Board", f"{r.board} ({r.board_description})"),
         ("Emulated on", f"machine profile {r.profile}, CPU {r.emulated_cpu}"),
         ("Base", f"{r.base} ({r.release})"),
+        *([("Model", r.model + (f", {r.model_origin}" if r.model_origin else ""))] if r.model else []),
         ("Runtime", f"{r.runtime} {r.runtime_version}"),
         ("Image", str(r.image) if r.image else "not published"),
         ("Image sha256", r.image_sha256 or "-"),

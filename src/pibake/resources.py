@@ -55,6 +55,12 @@ def ansible_env(collection: Path = COLLECTION) -> dict[str, str]:
     return env
 
 
+def package_pythonpath() -> str:
+    """PYTHONPATH for a child Python that imports this very pibake (`python -m pibake.convert.keras`): the directory
+    holding the package (site-packages installed, src/ in a checkout) first, then this process's own PYTHONPATH."""
+    return os.pathsep.join([str(_PACKAGE.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
 def target_pythonpath() -> str:
     """PYTHONPATH for a child Python that runs the Pi-side package on this machine: TARGET first, then this process's
     own PYTHONPATH, so that the child imports every runtime this process finds (and the checks made here hold)."""

@@ -347,7 +347,6 @@ def test_an_onnx_model_is_baked_on_the_arm64_base_with_onnxruntime_from_its_lock
             {"runtime": project.Runtime("onnxruntime", "1.27.0")},
             "runtime: the debian-trixie-arm64 base runs .onnx models with onnxruntime 1.28.0 only",
         ),
-        ({"model": {"format": "keras"}}, "model.file: m.onnx is a Keras model; bake runs .tflite and .onnx models"),
     ],
 )
 def test_an_onnx_model_elsewhere_or_with_another_runtime_is_refused(

@@ -1,10 +1,10 @@
-"""scripts/convert_model.py (Keras -> TFLite) and the committed car model's contract.
+"""pibake.convert.keras (Keras -> TFLite; scripts/convert_model.py is its command line) and the car model's contract.
 
 The conversion tests need TensorFlow, the host-only extra pibake[convert] that `make venv`
 installs. TensorFlow only ever runs in subprocesses here (the converter's CLI and a helper
 that builds tiny Keras models), so this process loads the host's tflite-runtime alone, as
 the Pi-side package's predict command does, and checks the converted models with it. The car model tests need only
-tflite-runtime.
+tflite-runtime. `pibake bake`'s cached conversion of a project's Keras model is tested in test_bake_keras.py.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pibake import resources
+from pibake.convert import keras as converter
+from pibake.convert.tflite import tflite_min_runtime_version, tflite_ops
+from pibake.errors import ToolMissing, UsageError, VerificationFailed
 from tests.conftest import REPO
 
 MODELS = REPO / "models"
@@ -31,18 +34,6 @@ CONVERTER = REPO / "scripts" / "convert_model.py"
 SAMPLES = sorted((MODELS / "samples").glob("*.png"))
 # What tflite-runtime 2.11 on the Pi must be able to run: plain float32 builtins, all at version 1.
 PI_OPS = {"CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "MEAN", "FULLY_CONNECTED", "RELU", "RESHAPE", "SOFTMAX"}
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_model = _load("convert_model", CONVERTER)
 
 
 def _interpreter(model: Path) -> Any:
@@ -64,15 +55,15 @@ def _run_tflite(model: Path, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.stack(results)
 
 
-def _convert(*args: str) -> subprocess.CompletedProcess[str]:
-    """The converter's command line, in a subprocess (as a user runs it)."""
+def _convert(*args: str, command: tuple[str, ...] = ("-m", "pibake.convert.keras")) -> subprocess.CompletedProcess[str]:
+    """The converter's command line, in a subprocess (as a user, or `pibake.convert.to_tflite`, runs it)."""
     return subprocess.run(
-        [sys.executable, str(CONVERTER), *args],
+        [sys.executable, *command, *args],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": resources.package_pythonpath()},
     )
 
 
@@ -153,15 +144,29 @@ def test_converts_keras_to_a_tflite_model_that_gives_keras_outputs(
     x, expected = np.load(tiny_models / "x.npy"), np.load(tiny_models / "keras_out.npy")
     np.testing.assert_allclose(_run_tflite(out, x), expected, rtol=0, atol=1e-5)
 
-    ops = convert_model.tflite_ops(out.read_bytes())
+    ops = tflite_ops(out.read_bytes())
     assert {name for name, _ in ops} <= PI_OPS, ops
     assert all(version == 1 for _, version in ops), ops
 
 
-def test_help_describes_the_command() -> None:
-    res = _convert("--help")
-    assert res.returncode == 0
-    assert "MODEL" in res.stdout and "-o" in res.stdout and ".keras" in res.stdout and ".h5" in res.stdout
+def test_json_report_names_the_tensorflow_version_and_the_ops(tiny_models: Path, tmp_path: Path) -> None:
+    """What `pibake.convert.to_tflite` reads from the child: one JSON line on stdout."""
+    out = tmp_path / "tiny.tflite"
+    res = _convert(str(tiny_models / "tiny.keras"), "-o", str(out), "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["output"] == str(out) and report["size"] == out.stat().st_size
+    assert re.fullmatch(r"2\.\d+\.\d+", report["tensorflow"]), report
+    assert [tuple(op) for op in report["ops"]] == tflite_ops(out.read_bytes())
+    assert report["input_shape"] == [1, 16, 16, 3] and report["output_shape"] == [1, 3]
+
+
+def test_help_describes_the_command_also_under_the_scripts_name() -> None:
+    for command in (("-m", "pibake.convert.keras"), (str(CONVERTER),)):
+        res = _convert("--help", command=command)
+        assert res.returncode == 0, res.stderr
+        assert "MODEL" in res.stdout and "-o" in res.stdout and ".keras" in res.stdout and ".h5" in res.stdout
+    assert res.stdout.startswith("usage: convert_model.py ")
 
 
 @pytest.mark.parametrize(
@@ -172,7 +177,7 @@ def test_help_describes_the_command() -> None:
         ("model.txt", b"not keras", "expected a Keras model file ending in .keras or .h5"),
     ],
 )
-def test_bad_input_is_exit_2_with_a_message_and_writes_nothing(
+def test_bad_input_is_a_usage_error_with_a_message_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes | None, message: str
 ) -> None:
     """Refused before TensorFlow is imported: run in-process, through main()."""
@@ -180,29 +185,29 @@ def test_bad_input_is_exit_2_with_a_message_and_writes_nothing(
     if content is not None:
         model.write_bytes(content)
     before = _files(tmp_path)
-    code = convert_model.main([str(model), "-o", str(tmp_path / "out.tflite")])
+    code = converter.main([str(model), "-o", str(tmp_path / "out.tflite")])
     err = capsys.readouterr().err
-    assert code == 2
-    assert message in err and "convert_model.py: error:" in err
+    assert code == UsageError.exit_code == 2
+    assert message in err and f"{converter.COMMAND}: error: " in err
     assert "Traceback" not in err
     assert _files(tmp_path) == before
 
 
-def test_missing_tensorflow_is_exit_2_naming_the_extra(
+def test_missing_tensorflow_is_tool_missing_naming_the_extra(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tmp_path / "model.keras"
     model.write_bytes(b"PK")
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
-    code = convert_model.main([str(model), "-o", str(tmp_path / "out.tflite")])
+    code = converter.main([str(model), "-o", str(tmp_path / "out.tflite")])
     err = capsys.readouterr().err
-    assert code == 2
-    assert "TensorFlow is not installed" in err and "pibake[convert]" in err
+    assert code == ToolMissing.exit_code == 5
+    assert "TensorFlow is not installed" in err and "pip install 'pibake[convert]'" in err
     assert _files(tmp_path) == ["model.keras"]
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
-def test_a_file_that_is_not_a_keras_model_is_exit_2_and_writes_nothing(
+def test_a_file_that_is_not_a_keras_model_is_a_usage_error_and_writes_nothing(
     tiny_models: Path, tmp_path: Path, suffix: str
 ) -> None:
     model = tmp_path / f"fake{suffix}"
@@ -210,8 +215,8 @@ def test_a_file_that_is_not_a_keras_model_is_exit_2_and_writes_nothing(
     out = tmp_path / "out.tflite"
     out.write_bytes(b"previous model")  # an existing output stays as it was
     res = _convert(str(model), "-o", str(out))
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert "is not a Keras model" in res.stderr
+    assert res.returncode == UsageError.exit_code, res.stdout + res.stderr
+    assert f"{model} is not a Keras model Keras can load" in res.stderr
     assert "Traceback" not in res.stderr
     assert _files(tmp_path) == [model.name, "out.tflite"]
     assert out.read_bytes() == b"previous model"
@@ -220,7 +225,7 @@ def test_a_file_that_is_not_a_keras_model_is_exit_2_and_writes_nothing(
 def test_op_versions_newer_than_1_are_refused_unless_allowed(tiny_models: Path, tmp_path: Path) -> None:
     out = tmp_path / "dense3d.tflite"
     res = _convert(str(tiny_models / "dense3d.keras"), "-o", str(out))
-    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.returncode == VerificationFailed.exit_code, res.stdout + res.stderr
     assert (
         "FULLY_CONNECTED v" in res.stderr
         and "tflite-runtime 2.11" in res.stderr
@@ -238,10 +243,10 @@ def test_op_versions_newer_than_1_are_refused_unless_allowed(tiny_models: Path, 
 
 def test_tflite_ops_reads_operator_codes_and_refuses_other_files(tmp_path: Path) -> None:
     car = (MODELS / "car.tflite").read_bytes()
-    assert convert_model.tflite_ops(car)
-    assert re.fullmatch(r"\d+\.\d+\.\d+", convert_model.tflite_min_runtime_version(car))
+    assert tflite_ops(car)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", tflite_min_runtime_version(car))
     with pytest.raises(ValueError, match="TFL3"):
-        convert_model.tflite_ops(b"PK\x03\x04 a zip file, not a flatbuffer")
+        tflite_ops(b"PK\x03\x04 a zip file, not a flatbuffer")
 
 
 # ---------------------------------------------------------------- the committed car model (tflite-runtime only)
@@ -257,7 +262,7 @@ def test_car_model_has_the_contract_the_pi_relies_on() -> None:
     assert list(out["shape"]) == [1, 2]
     assert np.dtype(out["dtype"]) == np.float32
 
-    ops = convert_model.tflite_ops(model.read_bytes())
+    ops = tflite_ops(model.read_bytes())
     assert {name for name, _ in ops} <= PI_OPS, ops
     assert all(version == 1 for _, version in ops), ops
 

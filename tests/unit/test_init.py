@@ -230,3 +230,43 @@ def test_init_for_an_onnx_model_writes_a_project_bake_takes(tmp_path: Path, monk
     assert (proj.target.base, proj.runtime.name) == ("debian-trixie-arm64", project.AUTO_RUNTIME)
     assert bake.unsupported(proj) == []
     assert bake.project_runtime(proj).lock == "onnxruntime-3.13-debian-trixie-arm64.txt"
+
+
+@pytest.mark.parametrize("tensorflow", [True, False])
+def test_init_for_a_keras_model_writes_a_project_bake_takes_and_says_it_converts_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tensorflow: bool
+) -> None:
+    """Bake converts a Keras model to TFLite first (into build/): init says where, and what to install without
+    TensorFlow. A .keras zip with a config.json stands in for the model: init and load read its bytes only."""
+    import importlib.util
+    import zipfile
+
+    from PIL import Image
+
+    from pibake import bake
+
+    m = tmp_path / "m"
+    (m / "samples").mkdir(parents=True)
+    with zipfile.ZipFile(m / "my.keras", "w") as z:
+        z.writestr("config.json", "{}")
+    (m / "labels.txt").write_text("a\nb\n")
+    Image.new("RGB", (24, 24), (10, 200, 30)).save(m / "samples" / "green.png")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: real(name, *a) if tensorflow or name != "tensorflow" else None
+    )
+    res = run_cli(["init", "--model", str(m / "my.keras")])
+    assert res.code == 0, res.err
+    lines = res.out.splitlines()
+    assert f"  a Keras model: `pibake bake` converts it to TFLite first, into {m / 'build' / 'my.tflite'}" in lines
+    missing = [line for line in lines if line.startswith("  before baking: ")]
+    if tensorflow:
+        assert missing == []
+    else:
+        assert missing and "pip install 'pibake[convert]'" in missing[0]
+    assert lines[-1] == f"it loads: `pibake bake {m}` takes it", res.out
+    assert 'file = "my.keras"' in (m / "pibake.toml").read_text().splitlines()
+    proj = project.load(m)
+    assert proj.model.format == "keras" and bake.unsupported(proj) == []
+    assert bake.project_runtime(proj).name == "ai-edge-litert"
+    assert not (m / "build").exists()  # init converts nothing

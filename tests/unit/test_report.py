@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import re
@@ -132,6 +133,18 @@ def test_markdown_of_a_passing_bake() -> None:
     assert "| other_1.png | other 0.9, car 0.1 | other 0.9, car 0.1 | 0 | pass | other 0.9 |" in lines
     assert "| image | 12.2 |" in lines and "| provision | 160.5 |" in lines and "| total | 202.8 |" in lines
     assert "- samples not decoded: Pillow is not installed here" in lines
+
+
+def test_the_model_row_says_what_the_model_was_converted_from() -> None:
+    plain = dataclasses.replace(_report(GOOD_HOST, GOOD_PI), model="car.tflite")
+    assert "| Model | car.tflite |" in report.render_markdown(plain).splitlines()
+    origin = "converted from /p/car.keras (sha256 " + "cd" * 32 + ") with TensorFlow 2.21.0"
+    converted = dataclasses.replace(plain, model_origin=origin)
+    assert f"| Model | car.tflite, {origin} |" in report.render_markdown(converted).splitlines()
+    assert f"<tr><th>Model</th><td>car.tflite, {origin}</td></tr>" in report.render_html(converted)
+    # Before the runtime, after the base.
+    rows = [line.split(" | ")[0] for line in report.render_markdown(converted).splitlines() if line.startswith("| ")]
+    assert rows.index("| Base") + 1 == rows.index("| Model") == rows.index("| Runtime") - 1
 
 
 def test_a_failing_sample_is_said_at_the_top_and_flagged_in_its_row() -> None:

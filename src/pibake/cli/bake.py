@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "project's model (then its system settings, playbooks and roles), run the model on every sample here and on "
         "the emulated Pi, ask the inference service the same, shut down, and finalize. Writes to DIR/build/: the "
         "image with .sha256, .bmap and manifest (only when every sample is within the tolerance), report.md and "
-        "report.html (always). Exit status 1 when a sample is off tolerance.",
+        "report.html (always). A Keras model (.keras, .h5) is converted first, on this machine, to "
+        "DIR/build/MODEL.tflite (TensorFlow: pip install 'pibake[convert]'), and again only when its sha256 changes. "
+        "Exit status 1 when a sample is off tolerance.",
     )
     p.add_argument("directory", nargs="?", type=Path, default=Path(), help="the project (default: .)")
     p.add_argument("--profile", default=None, help="machine profile (default: the board's)")

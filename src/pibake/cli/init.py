@@ -19,6 +19,10 @@ def _init(a: argparse.Namespace) -> int:
         print(f"  model.file     {res.model}")
         print(f"  model.labels   {res.labels or 'no labels.txt beside the model: set it'}")
         print(f"  model.samples  {res.samples or 'no samples/ beside the model: set it'}")
+        if res.converts_to is not None:
+            print(f"  a Keras model: `pibake bake` converts it to TFLite first, into {res.converts_to}")
+            if res.tensorflow_missing:
+                print(f"  before baking: {res.tensorflow_missing}")
         # Loaded as `pibake bake` will load it: the file is written either way, and says what is still missing.
         try:
             project.load(res.path.parent)
