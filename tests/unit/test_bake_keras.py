@@ -371,8 +371,8 @@ def test_a_keras_project_bakes_as_its_tflite_and_the_report_says_where_it_came_f
     real_host_outputs = bake.host_outputs
     reference: list[dict[str, object]] = []
 
-    def host_outputs(proj: project.Project) -> dict[str, object]:
-        reference[:] = [real_host_outputs(proj)]
+    def host_outputs(proj: project.Project, staged: Path | None = None) -> dict[str, object]:
+        reference[:] = [real_host_outputs(proj, staged)]
         seen["reference_model"] = proj.model.file
         return reference[0]
 
