@@ -3,6 +3,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,20 @@ class CliResult:
     code: int
     out: str
     err: str
+
+
+def run_tensorflow(script: str, *args: str) -> None:
+    """SCRIPT (Python source that imports TensorFlow) with ARGS in a child Python: TensorFlow never enters the test
+    process (which keeps the host's tflite-runtime alone). The test fails with both streams when it exits non-zero."""
+    res = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def run_cli(args: list[str]) -> CliResult:

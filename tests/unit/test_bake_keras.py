@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import textwrap
 import zipfile
@@ -33,7 +32,7 @@ from pibake.errors import ToolMissing, UsageError
 from pibake.image import build as image_build
 from pibake.image import finalize
 from pibake.image import prepare as image_prepare
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_tensorflow
 
 LABELS = "north\nsouth\n"
 SIZE = 16
@@ -85,15 +84,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("TensorFlow is the extra pibake[convert]: pip install -e '.[convert]'")
     out = tmp_path_factory.mktemp("keras")
     _samples(out)
-    res = subprocess.run(
-        [sys.executable, "-c", _BUILD, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_tensorflow(_BUILD, str(out))
     return out
 
 

@@ -27,7 +27,7 @@ from pibake import resources
 from pibake.convert import keras as converter
 from pibake.convert.tflite import tflite_min_runtime_version, tflite_ops
 from pibake.errors import ToolMissing, UsageError, VerificationFailed
-from tests.conftest import REPO
+from tests.conftest import REPO, run_tensorflow
 
 MODELS = REPO / "models"
 CONVERTER = REPO / "scripts" / "convert_model.py"
@@ -112,15 +112,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("tensorflow") is None:  # not imported here: see the module docstring
         pytest.skip("TensorFlow is the extra pibake[convert]: pip install -e '.[convert]'")
     out = tmp_path_factory.mktemp("tiny")
-    res = subprocess.run(
-        [sys.executable, "-c", _BUILD_TINY, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_tensorflow(_BUILD_TINY, str(out))
     return out
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import base64
 import importlib.util
-import os
 import re
 import shutil
 import struct
 import subprocess
-import sys
 import textwrap
 import zoneinfo
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 
 from pibake import boards, project
 from pibake.errors import UsageError
-from tests.conftest import REPO
+from tests.conftest import REPO, run_tensorflow
 
 MODELS = REPO / "models"
 EXAMPLE = REPO / "examples" / "car"
@@ -485,15 +483,7 @@ def tiny_tflite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("TensorFlow is the extra pibake[convert]: pip install -e '.[convert]'")
     out = tmp_path_factory.mktemp("tiny") / "tiny.tflite"
-    res = subprocess.run(
-        [sys.executable, "-c", _BUILD_TINY, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
+    run_tensorflow(_BUILD_TINY, str(out))
     return out
 
 

@@ -13,13 +13,10 @@ child runs `keras` as __main__); importing this package imports neither TensorFl
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,8 +139,8 @@ def _cached(model: Path, keras_sha256: str, tflite: Path, record: Path) -> Conve
 
 
 def _write_record(record: Path, conversion: Conversion) -> None:
-    """RECORD (JSON) for CONVERSION, through a temporary file and a rename."""
-    from pibake.convert.keras import RECIPE
+    """RECORD (JSON) for CONVERSION, through a temporary file and a rename (keras.write_atomically)."""
+    from pibake.convert.keras import RECIPE, write_atomically
 
     data = {
         "keras": str(conversion.keras),
@@ -154,16 +151,7 @@ def _write_record(record: Path, conversion: Conversion) -> None:
         "ops": [list(op) for op in conversion.ops],
         "max_abs_diff": conversion.max_abs_diff,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=record.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1) + "\n")
-        Path(tmp).chmod(0o644)
-        Path(tmp).replace(record)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(tmp).unlink()
-        raise
+    write_atomically((json.dumps(data, indent=1) + "\n").encode(), record)
 
 
 def _run_converter(model: Path, tflite: Path) -> dict[str, Any]:
