@@ -37,6 +37,24 @@ def run_tensorflow(script: str, *args: str) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def run_local_play(book: Path, cfg_dir: Path) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook BOOK on localhost with this Python, under a bare ansible.cfg written to CFG_DIR (none of the
+    collection's: Mitogen, its inventory); its result, not checked."""
+    (cfg_dir / "ansible.cfg").write_text("[defaults]\n")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", str(book)],
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(cfg_dir / "ansible.cfg"),
+            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
 def run_cli(args: list[str]) -> CliResult:
     """Call the CLI in-process, as a user would, capturing stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()

@@ -49,7 +49,7 @@ from pibake.image import finalize, prepare
 from pibake.provision import provision
 from pibake.util import progress
 from pibake.util.cache import cache_root, sha256_file
-from pibake.util.proc import run
+from pibake.util.proc import last_json_object, run
 
 log = logging.getLogger(__name__)
 
@@ -447,15 +447,10 @@ def host_outputs(proj: project.Project, staged: Path | None = None) -> dict[str,
 def _predict_report(out: str, where: str) -> dict[str, object]:
     """The JSON object the predict command prints: the last line that is one (a runtime may chatter before and after
     it: LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on stderr, which SSH interleaves)."""
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                result = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(result, dict):
-                return result
-    raise PibakeError(f"the predict command printed no JSON {where}:\n{out[-2000:]}")
+    result = last_json_object(out)
+    if result is None:
+        raise PibakeError(f"the predict command printed no JSON {where}:\n{out[-2000:]}")
+    return result
 
 
 def predict_on_guest(

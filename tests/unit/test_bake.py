@@ -18,7 +18,7 @@ import yaml
 from pibake import bake, project, resources
 from pibake._module_utils import wheel_lock
 from pibake.errors import PibakeError, UsageError
-from tests.conftest import REPO
+from tests.conftest import REPO, run_local_play
 
 EXAMPLE = REPO / "examples" / "car"
 
@@ -418,7 +418,6 @@ def test_the_reference_run_of_an_onnx_model_is_the_pi_side_package_on_onnxruntim
 # ---------------------------------------------------------------- [model.preprocessing]: preprocessing.json
 
 CUSTOM = project.Preprocessing(None, 1 / 127.5, (1.0, 0.9, 0.8), (0.5, 0.25, 0.75), "bgr")
-ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 
 
 def _with_preprocessing(proj: project.Project, pre: project.Preprocessing) -> project.Project:
@@ -532,19 +531,7 @@ def test_the_model_role_deploys_the_preprocessing_json_with_the_model(tmp_path: 
             }
         )
     (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of the collection's (Mitogen, its inventory)
-    res = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(tmp_path / "play.yml")],
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    res = run_local_play(tmp_path / "play.yml", tmp_path)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
     proj, root, version = deployed["custom"]

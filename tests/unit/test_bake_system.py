@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pibake import bake, project
-from tests.conftest import REPO
+from tests.conftest import REPO, run_local_play
 
 PLAYBOOK = REPO / "playbooks" / "bake_system.yml"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -211,18 +211,7 @@ def test_the_locale_is_found_in_supported_and_generated_once(tmp_path: Path) -> 
     ]
     book = tmp_path / "locale.yml"
     book.write_text(yaml.safe_dump(plays, sort_keys=False))
-    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of the collection's (Mitogen, its inventory)
-    res = subprocess.run(
-        [ANSIBLE_PLAYBOOK, "-i", "localhost,", str(book)],
-        env={
-            **os.environ,
-            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
-            "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-        },
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    res = run_local_play(book, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     for n, (locale, _, entry, generate) in enumerate(LOCALE_CASES):
         assert json.loads((tmp_path / f"{n}.json").read_text()) == {"entry": entry, "generate": generate}, locale

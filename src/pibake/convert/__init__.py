@@ -24,7 +24,7 @@ from typing import Any
 from pibake import resources
 from pibake.errors import KINDS, CommandFailed, PibakeError, ToolMissing
 from pibake.util.cache import sha256_file
-from pibake.util.proc import run
+from pibake.util.proc import last_json_object, run
 
 log = logging.getLogger(__name__)
 
@@ -163,26 +163,13 @@ def _run_converter(model: Path, tflite: Path) -> dict[str, Any]:
     try:
         out = run(argv, env=env, timeout=TIMEOUT_S)
     except CommandFailed as e:
-        answer = _answer(e.output)
+        answer = last_json_object(e.output)
         kind = _KIND_BY_EXIT_CODE.get(e.returncode)
         if kind is not None and answer is not None and "message" in answer:
             raise kind(str(answer["message"])) from e
         how = f"signal {-e.returncode}" if e.returncode < 0 else f"exit {e.returncode}"
         raise PibakeError(f"{model}: the conversion to TFLite failed ({how}):\n{e.output[-2000:]}") from e
-    answer = _answer(out)
+    answer = last_json_object(out)
     if answer is None or "tensorflow" not in answer:
         raise PibakeError(f"{model}: the converter printed no report:\n{out[-2000:]}")
     return answer
-
-
-def _answer(out: str) -> dict[str, Any] | None:
-    """The JSON object the converter printed (its last line that is one), or None."""
-    for line in reversed(out.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                answer = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(answer, dict):
-                return answer
-    return None

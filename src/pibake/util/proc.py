@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
@@ -10,12 +11,27 @@ import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pibake.errors import CommandFailed, PibakeError, ToolMissing
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 25
+
+
+def last_json_object(out: str) -> dict[str, Any] | None:
+    """The JSON object a child printed as its answer: the last line of OUT that parses as one (a child may chatter
+    before and after it, e.g. LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."); None if none."""
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                answer = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(answer, dict):
+                return answer
+    return None
 
 
 def run(
