@@ -20,13 +20,15 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 # Debian packages the harness drives. Override APT_GET to use another front end.
 APT_GET ?= apt-get
-APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support mmdebstrap \
+# arch-test: mmdebstrap's check that a foreign architecture runs here (qemu-user); only a Recommends of mmdebstrap,
+# which --no-install-recommends leaves out, and without it mmdebstrap refuses armhf and arm64.
+APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support mmdebstrap arch-test \
 	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu bmap-tools
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: locks help deps apt-packages binfmt venv image image-arm64 fetch prepare finalize kernel-deps cross-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
+.PHONY: locks help deps apt-packages binfmt venv image image-arm64 images fetch prepare finalize kernel-deps cross-deps kernel emulate emulate-stop provision demo test test-fast test-integration molecule test-raspi2b lint docs sanity collection clean
 
 help: ## show this list
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,6 +75,13 @@ BOARD_ARM64 ?= pi4
 
 image-arm64: deps venv ## build the 64-bit base image from Debian trixie arm64 for BOARD_ARM64 (default pi4; cached)
 	$(if $(TIMING),$(TIMED) image-arm64 --) $(PIBAKE) image build --base debian-trixie-arm64 --board $(BOARD_ARM64) -o $(IMAGE_ARM64)
+
+# Side by side: a root filesystem build is dpkg under qemu-user, one process at a time, so two builds on two cores take
+# about as long as the longer one (a fresh machine builds both before the first test).
+images: deps venv ## both base images, bullseye armhf (IMAGE) and trixie arm64 (IMAGE_ARM64), built at the same time
+	@$(if $(TIMING),$(PYTHON) scripts/test_times.py begin images)
+	$(MAKE) --no-print-directory -j2 image image-arm64 TIMING=
+	@$(if $(TIMING),$(PYTHON) scripts/test_times.py end images)
 
 fetch: venv ## download RELEASE (default: the current Raspberry Pi OS Lite armhf; pibake image fetch --list) to RASPIOS_IMAGE, checked against Raspberry Pi's OS list, resumable, cached
 	$(PIBAKE) image fetch --release $(RELEASE) -o $(RASPIOS_IMAGE)
@@ -150,7 +159,7 @@ bench: deps venv ## time image, boots, converge, inference, serving, flashing (R
 test-fast: venv ## unit tests only: no emulator, no root
 	$(BIN)/pytest -q tests/unit
 
-test-integration: deps kernel-deps cross-deps venv image image-arm64
+test-integration: deps kernel-deps cross-deps venv images
 	$(if $(TIMING),$(TIMED) pytest --) env PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q -m "not raspi2b" tests
 
 molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, reboot, destroy (virt)

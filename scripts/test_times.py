@@ -4,6 +4,9 @@
     test_times.py run STEP -- COMMAND...   run COMMAND (output passed through), append STEP's seconds;
                                            Molecule's own steps (create, converge, ...) are read from its
                                            output and recorded as STEP/create, STEP/converge, ...
+    test_times.py begin STEP               note that STEP starts now (for a step make runs itself, such as a
+    test_times.py end STEP                 sub-make: `make -n` runs a sub-make line, so it cannot be wrapped)
+                                           and, at its end, append STEP's seconds since `begin`
     test_times.py report                   print the table of everything recorded since `reset`
     test_times.py reset                    forget what was recorded
 
@@ -101,7 +104,26 @@ def run(step: str, argv: list[str]) -> int:
     return proc.returncode
 
 
+def _begun(step: str) -> Path:
+    return record_path().with_name(f"{record_path().name}.{step}.begin")
+
+
+def begin(step: str) -> None:
+    path = _begun(step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{time.time():.1f}\n")  # wall clock: `end` runs in another process
+
+
+def end(step: str) -> None:
+    path = _begun(step)
+    append(step, time.time() - float(path.read_text()))
+    path.unlink()
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] in ("begin", "end"):
+        (begin if argv[0] == "begin" else end)(argv[1])
+        return 0
     if argv[:1] == ["report"]:
         print(report())
         return 0

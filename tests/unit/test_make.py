@@ -127,3 +127,15 @@ def test_every_image_build_and_demo_names_its_base(tmp_path: Path) -> None:
         assert all(f"--base {base}" in ln for ln in commands), commands
     run = _make(["-n", "demo", "DEMO_BASE=debian-bookworm-armhf", "BOARD=pi2"], tmp_path)
     assert re.search(r"pibake demo --board pi2 +--base debian-bookworm-armhf", run.out), run.out
+
+
+def test_images_builds_both_bases_side_by_side(tmp_path: Path) -> None:
+    # make test's first step on a fresh machine: the two root filesystems at once (make -j2), each with its base.
+    run = _make(["-n", "images"], tmp_path)
+    assert run.code == 0, run.err
+    assert re.search(r"make\b.* -j2 image image-arm64", run.out), run.out
+    builds = [ln for ln in run.out.splitlines() if "pibake image build" in ln]
+    assert len(builds) == 2, builds
+    assert "--base debian-bullseye " in builds[0] and "--base debian-trixie-arm64 " in builds[1], builds
+    run = _make(["-n", "test-integration"], tmp_path)
+    assert "-j2 image image-arm64" in run.out, run.out

@@ -45,3 +45,15 @@ def test_a_failing_step_passes_its_status_on_and_prints_the_table_so_far(tmp_pat
     assert "image" in res.stdout and "pytest" in res.stdout and "total" in res.stdout
     assert _times(["reset"], record).returncode == 0
     assert not record.exists()
+
+
+def test_begin_and_end_time_a_step_make_runs_itself(tmp_path: Path) -> None:
+    # `make images` is a sub-make (make -n runs it), so its time is taken from begin to end, not by wrapping it.
+    record = tmp_path / "times.tsv"
+    assert _times(["begin", "images"], record).returncode == 0
+    subprocess.run(["sleep", "1.1"], check=True)
+    assert _times(["end", "images"], record).returncode == 0
+    step, seconds = record.read_text().split("\t")
+    assert step == "images" and 1.0 <= float(seconds) < 60
+    assert list(tmp_path.iterdir()) == [record]  # the begin mark is gone
+    assert _times(["end", "images"], record).returncode != 0  # an end with no begin is an error, not a 0-s step
