@@ -12,6 +12,7 @@ from tests.conftest import REPO
 from tests.integration import wheel
 
 IMAGE = Path(os.environ.get("PIBAKE_IMAGE", REPO / "build" / "pibake-bullseye.img"))
+ARM64_IMAGE = REPO / "build" / "pibake-trixie-arm64.img"
 
 
 def qemu_processes(marker: str) -> list[int]:
@@ -42,6 +43,13 @@ def base_image() -> Path:
     if not IMAGE.exists():
         image.build_image(image.default_spec(base="debian-bullseye"), output=IMAGE)
     return IMAGE
+
+
+@pytest.fixture(scope="session")
+def arm64_image() -> Path:
+    """The trixie arm64 base for the Pi 4 (`make image-arm64`; cached: seconds after the first build)."""
+    built = image.build_image(image.default_spec(base="debian-trixie-arm64", board="pi4"), output=ARM64_IMAGE)
+    return built.path
 
 
 @pytest.fixture

@@ -19,14 +19,12 @@ from pathlib import Path
 import pytest
 
 from pibake.emulate import profiles
-from pibake.image import build as image
 from tests.conftest import REPO, run_cli
 from tests.integration import wheel
 from tests.integration.wheel import run
 
 pytestmark = pytest.mark.emulator
 
-ARM64_IMAGE = REPO / "build" / "pibake-trixie-arm64.img"
 # MIDR_EL1's part number, which /proc/cpuinfo prints as "CPU part" (Arm's Cortex-A72 TRM: 0xD08).
 CORTEX_A72_PART = "0xd08"
 
@@ -72,13 +70,6 @@ GUEST_FACTS = """\
 # PBKDF2, as wpa_passphrase), never the passphrase itself.
 WIFI_SSID = "pibake-lab"
 WIFI_PASSPHRASE = "pibake test passphrase 7f3a"
-
-
-@pytest.fixture(scope="module")
-def arm64_image() -> Path:
-    """The trixie arm64 base for the Pi 4 (`make image-arm64`; cached: seconds after the first build)."""
-    built = image.build_image(image.default_spec(base="debian-trixie-arm64", board="pi4"), output=ARM64_IMAGE)
-    return built.path
 
 
 def test_the_arm64_image_would_boot_a_pi4_and_not_a_pi2(arm64_image: Path) -> None:

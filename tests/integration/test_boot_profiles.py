@@ -25,6 +25,7 @@ MODELS = {
     "vexpress-a9": "V2P-CA9",
     "vexpress-a15": "V2P-CA15",
     "raspi2b": "Raspberry Pi 2 Model B",
+    "raspi3b": "Raspberry Pi 3 Model B",
 }
 
 
@@ -39,8 +40,8 @@ def _start(base_image: Path, profile: str, cpu: str | None, name: str, inventory
     """Boot BASE_IMAGE cold on PROFILE through the CLI (saving a snapshot where the profile can)."""
     argv = ["emulate", "start", str(base_image), "--profile", profile, "--name", name, "--renew-snapshot"]
     argv += ["--inventory", str(inventory)] if inventory else ["--no-inventory"]
-    # raspi2b (one core, USB network) needs about 2 min to SSH alone, over 5 on a busy machine.
-    argv += ["--timeout", "900" if profile == "raspi2b" else "300"]
+    # The board models (4 vCPUs, SD card, USB network) need 2 to 3 min to SSH alone, over 5 on a busy machine.
+    argv += ["--timeout", "900" if profiles.load(profile).fixed_soc else "300"]
     res = run_cli(argv + (["--cpu", cpu] if cpu else []))
     assert res.code == 0, res.err
     guest = emulator.status(name).guest
@@ -79,6 +80,23 @@ def test_profile_boots_to_ssh_with_the_cpu_it_promises(
     name = f"it-{profile}"
     stop_guests.append(name)
     _check_machine(_start(base_image, profile, cpu, name), profile, cpu)
+    _stop(name)
+
+
+@pytest.mark.raspi3b
+def test_the_pi_3_board_model_boots_the_64_bit_image_with_its_own_kernel_and_device_tree(
+    arm64_image: Path, stop_guests: list[str]
+) -> None:
+    name = "it-raspi3b"
+    stop_guests.append(name)
+    guest = _start(arm64_image, "raspi3b", None, name)
+    _check_machine(guest, "raspi3b", None)
+    code, out = ssh_run(guest, "uname -m; grep -m1 'CPU part' /proc/cpuinfo; findmnt -no SOURCE /")
+    assert code == 0, out
+    arch, part, root = out.split("\n")[:3]
+    assert arch == "aarch64"
+    assert part.split(":")[1].strip() == "0xd03"  # MIDR_EL1's part number: Cortex-A53 (Arm's TRM)
+    assert root.startswith("/dev/mmcblk0")  # the SD card, not virtio
     _stop(name)
 
 

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from pibake.emulate import profiles
-from pibake.errors import PibakeError
+from pibake.errors import PibakeError, ToolMissing
 
 
 def _launch(tmp_path: Path, **kw: object) -> profiles.Launch:
@@ -153,3 +157,40 @@ def test_a_profile_of_an_unknown_architecture_is_refused() -> None:
     data["arch"] = "riscv64"
     with pytest.raises(PibakeError, match="arch must be one of"):
         profiles.parse(data, source="x.toml")
+
+
+def test_the_pi_3_board_model_runs_the_image_s_own_64_bit_kernel_on_its_soc(tmp_path: Path) -> None:
+    prof = profiles.load("raspi3b")
+    assert (prof.arch, prof.machine, prof.cpu) == ("arm64", "raspi3b", "cortex-a53")  # the Pi 3's own core
+    assert prof.needs_power_of_two and prof.dtb == "bcm2837-rpi-3-b.dtb"
+    argv = profiles.qemu_command(prof, _launch(tmp_path, dtb=tmp_path / "bcm2837-rpi-3-b.dtb"))
+    assert argv[0] == "qemu-system-aarch64" and _after(argv, "-M") == "raspi3b"
+    assert "-cpu" not in argv and "-smp" not in argv and _after(argv, "-m") == "1024"
+    assert "usb-net,netdev=n0" in argv  # no Ethernet on the board model: USB networking
+    # The same Cortex-A53 features as virt64's cortex-a53: the board model changes the SoC, not the core.
+    assert prof.features() == profiles.load("virt64").features("cortex-a53")
+    with pytest.raises(PibakeError, match="fixed SoC"):
+        profiles.qemu_command(prof, _launch(tmp_path, dtb=tmp_path / "x.dtb", memory_mb=512))
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-aarch64") is None, reason="qemu-system-aarch64 not installed (make deps)")
+def test_a_machine_the_installed_qemu_lacks_is_refused_with_the_release_that_has_it() -> None:
+    # The installed QEMU itself is asked (its -machine help): bookworm's 7.2 has raspi3b, and raspi4b only from 9.0.
+    profiles.check_machine(profiles.load("raspi3b"))
+    pi4 = profiles.load("raspi4b")
+    version = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True).stdout
+    if int(re.search(r"version (\d+)\.", version)[1]) >= 9:  # type: ignore[index]
+        profiles.check_machine(pi4)
+    else:
+        with pytest.raises(ToolMissing, match=r"raspi4b machine.*QEMU 9\.0 or later.*bookworm-backports"):
+            profiles.check_machine(pi4)
+    odd = dataclasses.replace(pi4, name="pdp", machine="pdp11")
+    with pytest.raises(ToolMissing, match=r"profile pdp runs QEMU's pdp11 machine.*a newer QEMU"):
+        profiles.check_machine(odd)
+
+
+def test_the_pi_4_board_model_is_the_pi_4_s_soc() -> None:
+    prof = profiles.load("raspi4b")
+    assert (prof.arch, prof.machine, prof.cpu, prof.fixed_soc) == ("arm64", "raspi4b", "cortex-a72", True)
+    assert prof.dtb == "bcm2711-rpi-4-b.dtb" and prof.net_model == "usb-net"  # no GENET in QEMU's model
+    assert prof.features() == profiles.load("virt64").features("cortex-a72")

@@ -262,6 +262,7 @@ def start(
     prof = profiles.load(profile)
     if kernel is None:
         check_profile_arch(image, prof, arch)
+    profiles.check_machine(prof)
     cpu = prof.resolve_cpu(cpu)
     check_power_of_two(image, prof)
     sdir = state_dir(name)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pibake import resources
-from pibake.errors import PibakeError, UsageError
+from pibake.errors import PibakeError, ToolMissing, UsageError
 
 PROFILE_DIR = resources.PROFILES
 
@@ -15,6 +18,9 @@ DISK_BUSES = ("virtio", "sd")
 # Debian architecture of the images a profile boots -> the QEMU system emulator that runs them.
 QEMU_SYSTEM = {"armhf": "qemu-system-arm", "arm64": "qemu-system-aarch64"}
 NET_MODELS = ("virtio", "nic", "usb-net")
+# Machines that only newer QEMUs have, with the release that added them and where Debian bookworm gets one (QEMU's
+# changelog: raspi4b, the BCM2711, arrived in 9.0; bookworm has 7.2, bookworm-backports 10.0).
+MACHINE_SINCE = {"raspi4b": ("9.0", "qemu-system-arm from bookworm-backports (QEMU 10.0)")}
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,37 @@ class Launch:
     forwards: tuple[tuple[int, int], ...] = ()
     # Restore a saved guest from this migration URI (qemu -incoming) instead of booting.
     incoming: str | None = None
+
+
+@functools.cache
+def _qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
+    """BINARY's version line and the machine names its ``-machine help`` lists (asked once a process)."""
+    try:
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=60)
+        listing = subprocess.run([binary, "-machine", "help"], capture_output=True, text=True, check=True, timeout=60)
+    except FileNotFoundError:
+        raise ToolMissing(f"{binary} is not installed: `make deps` installs it (Debian's qemu-system-arm)") from None
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise PibakeError(f"{binary} did not list its machines: {e}") from e
+    names = frozenset(m.group(1) for m in re.finditer(r"^(\S+)\s", listing.stdout, re.MULTILINE))
+    return version.stdout.splitlines()[0] if version.stdout else binary, names - {"Supported"}
+
+
+def check_machine(profile: Profile) -> None:
+    """Refuse PROFILE when the installed qemu-system-arm/aarch64 lacks its machine (raspi4b before QEMU 9.0).
+
+    Raises ToolMissing naming the QEMU release that has the machine and where to get it (MACHINE_SINCE), or the
+    missing emulator itself.
+    """
+    binary = qemu_binary(profile)
+    version, machines = _qemu_machines(binary)
+    if profile.machine in machines:
+        return
+    since, where = MACHINE_SINCE.get(profile.machine, ("a later release", "a newer QEMU"))
+    raise ToolMissing(
+        f"profile {profile.name} runs QEMU's {profile.machine} machine, which {binary} here ({version}) does not "
+        f"have: it needs QEMU {since} or later; on Debian bookworm, install {where}"
+    )
 
 
 def qemu_binary(profile: Profile) -> str:

@@ -438,7 +438,8 @@ def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
     start = time.monotonic()
     argv = mmdebstrap_argv(base, root)
     with progress.step(f"rootfs {key[:12]}: {argv[0]} {base.suite} {base.arch}", logger=log) as status:
-        run(argv, stream=True, on_line=status.output)
+        # Named by base: `make images` builds two at once, and CI's plain log interleaves their lines.
+        run(argv, stream=True, on_line=lambda line: status.output(f"{base.suite} {base.arch}: {line}"))
     # Downloaded .debs are not part of the image.
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
