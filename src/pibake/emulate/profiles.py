@@ -145,7 +145,7 @@ class Launch:
 
 
 @functools.cache
-def _qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
+def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
     """BINARY's version line and the machine names its ``-machine help`` lists (asked once a process)."""
     try:
         version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=60)
@@ -165,7 +165,7 @@ def check_machine(profile: Profile) -> None:
     missing emulator itself.
     """
     binary = qemu_binary(profile)
-    version, machines = _qemu_machines(binary)
+    version, machines = qemu_machines(binary)
     if profile.machine in machines:
         return
     since, where = MACHINE_SINCE.get(profile.machine, ("a later release", "a newer QEMU"))
