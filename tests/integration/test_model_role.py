@@ -54,6 +54,9 @@ def deploy(tmp_path: Path):  # type: ignore[no-untyped-def]
             "model_root": str(root),
             "model_source_dir": str(source),
             "model_python": python,
+            # The Pi-side package from this checkout (on a Pi, the python_runtime role installs it there): the
+            # role's default, /usr/local/lib/pibake, is nothing on a fresh CI machine.
+            "model_package_dir": str(REPO / "target"),
             "ansible_python_interpreter": python,
             # The smoke check needs the host's TFLite runtime; it runs once below, the rest are about files.
             "model_smoke_check_enabled": "false",
