@@ -138,4 +138,5 @@ def test_images_builds_both_bases_side_by_side(tmp_path: Path) -> None:
     assert len(builds) == 2, builds
     assert "--base debian-bullseye " in builds[0] and "--base debian-trixie-arm64 " in builds[1], builds
     run = _make(["-n", "test-integration"], tmp_path)
-    assert "-j2 image image-arm64" in run.out, run.out
+    assert "-j3 image image-arm64 kernel PROFILE=vexpress-a9" in run.out, run.out  # and test_kernel's kernel
+    assert re.search(r"pibake kernel build --profile vexpress-a9 --provider debian-source", run.out), run.out
