@@ -97,11 +97,15 @@ def test_the_pi_board_models_boot_the_64_bit_image_with_its_own_kernel_and_devic
 ) -> None:
     name = f"it-{profile}"
     stop_guests.append(name)
-    if profile not in profiles.qemu_machines("qemu-system-aarch64")[1]:
-        # raspi4b on bookworm's QEMU 7.2: refused before anything starts, with the release that has the machine.
+    version, machines = profiles.qemu_machines("qemu-system-aarch64")
+    release, broken = profiles.qemu_release(version), profiles.MACHINE_BROKEN.get(profile)
+    if profile not in machines or (broken and release and release <= broken[0]):
+        # raspi4b: refused before anything starts, on bookworm's QEMU 7.2 with the release that has the machine, on
+        # bookworm-backports' 10.0.2 with what a boot there does (measured).
         res = run_cli(["emulate", "start", str(arm64_image), "--profile", profile, "--name", name, "--no-inventory"])
         assert res.code == 5, res.err
-        assert "QEMU 9.0 or later" in res.err and "bookworm-backports" in res.err, res.err
+        missing = "QEMU 9.0 or later" in res.err and "bookworm-backports" in res.err
+        assert missing or "cannot boot pibake's images" in res.err, res.err
         assert not qemu_processes(str(emulator.state_dir(name)))
         return
     guest = _start(arm64_image, profile, None, name)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import subprocess
 import tomllib
@@ -179,11 +178,16 @@ def test_a_machine_the_installed_qemu_lacks_is_refused_with_the_release_that_has
     profiles.check_machine(profiles.load("raspi3b"))
     pi4 = profiles.load("raspi4b")
     version = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True).stdout
-    if int(re.search(r"version (\d+)\.", version)[1]) >= 9:  # type: ignore[index]
-        profiles.check_machine(pi4)
-    else:
+    release = profiles.qemu_release(version)
+    assert release is not None, version
+    if release < (9, 0, 0):
         with pytest.raises(ToolMissing, match=r"raspi4b machine.*QEMU 9\.0 or later.*bookworm-backports"):
             profiles.check_machine(pi4)
+    elif release <= profiles.MACHINE_BROKEN["raspi4b"][0]:
+        with pytest.raises(ToolMissing, match=r"cannot boot pibake's images.*brcmstb_l2_intc_of_init.*virt64"):
+            profiles.check_machine(pi4)
+    else:
+        profiles.check_machine(pi4)
     odd = dataclasses.replace(pi4, name="pdp", machine="pdp11")
     with pytest.raises(ToolMissing, match=r"profile pdp runs QEMU's pdp11 machine.*a newer QEMU"):
         profiles.check_machine(odd)
@@ -194,3 +198,20 @@ def test_the_pi_4_board_model_is_the_pi_4_s_soc() -> None:
     assert (prof.arch, prof.machine, prof.cpu, prof.fixed_soc) == ("arm64", "raspi4b", "cortex-a72", True)
     assert prof.dtb == "bcm2711-rpi-4-b.dtb" and prof.net_model == "usb-net"  # no GENET in QEMU's model
     assert prof.features() == profiles.load("virt64").features("cortex-a72")
+
+
+def test_a_machine_seen_broken_is_refused_up_to_the_release_measured_and_let_through_after_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if shutil.which("qemu-system-aarch64") is None:
+        pytest.skip("qemu-system-aarch64 not installed (make deps)")
+    assert profiles.qemu_release("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)") == (10, 0, 2)
+    assert profiles.qemu_release("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18+b3)") == (7, 2, 19)
+    assert profiles.qemu_release("no version here") is None
+    pi3 = profiles.load("raspi3b")  # a machine every supported QEMU has; the table entry is this test's
+    monkeypatch.setitem(profiles.MACHINE_BROKEN, "raspi3b", ((99, 0, 0), "it hangs"))
+    with pytest.raises(ToolMissing, match=r"profile raspi3b cannot boot.*it hangs \(measured on QEMU 99\.0\.0\)"):
+        profiles.check_machine(pi3)
+    monkeypatch.setitem(profiles.MACHINE_BROKEN, "raspi3b", ((1, 0, 0), "it hangs"))
+    profiles.check_machine(pi3)
+    assert "newer than the last one measured" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import subprocess
 import tomllib
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from pibake import resources
 from pibake.errors import PibakeError, ToolMissing, UsageError
+
+log = logging.getLogger(__name__)
 
 PROFILE_DIR = resources.PROFILES
 
@@ -21,6 +24,17 @@ NET_MODELS = ("virtio", "nic", "usb-net")
 # Machines that only newer QEMUs have, with the release that added them and where Debian bookworm gets one (QEMU's
 # changelog: raspi4b, the BCM2711, arrived in 9.0; bookworm has 7.2, bookworm-backports 10.0).
 MACHINE_SINCE = {"raspi4b": ("9.0", "qemu-system-arm from bookworm-backports (QEMU 10.0)")}
+# Machines a QEMU has but that were seen not to boot pibake's images, up to the newest QEMU release tried (a newer one
+# is let through with a warning): (release, what happened). Measured here, 2026-11-30, QEMU 10.0.2 from
+# bookworm-backports, the trixie arm64 base's kernel (6.12) with its bcm2711-rpi-4-b.dtb.
+MACHINE_BROKEN = {
+    "raspi4b": (
+        (10, 0, 2),
+        "Debian's arm64 kernel panics 4 s into its boot (in brcmstb_l2_intc_of_init: QEMU's BCM2711 model has no "
+        "L2 interrupt controller, which the Pi 4's device tree names); QEMU's own list of what raspi4b lacks "
+        "(GENET Ethernet, PCIe) leaves only USB networking besides",
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -158,16 +172,38 @@ def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
     return version.stdout.splitlines()[0] if version.stdout else binary, names - {"Supported"}
 
 
-def check_machine(profile: Profile) -> None:
-    """Refuse PROFILE when the installed qemu-system-arm/aarch64 lacks its machine (raspi4b before QEMU 9.0).
+def qemu_release(version: str) -> tuple[int, int, int] | None:
+    """(major, minor, micro) from qemu's ``--version`` line ("QEMU emulator version 10.0.2 (Debian ...)"); None when
+    the line says no version."""
+    m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
 
-    Raises ToolMissing naming the QEMU release that has the machine and where to get it (MACHINE_SINCE), or the
-    missing emulator itself.
+
+def check_machine(profile: Profile) -> None:
+    """Refuse PROFILE when the installed qemu-system-arm/aarch64 lacks its machine (raspi4b before QEMU 9.0), or has
+    it in a release seen not to boot pibake's images (MACHINE_BROKEN: raspi4b up to QEMU 10.0.2).
+
+    Raises ToolMissing naming the QEMU release that has the machine and where to get it (MACHINE_SINCE), what went
+    wrong with the machine and what to use instead (MACHINE_BROKEN), or the missing emulator itself.
     """
     binary = qemu_binary(profile)
     version, machines = qemu_machines(binary)
     if profile.machine in machines:
-        return
+        broken = MACHINE_BROKEN.get(profile.machine)
+        release = qemu_release(version)
+        if broken is None or release is None:
+            return
+        upto, what = broken
+        if release > upto:
+            log.warning(
+                "profile %s: QEMU %s is newer than the last one measured with its %s machine (%s), where %s",
+                profile.name, ".".join(map(str, release)), profile.machine, ".".join(map(str, upto)), what,
+            )  # fmt: skip
+            return
+        raise ToolMissing(
+            f"profile {profile.name} cannot boot pibake's images on {binary} here ({version}): {what} (measured on "
+            f"QEMU {'.'.join(map(str, upto))}). Emulate the board's core on virt64 instead (--board pi4: Cortex-A72)"
+        )
     since, where = MACHINE_SINCE.get(profile.machine, ("a later release", "a newer QEMU"))
     raise ToolMissing(
         f"profile {profile.name} runs QEMU's {profile.machine} machine, which {binary} here ({version}) does not "
