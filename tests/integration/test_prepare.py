@@ -212,6 +212,30 @@ def test_a_new_user_on_the_debian_base(debian_image: Path) -> None:
     _fsck_clean(debian_image)
 
 
+def test_an_imager_customised_card_boots_without_firstrun_sh_and_gets_it_back(
+    raspios_image: Path, tmp_path: Path
+) -> None:
+    # Raspberry Pi Imager's settings (bullseye, bookworm): systemd runs firstrun.sh, which reboots. Not in the emulated
+    # boot (QEMU runs with -no-reboot); on the card, byte for byte.
+    card = _copy(raspios_image, tmp_path / "imager.img")
+    imager = raspios.CMDLINE.rstrip("\n") + (
+        " systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n"
+    )
+    cmdline = tmp_path / "cmdline.txt"
+    cmdline.write_text(imager)
+    offset = read_mbr(card).partition(1).start * 512
+    subprocess.run(["mcopy", "-o", "-i", f"{card}@@{offset}", str(cmdline), "::/cmdline.txt"], check=True)
+    work = tmp_path / "work.img"
+    res = run_cli(["image", "prepare", str(card), "-o", str(work), "--ssh-key", str(_pubkey(tmp_path))])
+    assert res.code == 0, res.err
+    emulated = FatFs.partition(work, 1).read_text("cmdline.txt") or ""
+    assert "systemd.run" not in emulated and "kernel-command-line.target" not in emulated, emulated
+    assert "init_resize" not in emulated
+    res = run_cli(["image", "finalize", str(work)])
+    assert res.code == 0, res.err
+    assert FatFs.partition(work, 1).read_text("cmdline.txt") == imager
+
+
 def test_prepare_twice_and_a_changed_tweak_are_refused(raspios_image: Path, tmp_path: Path) -> None:
     work = prepare.copy_image(raspios_image, tmp_path / "w.img")
     prepare.prepare(work, ssh_pubkey=KEY)

@@ -43,6 +43,23 @@ def test_cmdline_tweak_for_a_direct_kernel_boot() -> None:
     )
 
 
+def test_cmdline_of_a_card_raspberry_pi_imager_customised_boots_without_its_firstrun_script() -> None:
+    # A bookworm card as Imager writes it: the first boot resizes (init=), then systemd runs firstrun.sh and reboots.
+    imager = (
+        "console=serial0,115200 console=tty1 root=PARTUUID=35684e8a-02 rootfstype=ext4 fsck.repair=yes rootwait quiet "
+        "init=/usr/lib/raspberrypi-sys-mods/firstboot cfg80211.ieee80211_regdom=GB systemd.run=/boot/firstrun.sh "
+        "systemd.run_success_action=reboot systemd.unit=kernel-command-line.target\n"
+    )
+    assert prepare.tweak_cmdline(imager, "ttyAMA0") == (
+        "console=tty1 root=PARTUUID=35684e8a-02 rootfstype=ext4 fsck.repair=yes rootwait quiet "
+        "cfg80211.ieee80211_regdom=GB console=ttyAMA0,115200\n"
+    )
+    # Another systemd.unit is the image's own choice, not Imager's, and stays.
+    assert "systemd.unit=multi-user.target" in str(
+        prepare.tweak_cmdline("root=/dev/vda2 systemd.unit=multi-user.target systemd.run=/boot/x.sh\n", "ttyAMA0")
+    )
+
+
 def test_cmdline_already_fit_for_emulation_is_left_alone() -> None:
     debian = "console=ttyAMA0,115200 root=PARTUUID=1234abcd-02 rootfstype=ext4 fsck.repair=yes rootwait net.ifnames=0\n"
     assert prepare.tweak_cmdline(debian, "ttyAMA0") is None

@@ -58,6 +58,11 @@ CMDLINE = "cmdline.txt"
 SERIAL_CONSOLES = ("serial0", "serial1", "ttyAMA0", "ttyS0")
 # Raspberry Pi OS's first-boot programs, run as init= from cmdline.txt (see tweak_cmdline).
 FIRST_BOOT_INITS = ("/init_resize.sh", "/raspberrypi-sys-mods/firstboot")
+# Raspberry Pi Imager's customisation on bullseye and bookworm cards: systemd runs its firstrun.sh as the boot's only
+# job, then reboots (rpi-imager's cmdline.txt words; systemd's kernel-command-line(7): systemd.run=,
+# systemd.run_success_action=, systemd.run_failure_action=, systemd.unit=).
+FIRST_RUN_WORDS = ("systemd.run=", "systemd.run_success_action=", "systemd.run_failure_action=")
+FIRST_RUN_UNIT = "systemd.unit=kernel-command-line.target"
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -218,11 +223,17 @@ def tweak_cmdline(text: str, console: str) -> str | None:
       the root partition to the card (firstboot also makes new SSH host keys and a new disk
       id) and reboots, which ends a QEMU started with -no-reboot. prepare has grown the image
       already; on the card it must run, so finalize puts it back.
+    - systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot
+      systemd.unit=kernel-command-line.target (Raspberry Pi Imager's settings on a bullseye or
+      bookworm card read back into an image): the script applies the user, hostname, SSH and
+      Wi-Fi chosen in Imager, removes itself and reboots. The emulated boot is pibake's (its
+      user and key); the card's first boot runs the script, since finalize puts it back.
     """
     tokens = text.split()
     ours = f"console={console},115200"
     serial = [t for t in tokens if t.startswith("console=") and t.split("=", 1)[1].split(",")[0] in SERIAL_CONSOLES]
     resize = [t for t in tokens if t.startswith("init=") and t.endswith(FIRST_BOOT_INITS)]
+    resize += [t for t in tokens if t.startswith(FIRST_RUN_WORDS) or t == FIRST_RUN_UNIT]
     consoles = [t for t in tokens if t.startswith("console=")]
     if not resize and serial == [ours] and consoles[-1] == ours:
         return None
