@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pibake import boards
 from pibake.cli.common import DEFAULT_IMAGE, add_guest_options
+from pibake.emulate import profiles
 
 if TYPE_CHECKING:
     from pibake.emulate.guest import Guest
@@ -132,7 +133,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             choices=boards.names(),
             help="target board: picks the profile and CPU that emulate it (default: %(default)s)",
         )
-        p.add_argument("--profile", default=None, help="machine profile from qemu/ (default: the board's)")
+        p.add_argument(
+            "--profile",
+            default=None,
+            help=f"machine profile: {', '.join(profiles.available())} (the README's table says what each emulates; "
+            "default: the board's)",
+        )
         p.add_argument("--cpu", default=None, help="CPU model, for profiles that let you choose (default: the board's)")
         p.add_argument(
             "--persist", action="store_true", help="write into the image itself instead of a copy-on-write overlay"
