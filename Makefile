@@ -79,9 +79,7 @@ image-arm64: deps venv ## build the 64-bit base image from Debian trixie arm64 f
 # Side by side: a root filesystem build is dpkg under qemu-user, one process at a time, so two builds on two cores take
 # about as long as the longer one (a fresh machine builds both before the first test).
 images: deps venv ## both base images, bullseye armhf (IMAGE) and trixie arm64 (IMAGE_ARM64), built at the same time
-	@$(if $(TIMING),$(PYTHON) scripts/test_times.py begin images)
-	$(MAKE) --no-print-directory -j2 image image-arm64 TIMING=
-	@$(if $(TIMING),$(PYTHON) scripts/test_times.py end images)
+	$(MAKE) --no-print-directory -j2 image image-arm64
 
 # What make test builds before its first test, side by side: both base images and the no-initrd kernel (tests/
 # integration/test_kernel.py's). Measured on a fresh machine (2 cores): the bullseye rootfs 9.5 min and the trixie one

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -177,7 +176,7 @@ def test_a_machine_the_installed_qemu_lacks_is_refused_with_the_release_that_has
     # The installed QEMU itself is asked (its -machine help): bookworm's 7.2 has raspi3b, and raspi4b only from 9.0.
     profiles.check_machine(profiles.load("raspi3b"))
     pi4 = profiles.load("raspi4b")
-    version = subprocess.run(["qemu-system-aarch64", "--version"], capture_output=True, text=True).stdout
+    version = profiles.qemu_version("qemu-system-aarch64")
     release = profiles.qemu_release(version)
     assert release is not None, version
     if release < (9, 0, 0):

@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 @pytest.fixture(autouse=True)
 def private_cache(isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # No qemu needed: the version string is part of the key, so pin it.
-    monkeypatch.setitem(snapshot._qemu_versions, "qemu-system-arm", "QEMU emulator version 7.2.0")
+    monkeypatch.setitem(profiles._qemu_versions, "qemu-system-arm", "QEMU emulator version 7.2.0")
     return isolated_cache
 
 

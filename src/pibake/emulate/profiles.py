@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import subprocess
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pibake import resources
 from pibake.errors import PibakeError, ToolMissing, UsageError
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +158,24 @@ class Launch:
     incoming: str | None = None
 
 
+_qemu_versions: dict[str, str] = {}
+
+
+def qemu_version(binary: str) -> str:
+    """BINARY's ``-version`` first line (cached per process): part of a snapshot's key (a snapshot is only restored
+    by the qemu that saved it), and the release check_machine compares. Raises ToolMissing when BINARY is not
+    installed."""
+    if binary not in _qemu_versions:
+        _qemu_versions[binary] = run([binary, "-version"]).splitlines()[0].strip()
+    return _qemu_versions[binary]
+
+
 @functools.cache
-def qemu_machines(binary: str) -> tuple[str, frozenset[str]]:
-    """BINARY's version line and the machine names its ``-machine help`` lists (asked once a process)."""
-    try:
-        version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=60)
-        listing = subprocess.run([binary, "-machine", "help"], capture_output=True, text=True, check=True, timeout=60)
-    except FileNotFoundError:
-        raise ToolMissing(f"{binary} is not installed: `make deps` installs it (Debian's qemu-system-arm)") from None
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        raise PibakeError(f"{binary} did not list its machines: {e}") from e
-    names = frozenset(m.group(1) for m in re.finditer(r"^(\S+)\s", listing.stdout, re.MULTILINE))
-    return version.stdout.splitlines()[0] if version.stdout else binary, names - {"Supported"}
+def qemu_machines(binary: str) -> frozenset[str]:
+    """The machine names BINARY's ``-machine help`` lists (asked once a process). Raises ToolMissing when BINARY is
+    not installed."""
+    listing = run([binary, "-machine", "help"])
+    return frozenset(m.group(1) for m in re.finditer(r"^(\S+)\s", listing, re.MULTILINE)) - {"Supported"}
 
 
 def qemu_release(version: str) -> tuple[int, int, int] | None:
@@ -187,8 +193,8 @@ def check_machine(profile: Profile) -> None:
     wrong with the machine and what to use instead (MACHINE_BROKEN), or the missing emulator itself.
     """
     binary = qemu_binary(profile)
-    version, machines = qemu_machines(binary)
-    if profile.machine in machines:
+    version = qemu_version(binary)
+    if profile.machine in qemu_machines(binary):
         broken = MACHINE_BROKEN.get(profile.machine)
         release = qemu_release(version)
         if broken is None or release is None:

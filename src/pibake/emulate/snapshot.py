@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 
+from pibake.emulate import profiles
 from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect
 from pibake.errors import PibakeError
@@ -110,16 +111,6 @@ def image_digest(path: Path) -> str:
     return digest
 
 
-_qemu_versions: dict[str, str] = {}
-
-
-def qemu_version(binary: str) -> str:
-    """BINARY's `-version` first line (cached per process): a snapshot is only restored by the qemu that saved it."""
-    if binary not in _qemu_versions:
-        _qemu_versions[binary] = run([binary, "-version"]).splitlines()[0].strip()
-    return _qemu_versions[binary]
-
-
 def launch_key(image: Path, profile: Profile, launch: Launch, binary: str) -> str:
     """The snapshot key of booting IMAGE with PROFILE and LAUNCH: a hex sha256 of everything the guest sees.
 
@@ -134,7 +125,7 @@ def launch_key(image: Path, profile: Profile, launch: Launch, binary: str) -> st
     return recipe_hash(
         {
             "format": FORMAT,
-            "qemu": qemu_version(binary),
+            "qemu": profiles.qemu_version(binary),
             "image": image_digest(image),
             "profile": asdict(profile),
             "cpu": profile.resolve_cpu(launch.cpu),
