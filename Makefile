@@ -168,8 +168,8 @@ test-fast: venv ## unit tests only: no emulator, no root
 test-integration: deps kernel-deps cross-deps venv test-builds
 	$(if $(TIMING),$(TIMED) pytest --) env PIBAKE_NO_SKIP=1 PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/pytest -q -m "not raspi2b and not raspi3b" tests
 
-molecule: deps venv image ## the Molecule scenario: boot, converge, idempotence, verify, reboot, destroy (virt)
-	$(if $(TIMING),$(TIMED) molecule-default --) env PIBAKE_IMAGE=$(CURDIR)/$(IMAGE) $(BIN)/molecule test
+molecule: deps venv image-arm64 ## the Molecule scenario on the 64-bit base (a Pi 4's Cortex-A72 on virt): boot, converge, idempotence, verify, reboot, destroy
+	$(if $(TIMING),$(TIMED) molecule-default --) env PIBAKE_IMAGE=$(CURDIR)/$(IMAGE_ARM64) $(BIN)/molecule test
 
 # QEMU's raspi2b board model (4 Cortex-A7s on TCG, SD card, USB networking): its Molecule scenario takes
 # about 19 min, and its guest kernel stalls (soft lockups, an sdhost timeout, an oops) when its 4 vCPUs

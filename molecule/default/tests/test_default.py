@@ -1,8 +1,8 @@
 """What `molecule verify` checks on the emulated Pi after site.yml has run.
 
-The pinned TFLite runtime is installed and imports, the model gives the same answers on
-the guest (armhf, tflite-runtime 2.11, numpy 1.19) as on the controller (the reference run),
-and the image's security basics hold.
+The pinned runtime is installed and imports (the scenario's: LiteRT from its lock into the venv on the 64-bit
+trixie base, tflite-runtime 2.11 in the system Python on the legacy bullseye base), the model gives the same
+answers on the guest as on the controller (the reference run), and the image's security basics hold.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from verify_helpers import before_reboot_only
+from verify_helpers import GuestRuntime, before_reboot_only, guest_runtime
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "models"
@@ -31,17 +31,18 @@ def _role_defaults(role: str) -> dict[str, Any]:
 
 RUNTIME = _role_defaults("python_runtime")
 MODEL = _role_defaults("model")
-RUNTIME_VERSION: str = RUNTIME["python_runtime_version"]
-WHEEL_PATH = f"{RUNTIME['python_runtime_target_wheel_dir']}/" + (
-    f"tflite_runtime-{RUNTIME_VERSION}-{RUNTIME['python_runtime_python_tag']}-"
-    f"{RUNTIME['python_runtime_python_tag']}-{RUNTIME['python_runtime_platform_tag']}.whl"
-)
 MODEL_ROOT: str = MODEL["model_root"]
 MODEL_DIR = f"{MODEL_ROOT}/current"
 MODEL_FILE: str = MODEL["model_file"]
 MODEL_VERSION = (MODELS / "VERSION").read_text().split()[0]
 SAMPLES = sorted(MODELS.glob("samples/*.png"))
 PACKAGE_DIR: str = RUNTIME["python_runtime_package_dir"]
+
+
+@pytest.fixture(scope="module")
+def runtime(host: Any) -> GuestRuntime:
+    """The runtime the scenario's inventory has python_runtime install on this guest."""
+    return guest_runtime(host.ansible.get_variables())
 
 
 def _load_predict() -> Callable[[str, str, list[str]], dict[str, Any]]:
@@ -64,12 +65,14 @@ def host_report() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def guest_report(host: Any) -> dict[str, Any]:
-    """The model run on the guest by the installed package's predict command over the same samples."""
+def guest_report(host: Any, runtime: GuestRuntime) -> dict[str, Any]:
+    """The model run on the guest by the installed package's predict command over the same samples, with the
+    runtime's Python (the venv's on the 64-bit base)."""
     images = [f"{MODEL_DIR}/samples/{p.name}" for p in SAMPLES]
     cmd = host.run(
-        "PYTHONPATH=%s python3 -B -m pibake_target predict --model %s --labels %s" + " %s" * len(images),
+        "PYTHONPATH=%s %s -B -m pibake_target predict --model %s --labels %s" + " %s" * len(images),
         PACKAGE_DIR,
+        runtime.python,
         f"{MODEL_DIR}/{MODEL_FILE}",
         f"{MODEL_DIR}/labels.txt",
         *images,
@@ -80,23 +83,31 @@ def guest_report(host: Any) -> dict[str, Any]:
     return report
 
 
-def test_runtime_wheel_is_installed_at_the_pinned_version(host: Any) -> None:
+def test_runtime_is_installed_at_the_pinned_version(host: Any, runtime: GuestRuntime) -> None:
     # From the installed distribution's metadata: testinfra's host.pip runs pip, 88 s on the emulated Pi.
-    version = host.run("python3 -I -c 'import importlib.metadata as m; print(m.version(\"tflite-runtime\"))'")
+    version = host.run(
+        "%s -I -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' %s",
+        runtime.python,
+        runtime.distribution,
+    )
     assert version.rc == 0, version.stderr
-    assert version.stdout.strip() == RUNTIME_VERSION
+    assert version.stdout.strip() == runtime.version
 
 
-def test_runtime_wheel_on_the_guest_is_the_pinned_one(host: Any) -> None:
-    wheel = host.file(WHEEL_PATH)
-    assert wheel.is_file
-    assert wheel.sha256sum == RUNTIME["python_runtime_wheel_sha256"]
+def test_runtime_wheels_on_the_guest_are_the_pinned_ones(host: Any, runtime: GuestRuntime) -> None:
+    wrong = {}
+    for path, digests in runtime.wheels:
+        wheel = host.file(path)
+        if not wheel.is_file:
+            wrong[path] = "missing"
+        elif wheel.sha256sum not in digests:
+            wrong[path] = f"SHA-256 {wheel.sha256sum}, pinned {' or '.join(digests)}"
+    assert not wrong, f"wheels on the guest that are not the pinned ones: {wrong}"
 
 
-def test_runtime_imports_with_the_system_python(host: Any) -> None:
-    cmd = host.run("python3 -c 'import tflite_runtime, tflite_runtime.interpreter; print(tflite_runtime.__version__)'")
+def test_runtime_imports_with_its_python(host: Any, runtime: GuestRuntime) -> None:
+    cmd = host.run("%s -c 'import %s.interpreter'", runtime.python, runtime.module)
     assert cmd.rc == 0, cmd.stderr
-    assert cmd.stdout.strip() == RUNTIME_VERSION
 
 
 MODEL_FILES = [(MODEL_FILE, 0o644), ("labels.txt", 0o644)] + [(f"samples/{p.name}", 0o644) for p in SAMPLES]
@@ -121,9 +132,9 @@ def test_the_current_model_is_the_sources_version_and_verifies(host: Any) -> Non
 
 
 @before_reboot_only
-def test_guest_classifies_every_sample(guest_report: dict[str, Any]) -> None:
+def test_guest_classifies_every_sample(guest_report: dict[str, Any], runtime: GuestRuntime) -> None:
     assert sorted(_by_image(guest_report)) == [p.name for p in SAMPLES]
-    assert guest_report["runtime"].startswith("tflite_runtime ")
+    assert guest_report["runtime"] == f"{runtime.module} {runtime.version}"
 
 
 @before_reboot_only

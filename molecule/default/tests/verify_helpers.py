@@ -5,10 +5,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+import yaml
+
+from pibake import bake, resources, wheels
 
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_PORT = 8000
@@ -38,3 +43,56 @@ def rebooted() -> bool:
 before_reboot_only = pytest.mark.skipif(
     rebooted(), reason="a reboot does not change what this checks: the verify before the reboot ran it"
 )
+
+
+@dataclass(frozen=True)
+class GuestRuntime:
+    """The runtime python_runtime installed on the guest, as the scenario's inventory asks for it: its distribution
+    name and version, the module the Pi-side package imports, the Python that runs it, and every wheel the role
+    copied to the guest with the SHA-256 it must have there."""
+
+    distribution: str
+    version: str
+    module: str
+    python: str
+    # (path on the guest, the SHA-256 digests (hex) the wheel may have)
+    wheels: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def _role_defaults(role: str) -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def guest_runtime(variables: dict[str, Any]) -> GuestRuntime:
+    """The runtime for a host with inventory VARIABLES: the lock named by python_runtime_lock (pibake.bake's
+    LOCKED_RUNTIMES says whose lock it is; its wheels go into the venv), else the role's single pinned wheel in
+    the system Python (the legacy bullseye base)."""
+    defaults = _role_defaults("python_runtime")
+    wheel_dir = str(variables.get("python_runtime_target_wheel_dir", defaults["python_runtime_target_wheel_dir"]))
+    lock_name = str(variables.get("python_runtime_lock") or "")
+    if not lock_name:
+        version = str(defaults["python_runtime_version"])
+        tag = defaults["python_runtime_python_tag"]
+        wheel = f"tflite_runtime-{version}-{tag}-{tag}-{defaults['python_runtime_platform_tag']}.whl"
+        return GuestRuntime(
+            distribution=bake.RUNTIME,
+            version=version,
+            module="tflite_runtime",
+            python=str(defaults["python_runtime_python"]),
+            wheels=((f"{wheel_dir}/{wheel}", (str(defaults["python_runtime_wheel_sha256"]),)),),
+        )
+    owners = [name for locks in bake.LOCKED_RUNTIMES.values() for name, lock in locks.items() if lock == lock_name]
+    assert owners, f"python_runtime_lock {lock_name!r} is none of pibake's locks (pibake.bake.LOCKED_RUNTIMES)"
+    lock = wheels.read_lock(resources.LOCK_DIR / lock_name)
+    pins = {pin.key: pin for pin in lock.pins}
+    root = pins[wheels.normalize(owners[0])]
+    venv = str(variables.get("python_runtime_venv", defaults["python_runtime_venv"]))
+    return GuestRuntime(
+        distribution=root.name,
+        version=root.version,
+        module=root.key.replace("-", "_"),
+        python=f"{venv}/bin/python",
+        wheels=tuple((f"{wheel_dir}/{pin.filename}", pin.hashes) for pin in lock.pins),
+    )
