@@ -164,15 +164,19 @@ def library_dirs(sysroot: Path) -> list[str]:
         if not link.is_symlink():
             continue
         target = link.readlink()
+        # The last absolute path of the chain: its directory is where the loader must look. A relative link after
+        # it stays in that directory (trixie arm64: blas/libblas.so.3 -> libblas.so.3.12.1, measured 2026-11-30).
+        final: Path | None = None
         for _ in range(8):  # alternatives chains are two links long
             if not target.is_absolute():
                 break
+            final = target
             inside = sysroot / target.relative_to("/")
             if not inside.is_symlink():
                 break
             target = inside.readlink()
-        if target.is_absolute() and (final := str(target.parent)) not in dirs:
-            dirs.append(final)
+        if final is not None and (directory := str(final.parent)) not in dirs:
+            dirs.append(directory)
     return dirs
 
 

@@ -191,3 +191,26 @@ def test_changed_count_from_the_recap() -> None:
 def test_chart_is_a_png(tmp_path: Path) -> None:
     path = report.render_chart(steps(), MACHINE, tmp_path / "chart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_profile_boots_on_its_core_and_virt64_on_every_64_bit_core_too() -> None:
+    got = [(x.profile, x.cpu, x.label, x.serve) for x in emulated.launches(["virt", "virt64", "raspi3b"])]
+    assert got == [
+        ("virt", None, "virt", True),
+        ("virt64", None, "virt64", True),
+        ("raspi3b", None, "raspi3b", True),
+        # The Pi 3's and the Pi 5's cores on virt64, whose own is the Pi 4's; the service's load once per profile.
+        ("virt64", "cortex-a53", "virt64-cortex-a53", False),
+        ("virt64", "cortex-a76", "virt64-cortex-a76", False),
+    ]
+
+
+def test_the_64_bit_profiles_boot_the_arm64_base_provisioned_as_bake_does_for_a_pi4() -> None:
+    arm64 = emulated.platforms()["arm64"]
+    assert (arm64.base, arm64.board, arm64.converge_profile) == ("debian-trixie-arm64", "pi4", "virt64")
+    assert arm64.extra_vars == {
+        "python_runtime_lock": "ai-edge-litert-3.13-debian-trixie-arm64.txt",
+        "python_runtime_board": "pi4",
+    }
+    assert arm64.python == "/opt/pibake/venv/bin/python" and arm64.suffix == "-arm64"
+    assert emulated.platforms()["armhf"].base == "debian-bullseye"

@@ -353,6 +353,11 @@ def test_library_dirs_follow_absolute_symlinks_inside_the_sysroot(tmp_path: Path
     (lib / "libblas.so.3").symlink_to("/etc/alternatives/libblas.so.3-aarch64-linux-gnu")
     (lib / "libz.so.1").symlink_to("libz.so.1.3")
     assert preflight_dynamic.library_dirs(tmp_path) == ["/usr/lib/aarch64-linux-gnu/blas"]
+    # As trixie's libblas3 lays it out: the alternative names a link in blas/ that is relative to its file.
+    (lib / "blas/libblas.so.3").unlink()
+    (lib / "blas/libblas.so.3.12.1").write_bytes(b"")
+    (lib / "blas/libblas.so.3").symlink_to("libblas.so.3.12.1")
+    assert preflight_dynamic.library_dirs(tmp_path) == ["/usr/lib/aarch64-linux-gnu/blas"]
     env = preflight_dynamic.python_env(tmp_path, [Path("/w/site-0")], home=Path("/w/home"))
     assert env["LD_LIBRARY_PATH"] == "/usr/lib/aarch64-linux-gnu/blas" and env["PYTHONPATH"] == "/w/site-0"
     (tmp_path / "usr/bin").mkdir(parents=True)
@@ -381,6 +386,19 @@ def test_qemu_aarch64_has_every_64_bit_core_the_table_names() -> None:
     assert set(preflight_dynamic.CORE_LEVELS) <= set(cpus)
     with pytest.raises(UsageError, match="no qemu-user program for 'mips'"):
         user.cpus("mips")
+
+
+def test_the_qemu_user_first_in_this_processs_path_is_the_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newer QEMU put first in PATH is used although the emulated program's own PATH (guest paths) lacks it."""
+    newer = tmp_path / "qemu-aarch64-static"
+    newer.write_text('#!/bin/sh\necho "qemu-aarch64 version 10.0.2 (stand-in)"; echo "args: $*" >&2\n')
+    newer.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert user.version("arm64") == "qemu-aarch64 version 10.0.2 (stand-in)"
+    done = user.run_on_core(["/usr/bin/python3", "-V"], cpu="cortex-a72", sysroot=tmp_path, env={"PATH": "/usr/bin"})
+    assert done.argv[0] == str(newer) and done.stderr.startswith("args: -cpu cortex-a72 -L ")
 
 
 def test_invoke_once_runs_one_inference_on_zeros_of_each_inputs_shape(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 
 from pibake.disk.sparse import write_at
 from pibake.errors import PibakeError
+from pibake.image import build
 from pibake.image.build import (
     MERGED_USR_HOOK,
     NO_SECURITY_HOOK,
@@ -110,3 +112,28 @@ def test_write_at_places_bytes_at_offset_and_keeps_holes(tmp_path: Path) -> None
     assert blob.count(b"data") == 1
     # The source's written zeros are written too (a hole would be a card's old bytes); DST's holes elsewhere stay.
     assert dst.stat().st_blocks * 512 == 16384
+
+
+def test_a_mirror_between_two_syncs_says_to_run_again_or_name_one_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apt's "Mirror sync in progress?" (seen here on bookworm-security's armhf index for an hour) becomes what to do.
+    A stand-in mmdebstrap says it: a mirror mid-sync cannot be had on demand."""
+    if os.geteuid() != 0:
+        pytest.skip("building a root filesystem runs as root")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mmdebstrap").write_text(
+        "#!/bin/sh\n"
+        "echo 'E: Failed to fetch http://mirror.invalid/debian-security/dists/bookworm-security/main/binary-armhf/"
+        "Packages.xz  File has unexpected size (334084 != 354900). Mirror sync in progress? [IP: 192.0.2.1 80]' >&2\n"
+        "echo 'E: mmdebstrap failed to run' >&2\nexit 1\n"
+    )
+    (bin_dir / "mmdebstrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(build, "ensure_binfmt", lambda arch: None)
+    base = default_spec(base="debian-bookworm-armhf", board="pi3b-plus").base
+    with pytest.raises(PibakeError, match="between two syncs") as caught:
+        build._build_rootfs_locked(base, "0" * 64, tmp_path / "top")
+    assert "--mirror URL" in str(caught.value) and "bookworm-security" in str(caught.value)
+    assert not (tmp_path / "top" / "complete").exists()

@@ -17,6 +17,10 @@ from pibake.errors import PibakeError
 # qemu-user step pip-installs the tflite-runtime wheel into the system Python, which bookworm's and trixie's refuse
 # (PEP 668).
 BENCH_BASE = "debian-bullseye"
+# The base the bench boots on the 64-bit profiles (virt64, the board models raspi3b and raspi4b), and whose runtime
+# (LiteRT from its lock) it times on the 64-bit cores; the board its image is made for, whose core is the A72.
+ARM64_BASE = "debian-trixie-arm64"
+ARM64_BOARD = "pi4"
 
 
 @dataclass

@@ -11,15 +11,18 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pibake.bench.context import BENCH_BASE, Context
+from pibake import bake, preflight_dynamic, resources, wheels
+from pibake.bench.context import ARM64_BASE, BENCH_BASE, Context
 from pibake.bench.wheel import Wheel, cannot_run_model
 from pibake.emulate import guest as emulator
-from pibake.emulate import profiles
+from pibake.emulate import profiles, user
 from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
 from pibake.image import build as image
@@ -102,10 +105,11 @@ def infer_on_qemu_user(root: Path, cpu: str, *, runs: int) -> dict[str, Any]:
     return _parse_timing(run(argv, env=env, timeout=900))
 
 
-def infer_on_guest(guest: emulator.Guest, *, runs: int) -> dict[str, Any]:
-    """The time command's result on the booted GUEST, over SSH, with the model and the package its roles installed."""
+def infer_on_guest(guest: emulator.Guest, *, runs: int, python: str = "python3") -> dict[str, Any]:
+    """The time command's result on the booted GUEST, over SSH, with the model and the package its roles installed,
+    run by PYTHON (the runtime's: the venv's on the bases whose runtime comes from a lock)."""
     args = " ".join(_timing_args(GUEST_MODEL_DIR, [f"{GUEST_MODEL_DIR}/samples/*.png"], runs=runs))
-    cmd = f"PYTHONPATH={GUEST_PACKAGE_DIR} python3 {args}"
+    cmd = f"PYTHONPATH={GUEST_PACKAGE_DIR} {python} {args}"
     code, out = ssh_run(guest, cmd, timeout=900)
     if code != 0:
         raise PibakeError(f"the timing script failed on the guest (exit {code}):\n{out[-1500:]}")
@@ -123,12 +127,99 @@ def infer_host(ctx: Context) -> None:
             ctx.rec.add("infer-host", "inference", *timing["seconds"], note=f"{timing['runtime']}, x86_64, per image")
 
 
+class QemuUserCrash(PibakeError):
+    """The emulator, not the core, failed the program: what runs on the board cannot be timed with this QEMU."""
+
+
+def arm64_runtime_sites(work: Path) -> list[Path]:
+    """The wheels of ARM64_BASE's TFLite runtime (LiteRT's lock, pibake.bake.LOCKED_RUNTIMES), downloaded to the
+    wheel cache and checked against the lock (pibake.wheels.fetch), each unpacked into a directory below WORK as
+    site-packages would hold it. Raises what wheels.fetch raises (no network, a digest that differs)."""
+    lock = bake.platform_runtime(ARM64_BASE).lock
+    assert lock is not None, f"{ARM64_BASE} installs its runtime from a lock"
+    fetched = wheels.fetch(resources.LOCK_DIR / lock)
+    return [preflight_dynamic.unpack(path, work / f"site-{i}") for i, (_, path, _) in enumerate(fetched.wheels)]
+
+
+def infer_on_qemu_aarch64(
+    project: Path, sysroot: Path, sites: Sequence[Path], cpu: str, *, runs: int
+) -> dict[str, Any]:
+    """The timing script's result for PROJECT/models under qemu-aarch64 on core CPU: SYSROOT's Python 3.13 and numpy
+    (the cached arm64 root filesystem, read only), the runtime from SITES (arm64_runtime_sites), the Pi-side package
+    from this checkout. The files are the host's: qemu-user finds a path in SYSROOT first, then here.
+
+    Raises PibakeError when the run fails (a SIGILL included: the core lacks what the runtime chose to run).
+    """
+    # Absolute: the program runs in a scratch directory.
+    models = project.resolve() / "models"
+    samples = sorted(str(p) for p in (models / "samples").glob("*.png"))
+    with tempfile.TemporaryDirectory(prefix="pibake-bench-") as tmp:
+        home = Path(tmp)
+        env = preflight_dynamic.python_env(sysroot, [*sites, resources.TARGET], home=home)
+        argv = [str(sysroot / preflight_dynamic.PYTHON), *_timing_args(str(models), samples, runs=runs)]
+        done = user.run_on_core(argv, cpu=cpu, sysroot=sysroot, arch="arm64", env=env, cwd=home, timeout=900)
+    if done.signal == signal.SIGSEGV:
+        raise QemuUserCrash(
+            f"LiteRT's Interpreter dies of SIGSEGV under {user.version('arm64')} -cpu {cpu}, as under QEMU 7.2's user "
+            "mode on every core (measured 2026-11-30; 10.0.2 from bookworm-backports runs it): put a newer "
+            "qemu-aarch64-static first in PATH"
+        )
+    if done.outcome is not user.Outcome.OK:
+        raise PibakeError(
+            f"the timing script {done.outcome.value} under qemu-aarch64 -cpu {cpu} ({done.describe_exit()}):\n"
+            + done.stderr_tail(1500)
+        )
+    return _parse_timing(done.stdout)
+
+
 def infer_qemu_user(ctx: Context) -> None:
-    """infer-qemu-user: the model in a chroot of the armhf root under qemu-user, once for each profile's CPU."""
+    """infer-qemu-user: the model under qemu-user once for each core of the profiles: the armhf profiles' in a chroot
+    of the armhf root with tflite-runtime, the arm64 profiles' (every core virt64 offers: the Pi 3's, 4's and 5's)
+    with LiteRT on the arm64 root (infer-qemu-user-arm64-CORE)."""
     cpus: dict[str, list[str]] = {}
+    cores64: dict[str, list[str]] = {}
     for name in ctx.profile_names:
         prof = profiles.load(name)
-        cpus.setdefault(prof.resolve_cpu(None), []).append(name)
+        if prof.arch == "arm64":
+            for cpu in prof.cpus:
+                cores64.setdefault(cpu, []).append(name)
+        else:
+            cpus.setdefault(prof.resolve_cpu(None), []).append(name)
+    _infer_qemu_armhf(ctx, cpus)
+    if cores64:
+        _infer_qemu_arm64(ctx, cores64)
+
+
+def _infer_qemu_arm64(ctx: Context, cores: dict[str, list[str]]) -> None:
+    steps = {cpu: f"infer-qemu-user-arm64-{cpu}" for cpu in cores}
+    try:
+        sysroot = preflight_dynamic.require_sysroot(None)
+    except PibakeError as e:
+        for step in steps.values():
+            ctx.rec.cannot(step, "inference", str(e))
+        return
+    with tempfile.TemporaryDirectory(prefix="pibake-bench-sites-") as tmp:
+        try:
+            sites = arm64_runtime_sites(Path(tmp))
+        except PibakeError as e:
+            for step in steps.values():
+                ctx.rec.fail(step, "inference", e)
+            return
+        for cpu, users in cores.items():
+            for _ in range(ctx.repeat):
+                with ctx.rec.guard(steps[cpu], "inference"):
+                    try:
+                        timing = infer_on_qemu_aarch64(ctx.project, sysroot, sites, cpu, runs=ctx.runs)
+                    except QemuUserCrash as e:
+                        ctx.rec.cannot(steps[cpu], "inference", str(e))
+                        break
+                    ctx.rec.add(
+                        steps[cpu], "inference", *timing["seconds"], ratio_to="infer-host",
+                        note=f"{timing['runtime']}, per image, qemu-aarch64 -cpu {cpu} ({', '.join(users)})",
+                    )  # fmt: skip
+
+
+def _infer_qemu_armhf(ctx: Context, cpus: dict[str, list[str]]) -> None:
     root: Path | None = None
     for cpu, users in cpus.items():
         step = f"infer-qemu-user-{cpu}"

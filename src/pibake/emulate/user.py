@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -151,10 +152,25 @@ def run_on_core(
 
 
 def _program(arch: str) -> str:
+    """The qemu-user program for ARCH as this process's PATH finds it (a newer QEMU put first in PATH is the one
+    used, as for the system emulators), else its bare name, which then fails as not installed. Found here rather
+    than by the child, whose PATH is the emulated program's (guest paths)."""
     try:
-        return QEMU_USER[arch]
+        name = QEMU_USER[arch]
     except KeyError:
         raise UsageError(f"no qemu-user program for {arch!r}: known are {', '.join(QEMU_USER)}") from None
+    return shutil.which(name) or name
+
+
+def version(arch: str = "arm64") -> str:
+    """The first line of the qemu-user program's ``--version`` for ARCH ("qemu-aarch64 version 7.2.19 (Debian
+    ...)"). Raises ToolMissing when it is not installed."""
+    program = _program(arch)
+    try:
+        res = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError as e:
+        raise ToolMissing(f"{program} is not installed: install qemu-user-static (`make deps`)") from e
+    return (res.stdout.strip().splitlines() or [program])[0]
 
 
 def _no_core_files() -> None:

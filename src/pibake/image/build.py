@@ -21,7 +21,7 @@ from pibake.boards import firmware as piboot
 from pibake.disk.layout import MIB, Layout, partuuid
 from pibake.disk.sparse import match_free_space, write_at
 from pibake.emulate import sshkey
-from pibake.errors import PibakeError, ToolMissing, UsageError
+from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError
 from pibake.util import progress
 from pibake.util.cache import cache_root, locked, recipe_hash, sha256_file
 from pibake.util.proc import run
@@ -408,6 +408,21 @@ def mmdebstrap_argv(base: DebianBase, root: Path) -> list[str]:
     return argv
 
 
+# apt's words for an index whose size or digest differs from its Release file's (apt's acquire-item.cc): a mirror
+# caught between two syncs. Seen here 2026-11-30 on bookworm-security's armhf Packages, the same for an hour.
+MIRROR_SYNC = "Mirror sync in progress?"
+
+
+def mirror_sync_hint(base: DebianBase) -> str:
+    """What to do when apt found a mirror of BASE's suites mid-sync (MIRROR_SYNC in mmdebstrap's output)."""
+    return (
+        f"mmdebstrap {base.suite} {base.arch}: apt found an index on the Debian mirror that does not match its "
+        f'Release file ("{MIRROR_SYNC}", in the output above): the mirror is between two syncs. Run again later '
+        "(the next build removes the unfinished root), or name one mirror with --mirror URL (or "
+        f"$PIBAKE_DEBIAN_MIRROR), which takes the suite alone, without {base.suite}-updates and {base.suite}-security"
+    )
+
+
 def _unmount_under(top: Path) -> None:
     """Unmount what a killed mmdebstrap left mounted under TOP (its /proc, /sys, /dev/pts), deepest first, so that
     removing the tree cannot reach into them."""
@@ -439,7 +454,12 @@ def _build_rootfs_locked(base: DebianBase, key: str, top: Path) -> Path:
     argv = mmdebstrap_argv(base, root)
     with progress.step(f"rootfs {key[:12]}: {argv[0]} {base.suite} {base.arch}", logger=log) as status:
         # Named by base: `make images` builds two at once, and CI's plain log interleaves their lines.
-        run(argv, stream=True, on_line=lambda line: status.output(f"{base.suite} {base.arch}: {line}"))
+        try:
+            run(argv, stream=True, on_line=lambda line: status.output(f"{base.suite} {base.arch}: {line}"))
+        except CommandFailed as e:
+            if MIRROR_SYNC in e.output:
+                raise PibakeError(mirror_sync_hint(base)) from e
+            raise
     # Downloaded .debs are not part of the image.
     for deb in (root / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
