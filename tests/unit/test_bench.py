@@ -214,3 +214,14 @@ def test_the_64_bit_profiles_boot_the_arm64_base_provisioned_as_bake_does_for_a_
     }
     assert arm64.python == "/opt/pibake/venv/bin/python" and arm64.suffix == "-arm64"
     assert emulated.platforms()["armhf"].base == "debian-bullseye"
+
+
+def test_the_timing_is_read_from_the_last_json_line_whatever_the_runtime_prints_around_it() -> None:
+    # LiteRT's INFO line comes on stderr, which SSH interleaves with stdout: after the JSON here.
+    out = (
+        '{"runtime": "ai_edge_litert 2.3.0", "seconds": [0.37, 0.35]}\n'
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+    )
+    assert inference._parse_timing(out)["seconds"] == [0.37, 0.35]
+    with pytest.raises(PibakeError, match="printed no timings"):
+        inference._parse_timing('INFO: something\n{"runtime": "x", "seconds": []}\n')

@@ -7,7 +7,6 @@ This module puts the package, the model and the wheel where it runs, and reads i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from pibake.emulate.ssh import ssh_run
 from pibake.errors import PibakeError
 from pibake.image import build as image
 from pibake.util.cache import cache_root, recipe_hash
-from pibake.util.proc import run
+from pibake.util.proc import last_json_object, run
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +46,11 @@ def _timing_args(model_dir: str, samples: Sequence[str], *, runs: int) -> list[s
 
 
 def _parse_timing(out: str) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        if not result["seconds"]:
-            raise ValueError("no timings")
-    except (ValueError, IndexError, KeyError) as e:
-        raise PibakeError(f"the timing script printed no timings:\n{out[-1500:]}") from e
+    """The time command's JSON object: the last line that is one (LiteRT prints "INFO: Created TensorFlow Lite
+    XNNPACK delegate for CPU." on stderr, which SSH interleaves with stdout, after it or before)."""
+    result = last_json_object(out)
+    if result is None or not result.get("seconds"):
+        raise PibakeError(f"the timing script printed no timings:\n{out[-1500:]}")
     return result
 
 
