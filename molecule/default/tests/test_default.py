@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from verify_helpers import GuestRuntime, before_reboot_only, guest_runtime
+from verify_helpers import GuestRuntime, before_reboot_only, guest_runtime, role_defaults
 
 REPO = Path(__file__).resolve().parents[3]
 MODELS = REPO / "models"
@@ -23,14 +22,8 @@ MODELS = REPO / "models"
 TOLERANCE = 1e-5
 
 
-def _role_defaults(role: str) -> dict[str, Any]:
-    data = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-RUNTIME = _role_defaults("python_runtime")
-MODEL = _role_defaults("model")
+RUNTIME = role_defaults("python_runtime")
+MODEL = role_defaults("model")
 MODEL_ROOT: str = MODEL["model_root"]
 MODEL_DIR = f"{MODEL_ROOT}/current"
 MODEL_FILE: str = MODEL["model_file"]

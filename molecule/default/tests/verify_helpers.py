@@ -59,7 +59,8 @@ class GuestRuntime:
     wheels: tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def _role_defaults(role: str) -> dict[str, Any]:
+def role_defaults(role: str) -> dict[str, Any]:
+    """roles/ROLE/defaults/main.yml of this checkout."""
     data = yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
     assert isinstance(data, dict)
     return data
@@ -69,7 +70,7 @@ def guest_runtime(variables: dict[str, Any]) -> GuestRuntime:
     """The runtime for a host with inventory VARIABLES: the lock named by python_runtime_lock (pibake.bake's
     LOCKED_RUNTIMES says whose lock it is; its wheels go into the venv), else the role's single pinned wheel in
     the system Python (the legacy bullseye base)."""
-    defaults = _role_defaults("python_runtime")
+    defaults = role_defaults("python_runtime")
     wheel_dir = str(variables.get("python_runtime_target_wheel_dir", defaults["python_runtime_target_wheel_dir"]))
     lock_name = str(variables.get("python_runtime_lock") or "")
     if not lock_name:

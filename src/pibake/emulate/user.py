@@ -31,6 +31,7 @@ from enum import Enum
 from pathlib import Path
 
 from pibake.errors import PibakeError, ToolMissing, UsageError
+from pibake.util.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +165,8 @@ def _program(arch: str) -> str:
 
 def version(arch: str = "arm64") -> str:
     """The first line of the qemu-user program's ``--version`` for ARCH ("qemu-aarch64 version 7.2.19 (Debian
-    ...)"). Raises ToolMissing when it is not installed."""
-    program = _program(arch)
-    try:
-        res = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    except FileNotFoundError as e:
-        raise ToolMissing(f"{program} is not installed: install qemu-user-static (`make deps`)") from e
-    return (res.stdout.strip().splitlines() or [program])[0]
+    ...)"). Raises ToolMissing when it is not installed (util.proc.run)."""
+    return run([_program(arch), "--version"], timeout=30).splitlines()[0].strip()
 
 
 def _no_core_files() -> None:
