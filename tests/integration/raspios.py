@@ -101,6 +101,8 @@ ROOT_FILES: dict[str, tuple[str, int]] = {
     "/home/pi/.bashrc": ("# ~/.bashrc\n", 0o644),
     "/home/pi/.profile": ("# ~/.profile\n", 0o644),
     "/usr/lib/raspi-config/init_resize.sh": ("#!/bin/sh\n# resizes the root partition, then reboots\n", 0o755),
+    # userconf-pi's program (it reads boot:/userconf.txt on the first boot).
+    "/usr/lib/userconf-pi/userconf": ("#!/bin/sh\n# renames the first user, sets its password\n", 0o755),
     "/usr/lib/arm-linux-gnueabihf/libarmmem-v7l.so": ("\x7fELF armhf stand-in\n", 0o644),
     "/usr/lib/python3/dist-packages/numpy-1.19.5.egg-info/PKG-INFO": (
         "Metadata-Version: 1.2\nName: numpy\nVersion: 1.19.5\nSummary: NumPy\n",
@@ -139,8 +141,28 @@ BOOT_FILES: dict[str, bytes] = {
 }
 
 
-def _root_tree(dest: Path) -> None:
-    for path, (text, mode) in ROOT_FILES.items():
+# Raspberry Pi OS trixie (2025-10 on): cloud-init takes the first boot's settings from the boot partition's NoCloud
+# seed (pi-gen's stage2/04-cloud-init), and cmdline.txt ends in `resize` (rpi-resize) instead of an init=.
+CLOUD_INIT_CMDLINE = (
+    f"console=serial0,115200 console=tty1 root=PARTUUID={DISK_ID:08x}-02 rootfstype=ext4 fsck.repair=yes "
+    "rootwait resize\n"
+)
+CLOUD_INIT_ROOT_FILES: dict[str, tuple[str, int]] = {
+    "/usr/bin/cloud-init": ("#!/usr/bin/python3\n# cloud-init\n", 0o755),
+}
+CLOUD_INIT_BOOT_FILES: dict[str, bytes] = {
+    "cmdline.txt": CLOUD_INIT_CMDLINE.encode(),
+    # pi-gen's stage2/04-cloud-init/files, shortened to their keys (its comments say what each is for).
+    "meta-data": b"# This is the meta-data configuration file for cloud-init.\n"
+    b"dsmode: local\ninstance_id: rpios-image\n",
+    "user-data": b"#cloud-config\n\n# This is the user-data configuration file for cloud-init.\n"
+    b"#hostname: raspberrypi\n",
+    "network-config": b"# This file contains a netplan-compatible configuration.\n#network:\n#  version: 2\n",
+}
+
+
+def _root_tree(dest: Path, extra: dict[str, tuple[str, int]]) -> None:
+    for path, (text, mode) in {**ROOT_FILES, **extra}.items():
         target = dest / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
@@ -161,17 +183,19 @@ def _root_tree(dest: Path) -> None:
     (dest / "home/pi").chmod(0o755)
 
 
-def build_image(path: Path, work: Path) -> Path:
-    """Write the Raspberry-Pi-OS-shaped image to PATH (sparse)."""
+def build_image(path: Path, work: Path, *, cloud_init: bool = False) -> Path:
+    """Write the Raspberry-Pi-OS-shaped image to PATH (sparse); CLOUD_INIT: trixie's first-boot layout."""
     work.mkdir(parents=True, exist_ok=True)
     tree = work / "rootfs"
-    _root_tree(tree)
+    extra_root = CLOUD_INIT_ROOT_FILES if cloud_init else {}
+    _root_tree(tree, extra_root)
     ext4 = work / "root.ext4"
     with ext4.open("wb") as f:
         f.truncate(ROOT_SECTORS * 512)
     subprocess.run(["mkfs.ext4", "-q", "-L", "rootfs", "-d", str(tree), str(ext4)], check=True)
     # mkfs -d copies the builder's owners: make the tree root's, and pi's home pi's.
-    owners = [f"sif {p} {field} 0" for p in ROOT_FILES for field in ("uid", "gid") if p not in PI_OWNED]
+    root_owned = [p for p in {**ROOT_FILES, **extra_root} if p not in PI_OWNED]
+    owners = [f"sif {p} {field} 0" for p in root_owned for field in ("uid", "gid")]
     owners += [f"sif {p} {field} 1000" for p in PI_OWNED for field in ("uid", "gid")]
     owners += [f"sif {p} gid 42" for p in ("/etc/shadow", "/etc/gshadow")]
     for d in ("/etc", "/home", "/usr", "/var", "/var/lib", "/var/lib/dpkg", "/var/lib/dpkg/status", "/etc/localtime"):
@@ -185,7 +209,7 @@ def build_image(path: Path, work: Path) -> Path:
         ["mkfs.vfat", "-F", "32", "-n", "bootfs", "-i", f"{DISK_ID:08x}", str(fat)], check=True, capture_output=True
     )
     boot = work / "boot"
-    for name, data in BOOT_FILES.items():
+    for name, data in {**BOOT_FILES, **(CLOUD_INIT_BOOT_FILES if cloud_init else {})}.items():
         (boot / name).parent.mkdir(parents=True, exist_ok=True)
         (boot / name).write_bytes(data)
     subprocess.run(["mcopy", "-s", "-i", str(fat), *[str(p) for p in sorted(boot.iterdir())], "::/"], check=True)

@@ -13,9 +13,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pibake.disk import sparse
-from pibake.disk.ext4 import ExtFs, MakeDir, WriteFile
+from pibake.disk.ext4 import ExtFs, MakeDir, Remove, WriteFile
 from pibake.disk.fat import FatFs
 from pibake.disk.layout import read_mbr
 from pibake.errors import PibakeError, Refused, UsageError
@@ -276,3 +277,76 @@ def test_prepare_errors_are_actionable(raspios_image: Path, tmp_path: Path) -> N
     assert res.code == UsageError.exit_code and "invalid user name" in res.err
     res = run_cli(["image", "prepare", str(raspios_image), "--password-hash", "hunter2"])
     assert res.code == UsageError.exit_code and "openssl passwd -6" in res.err
+
+
+@pytest.fixture(scope="module")
+def cloud_init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("raspios-cloud-init")
+    return raspios.build_image(d / "raspios-trixie.img", d / "work", cloud_init=True)
+
+
+def test_a_cloud_init_image_takes_its_settings_as_cloud_init_user_data(cloud_init_image: Path, tmp_path: Path) -> None:
+    # Raspberry Pi OS trixie: cloud-init reads user-data and meta-data from the boot partition; rpi-resize's word ends
+    # cmdline.txt. Its emulated boot is tested with real cloud-init in test_cloud_init.py.
+    before = snapshot(cloud_init_image, tmp_path / "before")
+    work = tmp_path / "work.img"
+    res = run_cli(
+        [
+            "image", "prepare", str(cloud_init_image), "-o", str(work), "--user", "alice", "--hostname", "pitest",
+            "--ssh-key", str(_pubkey(tmp_path)),
+        ]
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    assert "boot:/user-data (cloud-init on first boot: user alice, SSH key, hostname pitest, SSH on)" in res.out
+    boot = FatFs.partition(work, 1)
+    user_data = boot.read_text("user-data") or ""
+    assert user_data.startswith("#cloud-config\n# Written by pibake image prepare")
+    config = yaml.safe_load(user_data)
+    assert config["user"] == {
+        "name": "alice",
+        "shell": "/bin/bash",
+        "lock_passwd": True,
+        "ssh_authorized_keys": [KEY],
+        "sudo": "ALL=(ALL) NOPASSWD:ALL",
+    }
+    assert (config["hostname"], config["manage_etc_hosts"], config["ssh_pwauth"]) == ("pitest", True, False)
+    assert config["runcmd"] == [["systemctl", "enable", "--now", "ssh"]]
+    meta = yaml.safe_load(boot.read_text("meta-data") or "")
+    assert meta["dsmode"] == "local" and meta["instance-id"].startswith("pibake-")
+    cmdline = boot.read_text("cmdline.txt") or ""
+    assert "resize" not in cmdline.split() and cmdline.split()[-1] == "console=ttyAMA0,115200", cmdline
+    # No userconf.txt, no boot:/ssh, nothing in the root filesystem but the record: cloud-init does it at boot.
+    assert not boot.exists("userconf.txt") and not boot.exists("ssh")
+
+    res = run_cli(["image", "finalize", str(work)])
+    assert res.code == 0, res.err
+    diff = compare(before, snapshot(work, tmp_path / "after"))
+    assert diff.added == set() and diff.removed == set()
+    assert diff.changed == {"boot:/user-data", "boot:/meta-data"}
+    assert FatFs.partition(work, 1).read_text("cmdline.txt") == raspios.CLOUD_INIT_CMDLINE  # `resize` is back
+    # A second image from the same base is a new cloud-init instance.
+    again = prepare.prepare(cloud_init_image, output=tmp_path / "again.img", ssh_pubkey=KEY)
+    meta_again = yaml.safe_load(FatFs.partition(again.path, 1).read_text("meta-data") or "")
+    assert meta_again["instance-id"] != meta["instance-id"]
+    assert yaml.safe_load(FatFs.partition(again.path, 1).read_text("user-data") or "")["user"]["name"] == "pi"
+
+
+def test_a_cloud_init_image_with_its_own_user_data_is_refused_whole(cloud_init_image: Path, tmp_path: Path) -> None:
+    card = _copy(cloud_init_image, tmp_path / "own.img")
+    FatFs.partition(card, 1).write("user-data", b"#cloud-config\npackages: [htop]\nusers: [default]\n")
+    before = sha256_file(card)
+    res = run_cli(["image", "prepare", str(card), "--ssh-key", str(_pubkey(tmp_path))])
+    assert res.code == Refused.exit_code
+    assert "already holds cloud-init settings (packages, users)" in res.err and "Traceback" not in res.err
+    assert sha256_file(card) == before  # refused before a byte was written
+
+
+def test_a_raspberry_pi_os_with_no_known_first_boot_program_is_refused(raspios_image: Path, tmp_path: Path) -> None:
+    card = _copy(raspios_image, tmp_path / "odd.img")
+    ExtFs.partition(card, 2).apply([Remove("/usr/lib/userconf-pi/userconf")])
+    before = sha256_file(card)
+    res = run_cli(["image", "prepare", str(card)])
+    assert res.code == Refused.exit_code
+    assert "neither userconf-pi (/usr/lib/userconf-pi/userconf) nor cloud-init (/usr/bin/cloud-init)" in res.err
+    assert "users: pi" in res.err
+    assert sha256_file(card) == before

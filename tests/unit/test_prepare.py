@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from pibake.disk.ext4 import DirEntry, parse_ls_p
 from pibake.errors import PibakeError
@@ -58,6 +59,56 @@ def test_cmdline_of_a_card_raspberry_pi_imager_customised_boots_without_its_firs
     assert "systemd.unit=multi-user.target" in str(
         prepare.tweak_cmdline("root=/dev/vda2 systemd.unit=multi-user.target systemd.run=/boot/x.sh\n", "ttyAMA0")
     )
+
+
+def test_cmdline_of_trixie_boots_without_rpi_resizes_word() -> None:
+    # pi-gen's trixie cmdline.txt: rpi-resize grows the root on the first boot and takes `resize` out (a change
+    # finalize would refuse); an Imager-customised card adds cloud-init's datasource, which stays.
+    trixie = (
+        "console=serial0,115200 console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait "
+        "resize ds=nocloud;i=rpi-imager-1759400000000\n"
+    )
+    assert prepare.tweak_cmdline(trixie, "ttyAMA0") == (
+        "console=tty1 root=PARTUUID=6c586e13-02 rootfstype=ext4 fsck.repair=yes rootwait "
+        "ds=nocloud;i=rpi-imager-1759400000000 console=ttyAMA0,115200\n"
+    )
+    # Only the whole word: another option that starts with it is the image's own.
+    assert "resize=off" in str(prepare.tweak_cmdline("root=/dev/vda2 resize=off\n", "ttyAMA0"))
+
+
+def test_cloud_init_user_data_is_imagers_keys_as_yaml() -> None:
+    text = prepare.cloud_init_user_data(user="alice", password_hash="$6$salt$hash", ssh_pubkey=KEY, hostname=None)
+    assert text.startswith("#cloud-config\n# Written by pibake image prepare")
+    config = yaml.safe_load(text)
+    assert config == {
+        "user": {
+            "name": "alice",
+            "shell": "/bin/bash",
+            "lock_passwd": False,
+            "passwd": "$6$salt$hash",
+            "ssh_authorized_keys": [KEY],
+            "sudo": "ALL=(ALL) NOPASSWD:ALL",
+        },
+        "runcmd": [["systemctl", "enable", "--now", "ssh"]],
+    }
+    # No password ("*" is prepare's "keys only"): the account is locked and sshd takes keys only.
+    locked = yaml.safe_load(prepare.cloud_init_user_data(user="pi", password_hash="*", ssh_pubkey=KEY, hostname="p1"))
+    assert locked["user"]["lock_passwd"] is True and "passwd" not in locked["user"]
+    assert (locked["ssh_pwauth"], locked["hostname"], locked["manage_etc_hosts"]) == (False, "p1", True)
+    meta = yaml.safe_load(prepare.cloud_init_meta_data("pibake-0123"))
+    assert meta == {"dsmode": "local", "instance-id": "pibake-0123"}
+
+
+def test_user_data_keys_tell_an_images_own_settings_from_templates_and_pibakes() -> None:
+    template = "#cloud-config\n\n# This is the user-data configuration file for cloud-init.\n#hostname: raspberrypi\n"
+    assert prepare.user_data_keys(template) == []
+    ours = prepare.cloud_init_user_data(user="pi", password_hash=None, ssh_pubkey=KEY, hostname=None)
+    assert prepare.user_data_keys(ours) == []  # a finalized pibake image can be prepared again
+    assert prepare.user_data_keys("#cloud-config\nusers: [default]\npackages: [htop]\n") == ["packages", "users"]
+    with pytest.raises(PibakeError, match="not valid YAML"):
+        prepare.user_data_keys("#cloud-config\nusers: [\n")
+    with pytest.raises(PibakeError, match="not a cloud-config mapping"):
+        prepare.user_data_keys("- a list\n")
 
 
 def test_cmdline_already_fit_for_emulation_is_left_alone() -> None:

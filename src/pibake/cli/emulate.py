@@ -44,6 +44,7 @@ def _start(a: argparse.Namespace) -> int:
         forward=_forwards(a),
         cold=a.cold,
         renew_snapshot=a.renew_snapshot,
+        user=a.user,
     )
     _print_guest(started)
     return 0
@@ -63,6 +64,7 @@ def _run(a: argparse.Namespace) -> int:
         dtb=a.dtb,
         forward=_forwards(a),
         cold=a.cold,
+        user=a.user,
     )
 
 
@@ -166,6 +168,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             action="store_true",
             help="boot from scratch: neither restore nor save a snapshot (default: restore the snapshot saved by an "
             "earlier start of the same image and settings, or save one once SSH answers)",
+        )
+        p.add_argument(
+            "--user",
+            default="pi",
+            help="the user SSH logs in as, with pibake's key: the --user the image was prepared with "
+            "(default: %(default)s)",
         )
         add_guest_options(p)
         if action == "start":

@@ -233,9 +233,10 @@ def start(
     forward: tuple[int, ...] | None = None,
     cold: bool = False,
     renew_snapshot: bool = False,
+    user: str = "pi",
     _reuse: Guest | None = None,
 ) -> Guest:
-    """Boot IMAGE in the background and return once SSH answers.
+    """Boot IMAGE in the background and return once SSH answers (as USER, with the harness's key).
 
     PROFILE and CPU default to those that emulate BOARD (`emulation_for`). FORWARD: guest TCP
     ports reachable on 127.0.0.1 (each at a free host port, in Guest.forwards; default
@@ -301,7 +302,7 @@ def start(
         name=name,
         pid=0,
         ssh_port=0,
-        user="pi",
+        user=user,
         private_key=str(keys.private_key),
         serial_log=str(launch.serial_log),
         profile=prof.name,
@@ -545,6 +546,7 @@ def reboot(name: str, *, timeout: float = 300) -> Guest:
         dtb=Path(guest.dtb) if guest.dtb else None,
         forward=tuple(int(gp) for gp in guest.forwards),
         cold=True,
+        user=guest.user,
         _reuse=guest,
     )
 
@@ -581,8 +583,10 @@ def run_foreground(
     dtb: Path | None = None,
     forward: tuple[int, ...] | None = None,
     cold: bool = False,
+    user: str = "pi",
 ) -> int:
-    """Boot (or restore, unless COLD), say how to reach the guest, and stop it cleanly on Ctrl-C or at poweroff."""
+    """Boot (or restore, unless COLD), say how to reach the guest as USER, and stop it cleanly on Ctrl-C or at
+    poweroff."""
     guest = start(
         image,
         profile=profile,
@@ -595,6 +599,7 @@ def run_foreground(
         dtb=dtb,
         forward=forward,
         cold=cold,
+        user=user,
     )
     print(f"{name} is up: `pibake emulate ssh --name {name}` or ssh -p {guest.ssh_port} {guest.user}@127.0.0.1")
     for gp, hp in sorted(guest.forwards.items()):

@@ -22,11 +22,14 @@ import logging
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from pibake import __version__
 from pibake.disk.ext4 import Change, ExtFs, MakeDir, Remove, Symlink, WriteFile
@@ -63,6 +66,21 @@ FIRST_BOOT_INITS = ("/init_resize.sh", "/raspberrypi-sys-mods/firstboot")
 # systemd.run_success_action=, systemd.run_failure_action=, systemd.unit=).
 FIRST_RUN_WORDS = ("systemd.run=", "systemd.run_success_action=", "systemd.run_failure_action=")
 FIRST_RUN_UNIT = "systemd.unit=kernel-command-line.target"
+# Raspberry Pi OS trixie's cmdline.txt ends in this word: rpi-resize grows the root partition on the first boot and
+# takes the word out (pi-gen's stage1/00-boot-files/files/cmdline.txt).
+RESIZE_WORD = "resize"
+
+# How a Raspberry Pi OS image gives its first user a login on the first boot, found by the program that does it:
+# userconf-pi reads boot:/userconf.txt (bullseye 2022-04 to bookworm); cloud-init reads the NoCloud seed on the
+# boot partition, user-data and meta-data (trixie 2025-10 on: pi-gen's stage2/04-cloud-init). Both may be
+# installed; cloud-init is what Raspberry Pi Imager writes for such an image (its init_format cloudinit-rpi).
+USERCONF = "/usr/lib/userconf-pi/userconf"
+CLOUD_INIT = "/usr/bin/cloud-init"
+USER_DATA = "user-data"
+META_DATA = "meta-data"
+# How what prepare writes for cloud-init starts (user-data: its second line, after #cloud-config): a user-data whose
+# second line starts so is pibake's own, not the image's.
+USER_DATA_MARK = "# Written by pibake image prepare"
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -228,17 +246,77 @@ def tweak_cmdline(text: str, console: str) -> str | None:
       bookworm card read back into an image): the script applies the user, hostname, SSH and
       Wi-Fi chosen in Imager, removes itself and reboots. The emulated boot is pibake's (its
       user and key); the card's first boot runs the script, since finalize puts it back.
+    - resize (Raspberry Pi OS trixie): rpi-resize grows the root partition to the card and takes
+      the word out of cmdline.txt, a change finalize would have to refuse. prepare has grown the
+      image already; finalize puts the word back for the card.
     """
     tokens = text.split()
     ours = f"console={console},115200"
     serial = [t for t in tokens if t.startswith("console=") and t.split("=", 1)[1].split(",")[0] in SERIAL_CONSOLES]
-    resize = [t for t in tokens if t.startswith("init=") and t.endswith(FIRST_BOOT_INITS)]
+    resize = [t for t in tokens if (t.startswith("init=") and t.endswith(FIRST_BOOT_INITS)) or t == RESIZE_WORD]
     resize += [t for t in tokens if t.startswith(FIRST_RUN_WORDS) or t == FIRST_RUN_UNIT]
     consoles = [t for t in tokens if t.startswith("console=")]
     if not resize and serial == [ours] and consoles[-1] == ours:
         return None
     kept = [t for t in tokens if t not in serial and t not in resize]
     return " ".join([*kept, ours]) + "\n"
+
+
+def cloud_init_user_data(*, user: str, password_hash: str | None, ssh_pubkey: str | None, hostname: str | None) -> str:
+    """A NoCloud user-data (cloud-config YAML) giving USER a login, as Raspberry Pi Imager writes it for cloud-init.
+
+    The keys are Imager's (rpi-imager's CustomisationGenerator::generateCloudInitUserData): the
+    singular ``user`` (cloud-init merges it over the distribution's default user, keeping its
+    groups), ``lock_passwd`` and ``passwd`` (a crypt(3) hash; none: locked, keys only),
+    ``ssh_authorized_keys``, ``sudo`` without a password (what pibake's provisioning needs),
+    ``hostname`` with ``manage_etc_hosts``, ``ssh_pwauth: false`` when there is no password, and
+    ``runcmd`` enabling ssh.service: cloud-init's ssh module writes keys but starts no server, and
+    Raspberry Pi OS ships it disabled. Returns the file's text.
+    """
+    entry: dict[str, Any] = {"name": user, "shell": "/bin/bash"}
+    if password_hash and password_hash not in ("*", "!"):
+        entry |= {"lock_passwd": False, "passwd": password_hash}
+    else:
+        entry["lock_passwd"] = True
+    if ssh_pubkey:
+        entry["ssh_authorized_keys"] = [ssh_pubkey.strip()]
+    entry["sudo"] = "ALL=(ALL) NOPASSWD:ALL"
+    config: dict[str, Any] = {}
+    if hostname:
+        config |= {"hostname": hostname, "manage_etc_hosts": True}
+    config["user"] = entry
+    if not entry.get("passwd"):
+        config["ssh_pwauth"] = False
+    config["runcmd"] = [["systemctl", "enable", "--now", "ssh"]]
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=4096)
+    return f"#cloud-config\n{USER_DATA_MARK} {__version__}: the first boot's user, key, hostname and SSH.\n{body}"
+
+
+def cloud_init_meta_data(instance_id: str) -> str:
+    """A NoCloud meta-data naming a new instance: cloud-init then applies user-data on the next boot."""
+    return (
+        f"{USER_DATA_MARK} {__version__}: a new instance for the first boot.\n"
+        f"dsmode: local\ninstance-id: {instance_id}\n"
+    )
+
+
+def user_data_keys(text: str) -> list[str]:
+    """The top-level keys of a user-data the image carries ([] for pi-gen's comments-only file or pibake's own).
+
+    Raises PibakeError for a user-data that is not a cloud-config YAML mapping.
+    """
+    lines = text.splitlines()
+    if len(lines) > 1 and lines[1].startswith(USER_DATA_MARK):
+        return []
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PibakeError(f"boot:/{USER_DATA} is not valid YAML ({e})") from e
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise PibakeError(f"boot:/{USER_DATA} is not a cloud-config mapping (it holds a {type(data).__name__})")
+    return sorted(str(k) for k in data)
 
 
 # ---------------------------------------------------------------- tweaks and their record
@@ -286,6 +364,9 @@ class OsInfo:
     id: Literal["raspios", "debian"]
     pretty_name: str
     users: tuple[PasswdEntry, ...]
+    # Raspberry Pi OS's first-boot program for the first user's login (USERCONF, CLOUD_INIT): "userconf",
+    # "cloud-init", or "" (none of them: the Debian base, or a Raspberry Pi OS prepare cannot give a login).
+    login_by: Literal["userconf", "cloud-init", ""] = ""
 
     @property
     def first_user(self) -> PasswdEntry | None:
@@ -295,6 +376,7 @@ class OsInfo:
 
 def detect_os(root: ExtFs) -> OsInfo:
     files = root.read_many(["/etc/os-release", "/usr/lib/os-release", "/etc/rpi-issue", "/etc/passwd"])
+    programs = root.stat_many([CLOUD_INIT, USERCONF])
     release_text = files["/etc/os-release"] or files["/usr/lib/os-release"]
     if release_text is None or files["/etc/passwd"] is None:
         raise PibakeError(
@@ -302,10 +384,16 @@ def detect_os(root: ExtFs) -> OsInfo:
         )
     release = parse_os_release(release_text.decode(errors="replace"))
     raspios = files["/etc/rpi-issue"] is not None or release.get("ID") == "raspbian"
+    login_by: Literal["userconf", "cloud-init", ""] = ""
+    if raspios and programs[CLOUD_INIT] is not None:
+        login_by = "cloud-init"
+    elif raspios and programs[USERCONF] is not None:
+        login_by = "userconf"
     return OsInfo(
         id="raspios" if raspios else "debian",
         pretty_name=release.get("PRETTY_NAME", release.get("ID", "unknown")),
         users=tuple(parse_passwd(files["/etc/passwd"].decode(errors="replace"))),
+        login_by=login_by,
     )
 
 
@@ -479,6 +567,15 @@ def _prepare_file(
         )
     info = detect_os(root)
     log.info("%s: %s (%s)", image.name, info.pretty_name, info.id)
+    if info.id == "raspios" and not info.login_by:
+        raise Refused(
+            f"{image}: this Raspberry Pi OS has neither userconf-pi ({USERCONF}) nor cloud-init ({CLOUD_INIT}), "
+            "the two programs pibake knows to give the first user a login on the first boot "
+            f"(users: {', '.join(u.name for u in info.users if u.uid >= 1000) or 'none'} at uid 1000 and up). "
+            "Fetch a release with either (`pibake image fetch --list`), or set the user up in the image yourself"
+        )
+    if info.login_by == "cloud-init":
+        _check_cloud_init_seed(boot, ssh_pubkey)
     base_sha256 = sha256_file(image)
     size_before = image.stat().st_size
     if size_before % SECTOR:
@@ -500,20 +597,26 @@ def _prepare_file(
     boot_files: dict[str, bytes] = {}
     tweaks: list[Tweak] = []
 
-    # SSH on.
-    if info.id == "raspios":
-        boot_files["ssh"] = b""
-        changes.append("boot:/ssh (sshswitch enables the SSH server on first boot)")
+    if info.login_by == "cloud-init":
+        # The user, its key, the hostname and SSH, all through cloud-init's seed on the boot partition.
+        _cloud_init_changes(
+            boot, boot_files, changes, user=user, password_hash=password_hash, ssh_pubkey=ssh_pubkey, hostname=hostname
+        )
     else:
-        _enable_ssh_unit(root, root_changes, changes)
+        # SSH on.
+        if info.id == "raspios":
+            boot_files["ssh"] = b""
+            changes.append("boot:/ssh (sshswitch enables the SSH server on first boot)")
+        else:
+            _enable_ssh_unit(root, root_changes, changes)
 
-    # The user, its password hash and its key.
-    home_user = _user_changes(root, info, boot_files, root_changes, changes, user=user, password_hash=password_hash)
-    if ssh_pubkey:
-        _key_changes(root, home_user, ssh_pubkey, root_changes, changes)
+        # The user, its password hash and its key.
+        home_user = _user_changes(root, info, boot_files, root_changes, changes, user=user, password_hash=password_hash)
+        if ssh_pubkey:
+            _key_changes(root, home_user, ssh_pubkey, root_changes, changes)
 
-    if hostname:
-        _hostname_changes(root, hostname, root_changes, changes)
+        if hostname:
+            _hostname_changes(root, hostname, root_changes, changes)
 
     if emulation_tweaks:
         preload = root.read(LD_SO_PRELOAD)
@@ -559,6 +662,41 @@ def _prepare_file(
         tweaks=tuple(t.name for t in tweaks),
         seconds=seconds,
     )
+
+
+def _check_cloud_init_seed(boot: FatFs, ssh_pubkey: str | None) -> None:
+    """Refuse, before anything is written, a user-data of the image's own and a key that is not one key line."""
+    current = boot.read(USER_DATA)
+    if current is not None:
+        keys = user_data_keys(current.decode(errors="replace"))
+        if keys:
+            raise Refused(
+                f"{boot.image}: boot:/{USER_DATA} already holds cloud-init settings ({', '.join(keys)}); pibake writes "
+                "the first boot's user-data itself (the user, key, hostname and SSH) and would lose them. Move them "
+                "to a playbook pibake runs after its roles (provision in pibake.toml), or remove the file"
+            )
+    if ssh_pubkey:
+        with_authorized_key(None, ssh_pubkey)  # the same check as for the other images: one OpenSSH key line
+
+
+def _cloud_init_changes(
+    boot: FatFs,
+    boot_files: dict[str, bytes],
+    changes: list[str],
+    *,
+    user: str,
+    password_hash: str | None,
+    ssh_pubkey: str | None,
+    hostname: str | None,
+) -> None:
+    """Queue user-data and a new instance's meta-data for cloud-init's first boot (see cloud_init_user_data)."""
+    instance = f"pibake-{uuid.uuid4().hex[:16]}"
+    text = cloud_init_user_data(user=user, password_hash=password_hash, ssh_pubkey=ssh_pubkey, hostname=hostname)
+    boot_files[USER_DATA] = text.encode()
+    boot_files[META_DATA] = cloud_init_meta_data(instance).encode()
+    what = [f"user {user}", "SSH key" if ssh_pubkey else "", f"hostname {hostname}" if hostname else "", "SSH on"]
+    changes.append(f"boot:/{USER_DATA} (cloud-init on first boot: {', '.join(w for w in what if w)})")
+    changes.append(f"boot:/{META_DATA} (cloud-init instance {instance}: user-data is applied on the next boot)")
 
 
 def _enable_ssh_unit(root: ExtFs, out: list[Change], changes: list[str]) -> None:
