@@ -13,7 +13,9 @@ What the harness does not carry yet is refused before any work, naming the key: 
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
 file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), a
 preprocessing size other than the model's input size, Wi-Fi on a local image or on a board without Wi-Fi (bake
-writes it the ifupdown way of pibake's Debian bases only), and a user other than ``pi``. Any other
+writes it the ifupdown way of pibake's Debian bases only). system.user is the login the image is prepared with
+(on the Debian bases a new account beside ``pi``; on Raspberry Pi OS the first user, by userconf.txt or cloud-init)
+and the user the boot and Ansible log in as. Any other
 [model.preprocessing] is carried: a preprocessing.json beside the model (stage_model), which the Pi-side package
 reads on the Pi and here. Keras models are converted to TFLite on this machine first (pibake.convert, the convert
 extra).
@@ -221,8 +223,6 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
             gets = f"the {t.base} base runs" if t.base_kind == "debian" else "a local image runs"
             problems.append(f"runtime: {gets} .{m.format} models with {rt.name} {rt.version} only")
-    if t.base_kind == "debian" and s.user != project.DEFAULT_USER:
-        problems.append(f"system.user: the Debian base's user is {project.DEFAULT_USER!r}")
     if s.wifi is not None and not board.wifi:
         problems.append(
             f"system.wifi: target.board = {t.board!r} ({board.model}) has no Wi-Fi on board; remove [system.wifi] "
@@ -584,6 +584,7 @@ def bake(
                 output=work,
                 power_of_two=prof.needs_power_of_two,
                 console=prof.console,
+                user=proj.system.user,
                 ssh_pubkey=sshkey.ensure_keypair().public_key,
                 hostname=proj.system.hostname,
             )
@@ -596,7 +597,7 @@ def bake(
         with _stage(timings, "boot", say):
             guest = emulator.start(
                 work, profile=profile, cpu=cpu, board=proj.target.board, name=name, persist=True,
-                inventory=inventory, forward=forwards, cold=True,
+                inventory=inventory, forward=forwards, cold=True, user=proj.system.user,
             )  # fmt: skip
         try:
             with _stage(timings, "provision", say):

@@ -3,7 +3,7 @@ Pi 4, and `pibake bake` for the Pi 4 on it as a user runs it: pibake's wheel in 
 test's own (not the car model: another format, input size and class count), `pibake init` then `pibake bake` in a
 directory with no checkout; booted on qemu-system-aarch64's virt board with the Pi 4's own core (Cortex-A72),
 onnxruntime installed from its lock into a venv, the model's outputs on the emulated Pi compared with this machine's
-(onnxruntime on both), a locale and a Wi-Fi
+(onnxruntime on both), the login user ops (not pi), a locale and a Wi-Fi
 network written the Debian way (locales, wpasupplicant and the Pi's Wi-Fi firmware from the mirror at bake time),
 the card image finalized. One cold boot serves it all (a user playbook of the project brings the guest's
 /proc/cpuinfo back, so the core is read from the guest itself). Then `pibake demo` from the same wheel: the bundled
@@ -36,7 +36,8 @@ GUEST_FACTS = """\
   tasks:
     - name: Read them
       ansible.builtin.shell: |
-        uname -m; dpkg --print-architecture; /opt/pibake/venv/bin/python -c 'import sys; print(sys.version_info[:2])'
+        id -un; uname -m; dpkg --print-architecture
+        /opt/pibake/venv/bin/python -c 'import sys; print(sys.version_info[:2])'
         cat /proc/cpuinfo
       changed_when: false
       register: facts
@@ -101,6 +102,8 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
         ('# base = "debian-trixie-arm64"', 'base = "debian-trixie-arm64"'),
         ("# playbooks = []", 'playbooks = ["guest-facts.yml"]'),
         ('# locale = "C.UTF-8"', 'locale = "en_GB.UTF-8"'),
+        # Not pi: prepare adds the account, and the boot and Ansible log in as it.
+        ('# user = "pi"', 'user = "ops"'),
         ("# [system.wifi]", "[system.wifi]"),
         ('# country = "GB"', 'country = "GB"'),
         ('# ssid = "my-network"', f'ssid = "{WIFI_SSID}"'),
@@ -147,8 +150,8 @@ def test_bake_from_the_installed_wheel_for_a_pi4_on_the_64_bit_base(
         service_label, service_p = row[5].split()
         assert service_label == host_label and abs(float(service_p) - float(host_p)) <= 1e-5, row
 
-    machine, arch, python, *cpuinfo = (proj / "guest-facts.txt").read_text().splitlines()
-    assert (machine, arch, python) == ("aarch64", "arm64", "(3, 13)")
+    login, machine, arch, python, *cpuinfo = (proj / "guest-facts.txt").read_text().splitlines()
+    assert (login, machine, arch, python) == ("ops", "aarch64", "arm64", "(3, 13)")
     parts = {ln.split(":")[1].strip() for ln in cpuinfo if ln.startswith("CPU part")}
     assert parts == {CORTEX_A72_PART}  # every core of the guest is the Pi 4's Cortex-A72
     features = next(ln for ln in cpuinfo if ln.startswith("Features")).split(":", 1)[1].split()
