@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,7 @@ def test_the_imager_entry_takes_a_url_a_name_and_a_format(provisioned: Path, tmp
     [
         (["--imager-url", "https://images.example.invalid/car.img.xz"], "must name the image file itself"),
         (["--imager-url", "ftp://images.example.invalid/car.img"], "http://, https:// or file://"),
+        (["--xz", "--imager-url", "https://images.example.invalid/car.img"], "must name the compressed image"),
     ],
 )
 def test_a_bad_imager_option_changes_nothing(provisioned: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -129,3 +131,29 @@ def test_a_bad_imager_option_changes_nothing(provisioned: Path, tmp_path: Path, 
     assert res.code == UsageError.exit_code and message in res.err
     assert sha256_file(work) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["car.img"]
+
+
+def test_xz_publishes_the_image_compressed_and_imager_downloads_that(provisioned: Path, tmp_path: Path) -> None:
+    work = prepare.copy_image(provisioned, tmp_path / "car.img")
+    res = run_cli(["image", "finalize", str(work), "--xz"])
+    assert res.code == 0, res.err
+    xz = tmp_path / "car.img.xz"
+    digest, xz_digest = sha256_file(work), sha256_file(xz)
+    assert f"{xz}  sha256 {xz_digest}" in res.out
+    assert (tmp_path / "car.img.xz.sha256").read_text() == f"{xz_digest}  car.img.xz\n"
+    assert not (tmp_path / "car.img.xz.part").exists()
+    # The .xz holds the finished image byte for byte (xz-utils' own check, then the digest of what it unpacks).
+    unpacked = subprocess.run(["xz", "-dc", str(xz)], capture_output=True, check=True).stdout
+    assert hashlib.sha256(unpacked).hexdigest() == digest
+    assert xz.stat().st_size < work.stat().st_size // 10  # a 264 MiB image of mostly free space
+    (entry,) = json.loads(Path(f"{work}.os_list.json").read_text())["os_list"]
+    assert entry["url"] == xz.resolve().as_uri()
+    assert (entry["image_download_sha256"], entry["image_download_size"]) == (xz_digest, xz.stat().st_size)
+    assert (entry["extract_sha256"], entry["extract_size"]) == (digest, work.stat().st_size)
+    manifest = json.loads(Path(f"{work}.manifest.json").read_text())
+    assert manifest["xz"] == {"name": "car.img.xz", "sha256": xz_digest, "size": xz.stat().st_size}
+    # bmaptool writes the card from the .xz with the raw image's block map.
+    card = tmp_path / "card.img"
+    card.write_bytes(b"")
+    subprocess.run(["bmaptool", "copy", "--bmap", f"{work}.bmap", str(xz), str(card)], check=True, capture_output=True)
+    assert sha256_file(card) == digest

@@ -46,6 +46,10 @@ def test_the_url_must_be_the_image_itself() -> None:
     for bad in ("https://x.invalid/car.img.xz", "s3://bucket/car.img", "car.img"):
         with pytest.raises(UsageError):
             imager.check_url(bad)
+    # finalize --xz: the download is the compressed image.
+    assert imager.check_url("https://x.invalid/car.img.xz", suffix=".img.xz")
+    with pytest.raises(UsageError, match="compressed image"):
+        imager.check_url("https://x.invalid/car.img", suffix=".img.xz")
 
 
 def test_the_document_is_an_os_list_with_one_entry(tmp_path: Path) -> None:

@@ -88,8 +88,11 @@ def _finalize(a: argparse.Namespace) -> int:
         imager_url=a.imager_url,
         imager_name=a.imager_name,
         init_format=a.init_format,
+        xz=a.xz,
     )
     print(f"{res.path}  sha256 {res.sha256}  ({res.seconds:.1f} s)")
+    if res.xz_file is not None:
+        print(f"{res.xz_file}  sha256 {res.xz_sha256}")
     if res.undone:
         print(f"  undone: {', '.join(res.undone)}")
     if res.identity_reset:
@@ -97,7 +100,8 @@ def _finalize(a: argparse.Namespace) -> int:
     print(f"  SSH host keys made at first boot by: {res.ssh_host_keys_made_by or 'nothing in the image'}")
     if res.shrunk_to:
         print(f"  size for the card: {res.shrunk_to // MIB} MiB")
-    for f in (res.sha256_file, res.bmap_file, res.manifest_file, res.imager_file, res.sbom_file):
+    xz_sums = res.xz_file.with_name(res.xz_file.name + ".sha256") if res.xz_file else None
+    for f in (res.sha256_file, xz_sums, res.bmap_file, res.manifest_file, res.imager_file, res.sbom_file):
         if f is not None:
             print(f"  {f}")
     return 0
@@ -251,11 +255,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--manifest", type=Path, default=None, help="manifest path (default: IMAGE.manifest.json)")
     p.add_argument("--no-bmap", action="store_true", help="do not write IMAGE.bmap")
     p.add_argument(
+        "--xz",
+        action="store_true",
+        help="also write IMAGE.xz (xz on every core; the image is kept) and IMAGE.xz.sha256; Imager's entry then "
+        "downloads the .xz (bmaptool copy --bmap IMAGE.bmap IMAGE.xz writes it too)",
+    )
+    p.add_argument(
         "--imager-url",
         default=None,
         metavar="URL",
-        help="where Imager will download the image, http(s):// or file://, naming the .img itself "
-        "(default: the image's file:// URL, for Imager on this machine)",
+        help="where Imager will download the image, http(s):// or file://, naming the .img itself, or the .img.xz "
+        "with --xz (default: its file:// URL, for Imager on this machine)",
     )
     p.add_argument(
         "--imager-name", default=None, metavar="NAME", help="the name Imager shows (default: 'IMAGE-STEM (pibake)')"

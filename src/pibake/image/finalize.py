@@ -36,6 +36,7 @@ from pibake.image import identity, imager, sbom
 from pibake.image.prepare import parse_os_release, undo_tweaks, work_dir
 from pibake.util import progress
 from pibake.util.cache import sha256_file
+from pibake.util.proc import run
 from pibake.util.publish import write_sha256
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class FinalizedImage:
     manifest_file: Path
     imager_file: Path
     sbom_file: Path
+    # IMAGE.xz and its sha256 (--xz), else None.
+    xz_file: Path | None
+    xz_sha256: str | None
     undone: tuple[str, ...]
     # Per-device state reset (image/identity.py), one entry per kind; what makes the card's SSH host keys.
     identity_reset: tuple[str, ...]
@@ -112,6 +116,25 @@ def tree_digest(files: dict[str, str]) -> str:
     """One digest for a set of files: the sha256 of their `sha256sum` listing, sorted by path."""
     listing = "".join(f"{digest}  {path}\n" for path, digest in sorted(files.items()))
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- compressing
+
+
+def compress_xz(image: Path) -> Path:
+    """IMAGE compressed to IMAGE.xz with xz-utils' xz on every core (-T0, preset 6), IMAGE kept; returns IMAGE.xz.
+
+    xz (the format Raspberry Pi publishes its images in, and that Imager and bmaptool read) writes
+    IMAGE.xz.part, renamed once it is whole, so an interrupted run leaves no IMAGE.xz. Raises
+    ToolMissing without xz, CommandFailed when it fails.
+    """
+    part = image.with_name(image.name + ".xz.part")
+    part.unlink(missing_ok=True)
+    try:
+        run(["xz", "--threads=0", "-6", "--keep", "--force", "--suffix=.xz.part", str(image)])
+        return part.replace(image.with_name(image.name + ".xz"))
+    finally:
+        part.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- reading the image
@@ -260,9 +283,11 @@ def finalize(
     imager_url: str | None = None,
     imager_name: str | None = None,
     init_format: str | None = None,
+    xz: bool = False,
 ) -> FinalizedImage:
     """Undo the emulation tweaks, fsck both filesystems, check the boot partition for BOARD,
-    write IMAGE.sha256, IMAGE.bmap, the manifest, Imager's OS list entry and the SBOM.
+    write IMAGE.sha256, IMAGE.bmap, the manifest, Imager's OS list entry and the SBOM; with XZ,
+    IMAGE.xz and IMAGE.xz.sha256 too (see compress_xz), which Imager's entry then downloads.
 
     BOARD defaults to the board pibake recorded in config.txt; an image with none (Raspberry
     Pi OS) gets its boot partition checked only when BOARD is given. IMAGER_URL is where Imager
@@ -274,7 +299,7 @@ def finalize(
         raise UsageError(f"no image at {image}")
     # Bad options are refused before the image is touched.
     if imager_url is not None:
-        imager.check_url(imager_url)
+        imager.check_url(imager_url, suffix=".img.xz" if xz else ".img")
     if init_format is not None and init_format not in imager.INIT_FORMATS:
         raise UsageError(f"--init-format {init_format!r}: Imager knows {', '.join(imager.INIT_FORMATS)}")
     if board is not None:
@@ -329,11 +354,17 @@ def finalize(
         status.show("hashing the image (sha256)")
         digest = sha256_file(image)
         size = image.stat().st_size
+        xz_file, xz_sha256 = None, None
+        if xz:
+            status.show(f"compressing to {image.name}.xz (xz, every core)")
+            xz_file = compress_xz(image)
+            xz_sha256 = sha256_file(xz_file)
         os_info = parse_os_release(os_release.decode(errors="replace"))
         imager_doc = imager.document(
             image,
             sha256=digest,
             size=size,
+            download=(xz_file, xz_sha256) if xz_file and xz_sha256 else None,
             url=imager_url,
             name=imager_name,
             os_name=os_info.get("PRETTY_NAME", ""),
@@ -352,6 +383,8 @@ def finalize(
             model=model,
         )
         write_sha256(image, digest)
+        if xz_file is not None:
+            write_sha256(xz_file, xz_sha256)
         bmap_file = None
         if write_bmap:
             status.show("writing the block map")
@@ -364,6 +397,7 @@ def finalize(
             "pibake": __version__,
             "image": {"name": image.name, "sha256": digest, "size": size},
             "bmap": bmap_file.name if bmap_file else None,
+            "xz": {"name": xz_file.name, "sha256": xz_sha256, "size": xz_file.stat().st_size} if xz_file else None,
             "base": base,
             "os": os_info.get("PRETTY_NAME", ""),
             "emulation_tweaks_undone": list(undone),
@@ -391,6 +425,8 @@ def finalize(
         manifest_file=manifest,
         imager_file=imager_file,
         sbom_file=sbom_file,
+        xz_file=xz_file,
+        xz_sha256=xz_sha256,
         undone=undone,
         identity_reset=reset.summary,
         ssh_host_keys_made_by=reset.host_keys_made_by,

@@ -9,7 +9,8 @@ image, which it refuses for a bare local .img). Imager takes it as a custom repo
 (``rpi-imager --repo IMAGE.os_list.json``, or App Options > Content Repository > Use custom file).
 
 The download is the image itself: url names IMAGE (its file:// URL by default, as Imager's own
-create_local_json.py writes them, or where the user will publish it), so both digests are IMAGE's.
+create_local_json.py writes them, or where the user will publish it), so both digests are IMAGE's;
+or, with finalize --xz, IMAGE.xz, whose size and digest are then the download's.
 """
 
 from __future__ import annotations
@@ -27,15 +28,21 @@ from pibake.errors import UsageError
 INIT_FORMATS = ("none", "systemd", "cloudinit", "cloudinit-rpi")
 
 
-def check_url(url: str) -> str:
-    """A URL Imager can download IMAGE from: http(s) or file, naming a raw .img (the digests are of the image)."""
+def check_url(url: str, *, suffix: str = ".img") -> str:
+    """A URL Imager can download IMAGE from: http(s) or file, naming the file the entry describes.
+
+    SUFFIX is that file's: ".img" (the raw image: the download digests are the image's) or
+    ".img.xz" (finalize --xz: the download is IMAGE.xz, which Imager decompresses). Raises
+    UsageError otherwise.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https", "file"):
         raise UsageError(f"--imager-url {url!r}: Imager downloads http://, https:// or file:// URLs")
-    if not unquote(parts.path).lower().endswith(".img"):
+    if not unquote(parts.path).lower().endswith(suffix):
+        what = "the image file itself (.img)" if suffix == ".img" else "the compressed image (IMAGE.xz, .img.xz)"
         raise UsageError(
-            f"--imager-url {url!r} must name the image file itself (.img): the entry's digests and sizes are "
-            "the finished image's, so publish IMAGE as it is there"
+            f"--imager-url {url!r} must name {what}: the entry's download digest and size are that file's, "
+            "so publish it as it is there"
         )
     return url
 
@@ -85,23 +92,33 @@ def document(
     size: int,
     url: str | None,
     name: str | None,
+    download: tuple[Path, str] | None = None,
     os_name: str,
     device_tags: Sequence[str],
     init: str,
     model_version: str | None,
     release_date: str | None = None,
 ) -> dict[str, object]:
-    """The OS list holding IMAGE's one entry."""
+    """The OS list holding IMAGE's one entry.
+
+    DOWNLOAD is (IMAGE.xz, its sha256) when the image is published compressed: the entry's url
+    (by default) and image_download_size/sha256 are then the .xz's, extract_size/extract_sha256
+    stay the image's, as in Raspberry Pi's own list.
+    """
+    download_path, download_sha256, download_size = image, sha256, size
+    if download is not None:
+        download_path, download_sha256 = download
+        download_size = download_path.stat().st_size
     description = f"{os_name or 'Linux'} with {'model ' + model_version if model_version else 'no model'}"
     entry = {
         "name": name or f"{image.stem} (pibake)",
         "description": f"{description}, tested in emulation and finalized by pibake {__version__}",
         "icon": "",
-        "url": url or image.resolve().as_uri(),
+        "url": url or download_path.resolve().as_uri(),
         "extract_size": size,
         "extract_sha256": sha256,
-        "image_download_size": size,
-        "image_download_sha256": sha256,
+        "image_download_size": download_size,
+        "image_download_sha256": download_sha256,
         "release_date": release_date or datetime.now(UTC).date().isoformat(),
         "devices": list(device_tags),
         "init_format": init,
