@@ -65,3 +65,5 @@ def test_cloud_init_gives_the_prepared_user_a_login_and_the_card_its_first_boot_
     assert boot.read("user-data") == user_data  # ...and runs cloud-init again, as a new machine, with the same settings
     assert not root.exists("/var/lib/cloud/instance") and not root.exists("/var/lib/cloud/data/instance-id")
     assert "alice:" in (root.read_text("/etc/passwd") or "")
+    res = run_cli(["image", "check", str(work), "--board", "pi4"])  # the card boots a Pi 4
+    assert res.code == 0, res.err
