@@ -136,6 +136,10 @@ BOOT_FILES: dict[str, bytes] = {
     # Incompressible, like a real kernel: the archive gets a few MiB to download and resume.
     "kernel7.img": random.Random(7).randbytes(3 * MIB),
     "start.elf": hashlib.sha256(b"start").digest() * 2048,
+    "bootcode.bin": hashlib.sha256(b"bootcode").digest() * 1024,
+    "fixup.dat": hashlib.sha256(b"fixup").digest() * 128,
+    # Raspberry Pi's own device tree names (the firmware's without upstream_kernel=1).
+    "bcm2709-rpi-2-b.dtb": b"\xd0\x0d\xfe\xed" + bytes(2044),
     "bcm2710-rpi-3-b-plus.dtb": b"\xd0\x0d\xfe\xed" + bytes(4092),
     "overlays/README": b"overlays live here\n",
 }

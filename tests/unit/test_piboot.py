@@ -506,3 +506,38 @@ def test_image_check_compares_arm_64bit_with_the_debian_kernels_width(
     else:
         (message,) = found
         assert problem in message and f"arm_64bit={arm_64bit}" in message
+
+
+@pytest.mark.parametrize(
+    ("board", "config", "kernel", "dtb"),
+    [
+        # Raspberry Pi OS 32-bit: no kernel=, Raspberry Pi's device tree names.
+        ("pi2", {}, "kernel7.img", "bcm2709-rpi-2-b.dtb"),
+        ("pi3", {}, "kernel7.img", "bcm2710-rpi-3-b.dtb"),
+        ("pi4", {}, "kernel7l.img", "bcm2711-rpi-4-b.dtb"),
+        # Raspberry Pi OS 64-bit: arm_64bit=1 makes the firmware load kernel8.img.
+        ("pi3", {"arm_64bit": "1"}, "kernel8.img", "bcm2710-rpi-3-b.dtb"),
+        # pibake's Debian bases: kernel= and the mainline names under upstream_kernel=1.
+        (
+            "pi3",
+            {"kernel": "vmlinuz-6.12", "upstream_kernel": "1", "arm_64bit": "1"},
+            "vmlinuz-6.12",
+            "bcm2837-rpi-3-b.dtb",
+        ),
+        ("pi2", {"device_tree": "my.dtb", "upstream_kernel": "1"}, "kernel7.img", "my.dtb"),
+    ],
+)
+def test_the_firmware_resolves_kernel_and_device_tree_names(
+    board: str, config: dict[str, str], kernel: str, dtb: str
+) -> None:
+    spec = piboot.boot_of(board)
+    assert piboot.firmware_kernel(config, spec)[0] == kernel
+    assert piboot.firmware_dtb(config, spec)[0] == dtb
+
+
+def test_qemus_board_models_are_the_boards_they_model() -> None:
+    assert {m: piboot.boot_of(b).model for m, b in piboot.QEMU_BOARDS.items()} == {
+        "raspi2b": "Raspberry Pi 2 Model B v1.1",
+        "raspi3b": "Raspberry Pi 3 Model B",
+        "raspi4b": "Raspberry Pi 4 Model B / 400",
+    }

@@ -201,3 +201,35 @@ def parse_config_txt(text: str) -> dict[str, str]:
             key, value = line.split("=", 1)
             settings[key.strip()] = value.strip()
     return settings
+
+
+# QEMU's Raspberry Pi machines and the board each models (QEMU's documentation, "Raspberry Pi boards").
+QEMU_BOARDS = {"raspi2b": "pi2", "raspi3b": "pi3", "raspi4b": "pi4"}
+
+
+def firmware_kernel(config: dict[str, str], board: Board) -> tuple[str, str]:
+    """The kernel BOARD's firmware loads with CONFIG (parse_config_txt's settings), and why: (file name, reason).
+
+    config.txt's kernel=; else, with arm_64bit=1, kernel8.img (the cores start in AArch64); else the
+    board's default (the board table: kernel7.img on the Pi 2 and 3, kernel7l.img on the Pi 4, the
+    names Raspberry Pi OS ships). Source: Raspberry Pi documentation, "config.txt": kernel, arm_64bit.
+    """
+    if config.get("kernel"):
+        return config["kernel"], "config.txt's kernel="
+    if config.get("arm_64bit", "0").strip() == "1":
+        return "kernel8.img", "the firmware's 64-bit default (arm_64bit=1, no kernel=)"
+    return board.default_kernel, f"the {board.name}'s firmware default (no kernel= in config.txt)"
+
+
+def firmware_dtb(config: dict[str, str], board: Board) -> tuple[str, str]:
+    """The device tree BOARD's firmware loads with CONFIG, and why: (file name, reason).
+
+    config.txt's device_tree=; else with upstream_kernel=1 the board's mainline name (Debian's
+    kernels, bcm2837-rpi-3-b.dtb), else Raspberry Pi's own (Raspberry Pi OS, bcm2710-rpi-3-b.dtb).
+    Source: Raspberry Pi documentation, "config.txt": device_tree, upstream_kernel.
+    """
+    if config.get("device_tree"):
+        return config["device_tree"], "config.txt's device_tree="
+    if config.get("upstream_kernel", "0").strip() == "1":
+        return board.upstream_dtb, f"the {board.name}'s device tree under upstream_kernel=1"
+    return board.downstream_dtb, f"the {board.name}'s device tree (Raspberry Pi kernel names)"

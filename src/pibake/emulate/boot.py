@@ -6,7 +6,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake.boards.firmware import parse_config_txt
+from pibake import boards
+from pibake.boards.firmware import QEMU_BOARDS, firmware_dtb, firmware_kernel, parse_config_txt
 from pibake.disk.fat import read_boot_file
 from pibake.emulate import profiles
 from pibake.errors import PibakeError, UsageError
@@ -51,29 +52,49 @@ def boot_inputs(
     cmdline = read_boot_file(image, "cmdline.txt", sdir / "cmdline.txt").read_text().strip()
     if not cmdline:
         raise PibakeError(f"{image}: cmdline.txt on the boot partition is empty")
+    if config_txt is None and kernel is None:
+        # The one read found none: copy it again so that the failure is mtools' own, as it always was.
+        config_txt = read_boot_file(image, "config.txt", sdir / "config.txt").read_text()
+    elif config_txt is not None:
+        (sdir / "config.txt").write_text(config_txt)  # beside cmdline.txt and the kernel, as booted
+    config = parse_config_txt(config_txt or "")
+    # A board model boots what the board's firmware would load (kernel7.img and bcm2710-rpi-3-b.dtb on Raspberry Pi
+    # OS, the kernel= and mainline device tree config.txt names on the Debian bases); the generic boards take the
+    # profile's device tree name and config.txt's kernel=.
+    board = boards.get(QEMU_BOARDS[prof.machine]) if prof.machine in QEMU_BOARDS else None
     if dtb is None and prof.dtb:
-        dtb = read_boot_file(image, prof.dtb, sdir / prof.dtb)
+        dtb_name, why = firmware_dtb(config, board) if board else (prof.dtb, f"the {prof.name} profile's")
+        dtb = _boot_file(image, dtb_name, why, sdir / dtb_name)
     if kernel is not None:
         if not kernel.is_file():
             raise UsageError(f"no kernel at {kernel}: build one with `pibake kernel build`")
         return BootInputs(kernel=kernel, initrd=None, dtb=dtb, cmdline=cmdline)
-    # Like the Pi's firmware: config.txt names the kernel and the initramfs.
-    if config_txt is None:
-        # The one read found none: copy it again so that the failure is mtools' own, as it always was.
-        config_txt = read_boot_file(image, "config.txt", sdir / "config.txt").read_text()
+    if board is not None:
+        kernel_name, why = firmware_kernel(config, board)
+    elif config.get("kernel"):
+        kernel_name, why = config["kernel"], "config.txt's kernel="
     else:
-        (sdir / "config.txt").write_text(config_txt)  # beside cmdline.txt and the kernel, as booted
-    config = parse_config_txt(config_txt)
-    kernel_name = config.get("kernel", "")
-    if not kernel_name:
-        raise UsageError(f"{image}: config.txt on the boot partition names no kernel= to boot")
+        raise UsageError(
+            f"{image}: config.txt on the boot partition names no kernel= to boot. On a Pi the firmware would load "
+            f"its default (kernel7.img, kernel8.img: Raspberry Pi OS's own kernels), which the {prof.name} board "
+            f"cannot boot (no virtio drivers in them): boot it with a pibake-built kernel (`pibake kernel build "
+            f"--profile {prof.name}`, then --kernel FILE) or on a board model (--profile raspi2b, raspi3b)"
+        )
     initrd_name = config.get("initramfs")
     return BootInputs(
-        kernel=read_boot_file(image, kernel_name, sdir / "kernel.img"),
-        initrd=read_boot_file(image, initrd_name, sdir / "initrd.img") if initrd_name else None,
+        kernel=_boot_file(image, kernel_name, why, sdir / "kernel.img"),
+        initrd=_boot_file(image, initrd_name, "config.txt's initramfs", sdir / "initrd.img") if initrd_name else None,
         dtb=dtb,
         cmdline=cmdline,
     )
+
+
+def _boot_file(image: Path, name: str, why: str, dest: Path) -> Path:
+    """NAME copied from IMAGE's boot partition to DEST; a PibakeError naming WHY it was looked for when it is not."""
+    try:
+        return read_boot_file(image, name, dest)
+    except PibakeError as e:
+        raise PibakeError(f"{image}: cannot read {name} ({why}) from the boot partition: {e}") from e
 
 
 # systemd waits DefaultTimeoutStartSec (90 s) for a device named in fstab, then drops to emergency

@@ -95,19 +95,14 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     config = parse_config_txt(boot.config_txt) if boot.config_txt is not None else {}
     if boot.config_txt is None:
         found.append("config.txt is missing: the firmware would look for its default kernel and no initramfs")
-    default_kernel = spec.default_kernel
     no_64_bit_core = config.get("arm_64bit") == "1" and spec.cpu64 is None
-    if config.get("arm_64bit") == "1":
-        # The firmware starts the cores in AArch64 and loads kernel8.img unless kernel= says otherwise
-        # (Raspberry Pi documentation, "config.txt": arm_64bit, kernel).
-        default_kernel = "kernel8.img"
-        if no_64_bit_core:
-            found.append(
-                f"config.txt sets arm_64bit=1 (a 64-bit kernel), and the {board}'s {spec.core} cannot run one: "
-                "use a 32-bit image for this board"
-            )
-    kernel = config.get("kernel", default_kernel)
-    need(kernel, "config.txt's kernel=" if "kernel" in config else f"the firmware's default kernel for {board}")
+    if no_64_bit_core:
+        found.append(
+            f"config.txt sets arm_64bit=1 (a 64-bit kernel), and the {board}'s {spec.core} cannot run one: "
+            "use a 32-bit image for this board"
+        )
+    kernel, why = piboot.firmware_kernel(config, spec)
+    need(kernel, why)
     mode = _mode_mismatch(kernel, config.get("arm_64bit"))
     if mode:
         found.append(mode)
@@ -122,14 +117,9 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
     initrd = config.get("initramfs")
     if initrd:
         need(initrd, "config.txt's initramfs line")
-    if "device_tree" in config:
-        dtb, why = config["device_tree"], "config.txt's device_tree="
-    elif config.get("upstream_kernel") == "1":
-        dtb, why = spec.upstream_dtb, f"the {board}'s device tree under upstream_kernel=1"
-        if spec.upstream_dtb_since:
-            why += f"; mainline kernels have it from {spec.upstream_dtb_since} on (Debian bookworm's 6.1 does)"
-    else:
-        dtb, why = spec.downstream_dtb, f"the {board}'s device tree (Raspberry Pi kernel names)"
+    dtb, why = piboot.firmware_dtb(config, spec)
+    if dtb == spec.upstream_dtb and "device_tree" not in config and spec.upstream_dtb_since:
+        why += f"; mainline kernels have it from {spec.upstream_dtb_since} on (Debian bookworm's 6.1 does)"
     need(dtb, why)
 
     root_arg = ""
