@@ -209,10 +209,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = image_sub.add_parser(
         "prepare",
         help="grow an image, enable SSH, add the user, key and hostname, apply emulation-only tweaks (no root)",
-        description="Works on IMAGE in place, or on a copy with -o. Raspberry Pi OS gets boot:/ssh and "
-        "boot:/userconf.txt (its first boot renames the uid-1000 user); the Debian-built base gets the "
-        "user in its account files. Emulation-only tweaks (ld.so.preload, cmdline.txt, the power-of-two "
-        "size of an SD-card profile) are recorded in the image so that `finalize` undoes exactly those.",
+        description="Works on IMAGE in place, or on a copy with -o. Each setting goes in the format the image reads "
+        "on its first boot: Raspberry Pi OS with cloud-init (trixie on) gets boot:/user-data (the user, its key, "
+        "sudo, the hostname, ssh.service enabled) and boot:/meta-data naming a new instance; Raspberry Pi OS with "
+        "userconf-pi (bullseye, bookworm) gets boot:/ssh and boot:/userconf.txt (its first boot renames the uid-1000 "
+        "user); the Debian-built base gets the user in its account files. A Raspberry Pi OS with neither, or with a "
+        "user-data of its own, is refused before anything is written. Emulation-only tweaks (ld.so.preload, "
+        "cmdline.txt's first-boot words, the power-of-two size of an SD-card profile) are recorded in the image so "
+        "that `finalize` undoes exactly those.",
     )
     p.add_argument("image", type=Path, help="raw image (Raspberry Pi OS or the Debian-built base)")
     p.add_argument("-o", "--output", type=Path, default=None, help="prepare a copy here instead of IMAGE itself")
