@@ -341,6 +341,19 @@ def test_a_cloud_init_image_with_its_own_user_data_is_refused_whole(cloud_init_i
     assert sha256_file(card) == before  # refused before a byte was written
 
 
+@pytest.mark.parametrize("other", ["userconf.txt", "firstrun.sh"])
+def test_a_cloud_init_image_with_a_second_first_boot_mechanism_is_refused(
+    cloud_init_image: Path, tmp_path: Path, other: str
+) -> None:
+    card = _copy(cloud_init_image, tmp_path / "two.img")
+    FatFs.partition(card, 1).write(other, b"pi:*\n" if other == "userconf.txt" else b"#!/bin/bash\n")
+    before = sha256_file(card)
+    res = run_cli(["image", "prepare", str(card), "--ssh-key", str(_pubkey(tmp_path))])
+    assert res.code == Refused.exit_code, res.err
+    assert f"also carries boot:/{other}, a second first-boot mechanism" in res.err
+    assert sha256_file(card) == before
+
+
 def test_a_raspberry_pi_os_with_no_known_first_boot_program_is_refused(raspios_image: Path, tmp_path: Path) -> None:
     card = _copy(raspios_image, tmp_path / "odd.img")
     ExtFs.partition(card, 2).apply([Remove("/usr/lib/userconf-pi/userconf")])

@@ -665,7 +665,16 @@ def _prepare_file(
 
 
 def _check_cloud_init_seed(boot: FatFs, ssh_pubkey: str | None) -> None:
-    """Refuse, before anything is written, a user-data of the image's own and a key that is not one key line."""
+    """Refuse, before anything is written, a user-data of the image's own, a second first-boot mechanism beside
+    cloud-init (userconf.txt, which userconf-pi would apply too; Imager's firstrun.sh), and a key that is not one
+    key line."""
+    others = [f"boot:/{name}" for name in ("userconf.txt", "firstrun.sh") if boot.exists(name)]
+    if others:
+        raise Refused(
+            f"{boot.image}: this image takes its first boot's settings through cloud-init, and it also carries "
+            f"{' and '.join(others)}, a second first-boot mechanism that would set the user too. pibake writes "
+            "cloud-init's user-data; remove the other and prepare again"
+        )
     current = boot.read(USER_DATA)
     if current is not None:
         keys = user_data_keys(current.decode(errors="replace"))
