@@ -116,9 +116,9 @@ ROOT_FILES: dict[str, tuple[str, int]] = {
 }
 
 
-def dpkg_status() -> str:
+def dpkg_status(extra: tuple[tuple[str, str, str], ...] = ()) -> str:
     stanzas = []
-    for name, version, arch in DPKG_PACKAGES:
+    for name, version, arch in (*DPKG_PACKAGES, *extra):
         stanzas.append(
             f"Package: {name}\nStatus: install ok installed\nPriority: optional\nArchitecture: {arch}\n"
             f"Version: {version}\nDescription: {name}\n the {name} package\n"
@@ -151,6 +151,7 @@ CLOUD_INIT_CMDLINE = (
     f"console=serial0,115200 console=tty1 root=PARTUUID={DISK_ID:08x}-02 rootfstype=ext4 fsck.repair=yes "
     "rootwait resize\n"
 )
+CLOUD_INIT_PACKAGES = (("cloud-init", "25.1.4-1", "all"),)
 CLOUD_INIT_ROOT_FILES: dict[str, tuple[str, int]] = {
     "/usr/bin/cloud-init": ("#!/usr/bin/python3\n# cloud-init\n", 0o755),
 }
@@ -165,7 +166,7 @@ CLOUD_INIT_BOOT_FILES: dict[str, bytes] = {
 }
 
 
-def _root_tree(dest: Path, extra: dict[str, tuple[str, int]]) -> None:
+def _root_tree(dest: Path, extra: dict[str, tuple[str, int]], packages: tuple[tuple[str, str, str], ...]) -> None:
     for path, (text, mode) in {**ROOT_FILES, **extra}.items():
         target = dest / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,10 +174,10 @@ def _root_tree(dest: Path, extra: dict[str, tuple[str, int]]) -> None:
         target.chmod(mode)
     status = dest / "var/lib/dpkg/status"
     status.parent.mkdir(parents=True)
-    status.write_text(dpkg_status())
+    status.write_text(dpkg_status(packages))
     info = dest / "var/lib/dpkg/info"
     info.mkdir()
-    for name, _version, arch in DPKG_PACKAGES:
+    for name, _version, arch in (*DPKG_PACKAGES, *packages):
         md5 = hashlib.md5(name.encode()).hexdigest()  # dpkg's own format
         suffix = f":{arch}" if arch != "all" else ""
         (info / f"{name}{suffix}.md5sums").write_text(f"{md5}  usr/share/doc/{name}/copyright\n")
@@ -192,7 +193,7 @@ def build_image(path: Path, work: Path, *, cloud_init: bool = False) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     tree = work / "rootfs"
     extra_root = CLOUD_INIT_ROOT_FILES if cloud_init else {}
-    _root_tree(tree, extra_root)
+    _root_tree(tree, extra_root, CLOUD_INIT_PACKAGES if cloud_init else ())
     ext4 = work / "root.ext4"
     with ext4.open("wb") as f:
         f.truncate(ROOT_SECTORS * 512)

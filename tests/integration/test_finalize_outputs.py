@@ -157,3 +157,8 @@ def test_xz_publishes_the_image_compressed_and_imager_downloads_that(provisioned
     card.write_bytes(b"")
     subprocess.run(["bmaptool", "copy", "--bmap", f"{work}.bmap", str(xz), str(card)], check=True, capture_output=True)
     assert sha256_file(card) == digest
+    # Finalized again without --xz: the .xz of the image as it was is removed with its digest, not left to mislead.
+    res = run_cli(["image", "finalize", str(work)])
+    assert res.code == 0, res.err
+    assert not xz.exists() and not (tmp_path / "car.img.xz.sha256").exists()
+    assert json.loads(Path(f"{work}.manifest.json").read_text())["xz"] is None

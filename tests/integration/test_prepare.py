@@ -324,6 +324,9 @@ def test_a_cloud_init_image_takes_its_settings_as_cloud_init_user_data(cloud_ini
     assert diff.added == set() and diff.removed == set()
     assert diff.changed == {"boot:/user-data", "boot:/meta-data"}
     assert FatFs.partition(work, 1).read_text("cmdline.txt") == raspios.CLOUD_INIT_CMDLINE  # `resize` is back
+    # Finalize reads the same mechanism from dpkg's list: Imager may write cloud-init settings for this card.
+    (entry,) = json.loads(Path(f"{work}.os_list.json").read_text())["os_list"]
+    assert entry["init_format"] == "cloudinit-rpi"
     # A second image from the same base is a new cloud-init instance.
     again = prepare.prepare(cloud_init_image, output=tmp_path / "again.img", ssh_pubkey=KEY)
     meta_again = yaml.safe_load(FatFs.partition(again.path, 1).read_text("meta-data") or "")
@@ -352,6 +355,27 @@ def test_a_cloud_init_image_with_a_second_first_boot_mechanism_is_refused(
     assert res.code == Refused.exit_code, res.err
     assert f"also carries boot:/{other}, a second first-boot mechanism" in res.err
     assert sha256_file(card) == before
+
+
+def test_a_bad_key_or_output_is_refused_before_the_image_grows(raspios_image: Path, tmp_path: Path) -> None:
+    card = _copy(raspios_image, tmp_path / "k.img")
+    before = sha256_file(card)
+    two = tmp_path / "two.pub"
+    two.write_text(f"{KEY}\n{KEY.replace('round-trip', 'other')}\n")
+    empty = tmp_path / "empty.pub"
+    empty.write_text("\n")
+    for key, says in ((two, "exactly one line"), (empty, "holds no SSH public key")):
+        res = run_cli(["image", "prepare", str(card), "--grow", "64", "--ssh-key", str(key)])
+        assert res.code == UsageError.exit_code and says in res.err, res.err
+    (tmp_path / "a-dir").mkdir()
+    res = run_cli(["image", "prepare", str(card), "-o", str(tmp_path / "a-dir")])
+    assert res.code == UsageError.exit_code and "is a directory" in res.err and "Traceback" not in res.err
+    assert sha256_file(card) == before and card.stat().st_size == raspios.SIZE
+    # A prepared image given with -o is named as it is, and no copy is made of it.
+    prepare.prepare(card, ssh_pubkey=KEY)
+    res = run_cli(["image", "prepare", str(card), "-o", str(tmp_path / "copy.img")])
+    assert res.code == Refused.exit_code and f"{card} was prepared already" in res.err
+    assert not (tmp_path / "copy.img").exists()
 
 
 def test_a_raspberry_pi_os_with_no_known_first_boot_program_is_refused(raspios_image: Path, tmp_path: Path) -> None:

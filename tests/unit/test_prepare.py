@@ -85,7 +85,7 @@ def test_cloud_init_user_data_is_imagers_keys_as_yaml() -> None:
             "name": "alice",
             "shell": "/bin/bash",
             "lock_passwd": False,
-            "passwd": "$6$salt$hash",
+            "hashed_passwd": "$6$salt$hash",
             "ssh_authorized_keys": [KEY],
             "sudo": "ALL=(ALL) NOPASSWD:ALL",
         },
@@ -93,7 +93,7 @@ def test_cloud_init_user_data_is_imagers_keys_as_yaml() -> None:
     }
     # No password ("*" is prepare's "keys only"): the account is locked and sshd takes keys only.
     locked = yaml.safe_load(prepare.cloud_init_user_data(user="pi", password_hash="*", ssh_pubkey=KEY, hostname="p1"))
-    assert locked["user"]["lock_passwd"] is True and "passwd" not in locked["user"]
+    assert locked["user"]["lock_passwd"] is True and "hashed_passwd" not in locked["user"]
     assert (locked["ssh_pwauth"], locked["hostname"], locked["manage_etc_hosts"]) == (False, "p1", True)
     meta = yaml.safe_load(prepare.cloud_init_meta_data("pibake-0123"))
     assert meta == {"dsmode": "local", "instance-id": "pibake-0123"}
@@ -108,7 +108,11 @@ def test_user_data_keys_tell_an_images_own_settings_from_templates_and_pibakes()
     with pytest.raises(PibakeError, match="not valid YAML"):
         prepare.user_data_keys("#cloud-config\nusers: [\n")
     with pytest.raises(PibakeError, match="not a cloud-config mapping"):
-        prepare.user_data_keys("- a list\n")
+        prepare.user_data_keys("#cloud-config\n- a list\n")
+    # cloud-init's other kinds of user data are refused by name, with what to do.
+    for other in ("#!/bin/sh\necho hi\n", "#include\nhttps://x.invalid/a\n", "Content-Type: multipart/mixed\n"):
+        with pytest.raises(PibakeError, match=r"provision in pibake\.toml"):
+            prepare.user_data_keys(other)
 
 
 def test_cmdline_already_fit_for_emulation_is_left_alone() -> None:

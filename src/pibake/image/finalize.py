@@ -300,6 +300,9 @@ def finalize(
     # Bad options are refused before the image is touched.
     if imager_url is not None:
         imager.check_url(imager_url, suffix=".img.xz" if xz else ".img")
+    xz_path = image.with_name(image.name + ".xz")
+    if xz and xz_path.is_dir():
+        raise UsageError(f"{xz_path} is a directory: --xz writes the compressed image there")
     if init_format is not None and init_format not in imager.INIT_FORMATS:
         raise UsageError(f"--init-format {init_format!r}: Imager knows {', '.join(imager.INIT_FORMATS)}")
     if board is not None:
@@ -355,6 +358,12 @@ def finalize(
         digest = sha256_file(image)
         size = image.stat().st_size
         xz_file, xz_sha256 = None, None
+        if not xz:
+            # An IMAGE.xz of an earlier finalize --xz is of the image as it was then: gone, with its digest.
+            for stale in (xz_path, xz_path.with_name(xz_path.name + ".sha256")):
+                if stale.is_file():
+                    log.info("%s: removing %s, written by an earlier finalize --xz", image.name, stale.name)
+                    stale.unlink()
         if xz:
             status.show(f"compressing to {image.name}.xz (xz, every core)")
             xz_file = compress_xz(image)

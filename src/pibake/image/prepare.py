@@ -201,7 +201,10 @@ def with_authorized_key(existing: str | None, key: str) -> str | None:
     """authorized_keys with KEY in it; None when it is there already."""
     key = key.strip()
     if not key or "\n" in key:
-        raise UsageError("the SSH public key must be exactly one line")
+        raise UsageError(
+            "the SSH public key must be exactly one line (one public key, such as a .pub file holds; "
+            "not a private key, not several keys)"
+        )
     fields = key.split()
     if len(fields) < 2 or not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
         raise UsageError(f"{key[:40]!r}... is not an OpenSSH public key line")
@@ -267,7 +270,8 @@ def cloud_init_user_data(*, user: str, password_hash: str | None, ssh_pubkey: st
 
     The keys are Imager's (rpi-imager's CustomisationGenerator::generateCloudInitUserData): the
     singular ``user`` (cloud-init merges it over the distribution's default user, keeping its
-    groups), ``lock_passwd`` and ``passwd`` (a crypt(3) hash; none: locked, keys only),
+    groups), ``lock_passwd`` and a crypt(3) hash (``hashed_passwd``, which cloud-init applies to an
+    existing user too; Imager writes ``passwd``, which it applies only to a new one; none: locked, keys only),
     ``ssh_authorized_keys``, ``sudo`` without a password (what pibake's provisioning needs),
     ``hostname`` with ``manage_etc_hosts``, ``ssh_pwauth: false`` when there is no password, and
     ``runcmd`` enabling ssh.service: cloud-init's ssh module writes keys but starts no server, and
@@ -275,7 +279,9 @@ def cloud_init_user_data(*, user: str, password_hash: str | None, ssh_pubkey: st
     """
     entry: dict[str, Any] = {"name": user, "shell": "/bin/bash"}
     if password_hash and password_hash not in ("*", "!"):
-        entry |= {"lock_passwd": False, "passwd": password_hash}
+        # hashed_passwd, not passwd: cloud-init applies passwd only to a user it creates, and Raspberry Pi OS's
+        # first user (pi, uid 1000) exists already (cloud-init 25.1's Distro.create_user, trixie's package).
+        entry |= {"lock_passwd": False, "hashed_passwd": password_hash}
     else:
         entry["lock_passwd"] = True
     if ssh_pubkey:
@@ -285,7 +291,7 @@ def cloud_init_user_data(*, user: str, password_hash: str | None, ssh_pubkey: st
     if hostname:
         config |= {"hostname": hostname, "manage_etc_hosts": True}
     config["user"] = entry
-    if not entry.get("passwd"):
+    if not entry.get("hashed_passwd"):
         config["ssh_pwauth"] = False
     config["runcmd"] = [["systemctl", "enable", "--now", "ssh"]]
     body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=4096)
@@ -308,14 +314,23 @@ def user_data_keys(text: str) -> list[str]:
     lines = text.splitlines()
     if len(lines) > 1 and lines[1].startswith(USER_DATA_MARK):
         return []
+    what = (
+        f"pibake writes the first boot's cloud-config itself and would lose what it holds: move that to a playbook "
+        f"pibake runs after its roles (provision in pibake.toml), or remove boot:/{USER_DATA}"
+    )
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first and not first.startswith("#"):
+        raise PibakeError(f"boot:/{USER_DATA} is not a cloud-config (it starts {first[:40]!r}); {what}")
+    if first.startswith(("#!", "#include", "## template", "#cloud-boothook", "#part-handler")):
+        raise PibakeError(f"boot:/{USER_DATA} is cloud-init user data of another kind ({first[:40]!r}); {what}")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise PibakeError(f"boot:/{USER_DATA} is not valid YAML ({e})") from e
+        raise PibakeError(f"boot:/{USER_DATA} is not valid YAML ({e}); {what}") from e
     if data is None:
         return []
     if not isinstance(data, dict):
-        raise PibakeError(f"boot:/{USER_DATA} is not a cloud-config mapping (it holds a {type(data).__name__})")
+        raise PibakeError(f"boot:/{USER_DATA} is not a cloud-config mapping (it holds a {type(data).__name__}); {what}")
     return sorted(str(k) for k in data)
 
 
@@ -473,6 +488,15 @@ def prepare(
         raise UsageError("--password-hash takes a crypt(3) hash such as `openssl passwd -6` prints, or '*'")
     if hostname is not None and not HOSTNAME.match(hostname):
         raise UsageError(f"invalid hostname {hostname!r}: letters, digits and inner hyphens, at most 63 characters")
+    if ssh_pubkey is not None:
+        with_authorized_key(None, ssh_pubkey)  # one OpenSSH public key line, checked before anything is written
+    if output is not None and output.is_dir():
+        raise UsageError(f"-o {output} is a directory: name the image file to write")
+    if output is not None and ExtFs.partition(image, 2).exists(RECORD):
+        raise Refused(
+            f"{image} was prepared already ({RECORD} is in it): run `pibake image finalize` on it, "
+            "or prepare a copy of the base image it came from"
+        )
 
     def prepare_file(target: Path) -> PreparedImage:
         return _prepare_file(
@@ -528,6 +552,8 @@ def prepare_for_emulation(
             key = ssh_key_file.read_text().strip()
         except OSError as e:
             raise UsageError(f"cannot read the SSH public key {ssh_key_file}: {e.strerror}") from e
+        if not key:
+            raise UsageError(f"{ssh_key_file} holds no SSH public key: nobody could log in to the image")
     else:
         key = sshkey.ensure_keypair().public_key
     return prepare(
