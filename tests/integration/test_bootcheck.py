@@ -49,6 +49,7 @@ def test_missing_start_elf_fails(base_image: Path, tmp_path: Path) -> None:
     res = run_cli(["image", "check", str(img)])
     assert res.code == VerificationFailed.exit_code
     assert "start.elf is missing" in res.err
+    assert "Build it for the pi3b-plus (`pibake image build --board pi3b-plus`)" in res.err
 
 
 def test_cmdline_with_a_wrong_partuuid_fails(base_image: Path, tmp_path: Path) -> None:

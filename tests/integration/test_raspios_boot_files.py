@@ -10,7 +10,7 @@ import pytest
 
 from pibake.disk.fat import FatFs
 from pibake.emulate import boot, profiles
-from pibake.errors import PibakeError, UsageError
+from pibake.errors import PibakeError, UsageError, VerificationFailed
 from pibake.image import prepare
 from tests.conftest import run_cli
 from tests.integration import raspios
@@ -57,3 +57,12 @@ def test_image_check_finds_raspberry_pi_oss_names(raspios_image: Path, board: st
     res = run_cli(["image", "check", str(raspios_image), "--board", board])
     assert res.code == 0, res.err
     assert f"kernel {kernel}" in res.out and f"device tree {dtb}" in res.out
+
+
+def test_image_check_on_a_raspberry_pi_os_image_says_to_fetch_it_again(raspios_image: Path, tmp_path: Path) -> None:
+    card = prepare.copy_image(raspios_image, tmp_path / "no-dtb.img")
+    FatFs.partition(card, 1).remove("bcm2710-rpi-3-b-plus.dtb")
+    res = run_cli(["image", "check", str(card), "--board", "pi3b-plus"])
+    assert res.code == VerificationFailed.exit_code
+    assert "bcm2710-rpi-3-b-plus.dtb" in res.err
+    assert "Fetch its release again (`pibake image fetch`)" in res.err and "image build" not in res.err

@@ -260,10 +260,18 @@ def check_boot(image: Path, *, board: str | None = None) -> BootCheck:
             raise UsageError(f"{image}: its config.txt records no board (not built by pibake): name one with --board")
     found = inspect(boot, read_root(image, mbr), board)
     if found.problems:
+        # pibake built it (its config.txt records a board): a build for this board makes one; anything else (a
+        # Raspberry Pi OS release) comes from its release again.
+        built = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
+        again = (
+            f"Build it for the {board} (`pibake image build --board {board}`)"
+            if built
+            else "Fetch its release again (`pibake image fetch`)"
+        )
         raise VerificationFailed(
             f"{image} would not boot a {board}:\n  - "
             + "\n  - ".join(found.problems)
-            + "\nRebuild it (`pibake image build --board BOARD`) or restore the files on its boot partition."
+            + f"\n{again} or restore the files on its boot partition."
         )
     log.info("%s: boot partition ready for %s (%s)", image.name, board, ", ".join(found.checked))
     return BootCheck(image, board, found.kernel, found.initrd, found.dtb, found.root, found.checked)
