@@ -8,8 +8,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from pibake.cli import main
 
@@ -53,6 +55,15 @@ def run_local_play(book: Path, cfg_dir: Path) -> subprocess.CompletedProcess[str
         check=False,
         timeout=600,
     )
+
+
+def molecule_config(scenario: Path) -> dict[str, Any]:
+    """SCENARIO's molecule.yml as Molecule reads it: merged over the shared .config/molecule/config.yml, by Molecule's
+    own merge (mappings key by key, lists whole)."""
+    from molecule.util import merge_dicts
+
+    base = yaml.safe_load((REPO / ".config" / "molecule" / "config.yml").read_text())
+    return merge_dicts(base, yaml.safe_load(scenario.read_text()))
 
 
 def run_cli(args: list[str]) -> CliResult:

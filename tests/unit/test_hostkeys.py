@@ -19,7 +19,7 @@ from pibake.disk.ext4 import S_IFDIR, S_IFLNK, S_IFREG, DirEntry
 from pibake.emulate import inventory
 from pibake.errors import PibakeError, UsageError, VerificationFailed
 from pibake.image import identity, prepare
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, molecule_config, run_cli
 
 BIN = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin"
 
@@ -140,7 +140,7 @@ def test_host_keys_are_checked_except_for_emulated_guests(tmp_path: Path) -> Non
     scenarios = sorted((REPO / "molecule").glob("*/molecule.yml"))
     assert len(scenarios) >= 2, scenarios
     for scenario in scenarios:
-        molecule = yaml.safe_load(scenario.read_text())
+        molecule = molecule_config(scenario)
         assert molecule["ansible"]["cfg"]["defaults"]["host_key_checking"] is False, scenario
 
 
