@@ -7,6 +7,11 @@
     test_times.py begin STEP               note that STEP starts now (for a step make runs itself, such as a
     test_times.py end STEP                 sub-make: `make -n` runs a sub-make line, so it cannot be wrapped)
                                            and, at its end, append STEP's seconds since `begin`
+    test_times.py start STEP LOG -- COMMAND...
+                                           start COMMAND in the background, its output to LOG, and go on;
+    test_times.py wait STEP                wait for it: its seconds are recorded as a step beside the others
+                                           (left out of the total), and its exit status is passed on, with
+                                           LOG's end printed when it failed
     test_times.py report                   print the table of everything recorded since `reset`
     test_times.py reset                    forget what was recorded
 
@@ -61,16 +66,20 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+BESIDE = " (beside the steps above)"
+
+
 def report() -> str:
-    """The table: top-level steps with their share of the total, their sub-steps indented below them."""
+    """The table: top-level steps with their share of the total, their sub-steps indented below them. A step that
+    ran in the background (`start`) is shown, and left out of the total: its time was spent beside the others."""
     rows = read()
     if not rows:
         return "test times: nothing recorded"
     top = [(s, t) for s, t in rows if "/" not in s]
-    total = sum(t for _, t in top)
+    total = sum(t for s, t in top if not s.endswith(BESIDE))
     lines = ["", "Where make test's time went:", f"  {'step':<58} {'time':>12} {'share':>6}"]
     for step, seconds in top:
-        share = f"{seconds / total:.0%}" if total > 0 else "-"
+        share = f"{seconds / total:.0%}" if total > 0 and not step.endswith(BESIDE) else "-"
         lines.append(f"  {step:<58} {format_seconds(seconds):>12} {share:>6}")
         subs = sorted(((s, t) for s, t in rows if s.startswith(step + "/")), key=lambda r: -r[1])
         for sub, sub_seconds in subs:
@@ -104,6 +113,68 @@ def run(step: str, argv: list[str]) -> int:
     return proc.returncode
 
 
+def _background(step: str, what: str) -> Path:
+    return record_path().with_name(f"{record_path().name}.{step}.{what}")
+
+
+def start(step: str, log: str, argv: list[str]) -> int:
+    """Run ARGV in the background through `_background`, which writes its exit status where `wait` looks."""
+    status = _background(step, "status")
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.unlink(missing_ok=True)
+    _background(step, "log").write_text(str(Path(log).resolve()) + "\n")
+    print(f"{step}: started in the background (output: {log})", flush=True)
+    subprocess.Popen(
+        [sys.executable, __file__, "_background", step, log, "--", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return 0
+
+
+def background(step: str, log: str, argv: list[str]) -> int:
+    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve())}
+    t0 = time.monotonic()
+    with Path(log).open("wb") as out:
+        try:
+            code = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+            ).returncode
+        except OSError as e:
+            out.write(f"{argv[0]}: {e}\n".encode())
+            code = 127
+    append(step + BESIDE, time.monotonic() - t0)
+    tmp = _background(step, "status.part")
+    tmp.write_text(f"{code}\n")
+    tmp.replace(_background(step, "status"))
+    return code
+
+
+def wait(step: str, poll: float = 5.0) -> int:
+    """Wait for STEP's background command (`start`) to end; its exit status, its log's end printed if not 0."""
+    status = _background(step, "status")
+    log_note = _background(step, "log")
+    if not log_note.exists():
+        print(f"{step}: was never started (test_times.py start)", file=sys.stderr)
+        return 2
+    log = Path(log_note.read_text().strip())
+    if not status.exists():
+        print(f"{step}: waiting for it to end (output: {log})", flush=True)
+    while not status.exists():
+        time.sleep(poll)
+    code = int(status.read_text())
+    status.unlink()
+    log_note.unlink()
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+        print("\n".join([f"{step} failed (exit {code}); the end of {log}:", *tail]), file=sys.stderr)
+        print(report())
+    else:
+        print(f"{step}: done", flush=True)
+    return code
+
+
 def _begun(step: str) -> Path:
     return record_path().with_name(f"{record_path().name}.{step}.begin")
 
@@ -124,6 +195,10 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] in ("begin", "end"):
         (begin if argv[0] == "begin" else end)(argv[1])
         return 0
+    if len(argv) >= 5 and argv[0] in ("start", "_background") and argv[3] == "--":
+        return (start if argv[0] == "start" else background)(argv[1], argv[2], argv[4:])
+    if len(argv) == 2 and argv[0] == "wait":
+        return wait(argv[1])
     if argv[:1] == ["report"]:
         print(report())
         return 0

@@ -77,6 +77,14 @@ def run_cli(args: list[str]) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark arm64_base every test that needs the trixie arm64 base (the arm64_image fixture): `make test` runs the
+    others beside that image's first build and these after it."""
+    for item in items:
+        if "arm64_image" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.arm64_base)
+
+
 @pytest.fixture
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private PIBAKE_CACHE that shares the real cache's SSH key, so images built there still trust it."""

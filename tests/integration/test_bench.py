@@ -13,8 +13,8 @@ from pibake.bench import report
 from pibake.emulate import user
 from tests.conftest import REPO, run_cli
 
-# Loop devices for the flash step, chroot and binfmt for qemu-user.
-pytestmark = pytest.mark.root
+# Loop devices for the flash step, chroot and binfmt for qemu-user; the arm64 rows run on the cached arm64 root.
+pytestmark = [pytest.mark.root, pytest.mark.arm64_base]
 
 
 def test_quick_bench_writes_numbers_a_chart_and_the_reasons(tmp_path: Path) -> None:

@@ -138,5 +138,14 @@ def test_images_builds_both_bases_side_by_side(tmp_path: Path) -> None:
     assert len(builds) == 2, builds
     assert "--base debian-bullseye " in builds[0] and "--base debian-trixie-arm64 " in builds[1], builds
     run = _make(["-n", "test-integration"], tmp_path)
-    assert "-j3 image image-arm64 kernel PROFILE=vexpress-a9" in run.out, run.out  # and test_kernel's kernel
+    # The arm64 root filesystem (the longest build) starts first, in the background; the 32-bit builds take the
+    # other core, the tests that need no arm64 base follow them, the rest wait for it.
+    lines = run.out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "test_times.py start image-arm64" in ln)
+    assert "pibake image build --base debian-trixie-arm64 --board pi4" in lines[start], lines[start]
+    builds_32 = next(i for i, ln in enumerate(lines) if "-j2 image kernel PROFILE=vexpress-a9" in ln)
+    first = next(i for i, ln in enumerate(lines) if 'not arm64_base" tests' in ln)
+    wait = next(i for i, ln in enumerate(lines) if "test_times.py wait image-arm64" in ln)
+    then = next(i for i, ln in enumerate(lines) if '-m "arm64_base and' in ln)
+    assert start < builds_32 < first < wait < then, run.out
     assert re.search(r"pibake kernel build --profile vexpress-a9 --provider debian-source", run.out), run.out

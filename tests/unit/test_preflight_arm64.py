@@ -178,6 +178,7 @@ def test_a_run_that_fails_otherwise_is_no_sigill_and_shows_its_stderr(dotprod: D
 # ---------------------------------------------------------------- the wheel, on an arm64 root's Python
 
 
+@pytest.mark.arm64_base
 def test_preflight_refuses_the_dotprod_wheel_for_the_pi4_and_passes_it_for_the_pi5(
     dotwheel: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +196,7 @@ def test_preflight_refuses_the_dotprod_wheel_for_the_pi4_and_passes_it_for_the_p
     assert "import dotwheel on cortex-a76: ran" in res.out and "OK on board pi5" in res.out
 
 
+@pytest.mark.arm64_base
 def test_a_missing_dependency_is_a_failure_that_says_so(tmp_path: Path) -> None:
     sysroot = arm64_sysroot()
     wheel = make_wheel(

@@ -57,3 +57,22 @@ def test_begin_and_end_time_a_step_make_runs_itself(tmp_path: Path) -> None:
     assert step == "images" and 1.0 <= float(seconds) < 60
     assert list(tmp_path.iterdir()) == [record]  # the begin mark is gone
     assert _times(["end", "images"], record).returncode != 0  # an end with no begin is an error, not a 0-s step
+
+
+def test_a_background_step_runs_beside_the_others_and_passes_its_status_on(tmp_path: Path) -> None:
+    record, log = tmp_path / "times.tsv", tmp_path / "image.log"
+    started = _times(["start", "image", str(log), "--", "sh", "-c", "sleep 1; echo built; exit 3"], record)
+    assert started.returncode == 0 and "image: started in the background" in started.stdout
+    assert _times(["run", "pytest", "--", "sh", "-c", "echo tested"], record).returncode == 0  # runs meanwhile
+    waited = _times(["wait", "image"], record)
+    assert waited.returncode == 3
+    assert "image failed (exit 3)" in waited.stderr and "built" in waited.stderr  # the log's end
+    rows = dict(line.split("\t") for line in record.read_text().splitlines())
+    assert float(rows["image (beside the steps above)"]) >= 1.0
+    table = _times(["report"], record).stdout
+    total = next(line for line in table.splitlines() if line.strip().startswith("total"))
+    assert total.split()[-2:] == [str(round(float(rows["pytest"]))), "s"], table  # the image's second is left out
+    again = _times(["wait", "image"], record)
+    assert again.returncode == 2 and "never started" in again.stderr
+    ok = _times(["start", "kernel", str(log), "--", "true"], record)
+    assert ok.returncode == 0 and _times(["wait", "kernel"], record).returncode == 0
