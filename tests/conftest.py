@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from pibake.cli import main
+from pibake.disk.layout import Layout
+from pibake.image import build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +66,26 @@ def molecule_config(scenario: Path) -> dict[str, Any]:
 
     base = yaml.safe_load((REPO / ".config" / "molecule" / "config.yml").read_text())
     return merge_dicts(base, yaml.safe_load(scenario.read_text()))
+
+
+def local_image(path: Path, codename: str | None, arch: str | None, config_txt: str = "") -> Path:
+    """An image at PATH (sparse, 1092 MiB) whose root has the userland os-release and dpkg's status say: Debian
+    CODENAME on ARCH (None: the file is left out), and CONFIG_TXT on its boot partition."""
+    root, boot, work = (path.with_name(f"{path.stem}-{d}") for d in ("root", "boot", "work"))
+    for d in (root / "etc", root / "var/lib/dpkg", boot, work):
+        d.mkdir(parents=True)
+    if codename is not None:
+        (root / "etc/os-release").write_text(
+            f'PRETTY_NAME="Debian GNU/Linux ({codename})"\nVERSION_CODENAME={codename}\n'
+        )
+    if arch is not None:
+        (root / "var/lib/dpkg/status").write_text(
+            f"Package: dpkg\nStatus: install ok installed\nArchitecture: {arch}\nVersion: 1.22.21\n\n"
+            "Package: tzdata\nStatus: install ok installed\nArchitecture: all\nVersion: 2025b\n"
+        )
+    (boot / "config.txt").write_text(config_txt)
+    build.assemble(path, Layout(total_mb=1092, boot_mb=64), 0x1234ABCD, root, boot, work)
+    return path
 
 
 def run_cli(args: list[str]) -> CliResult:

@@ -11,7 +11,9 @@ written in every case, so a failing bake says why in ``report.md``.
 
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
 emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
-file), ONNX models anywhere but on the debian-trixie-arm64 base (onnxruntime has no armv7l wheels), a
+file), a local image whose userland (Debian release and dpkg architecture) has no pinned runtime (USERLAND_BASES:
+a local image gets the runtimes of the Debian base with its userland), ONNX models anywhere but on a trixie arm64
+userland (onnxruntime has no armv7l wheels), a
 preprocessing size other than the model's input size, Wi-Fi on a local image or on a board without Wi-Fi (bake
 writes it the ifupdown way of pibake's Debian bases only). system.user is the login the image is prepared with
 (on the Debian bases a new account beside ``pi``; on Raspberry Pi OS the first user, by userconf.txt or cloud-init)
@@ -41,13 +43,14 @@ from pathlib import Path
 
 from pibake import boards, convert, preflight, project, report, resources
 from pibake._module_utils import wheel_lock
+from pibake.disk.ext4 import ExtFs
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.boot import image_arch, read_config_txt
 from pibake.emulate.ssh import ssh_run
 from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError
 from pibake.image import build as image
-from pibake.image import finalize, prepare
+from pibake.image import finalize, imager, prepare
 from pibake.provision import provision
 from pibake.util import progress
 from pibake.util.cache import cache_root, sha256_file
@@ -135,10 +138,41 @@ def platform_runtime(base: str, runtime: str | None = None) -> PlatformRuntime:
     return PlatformRuntime(name, version, lock, VENV_PYTHON, tuple(p.filename for p in pins if p.filename))
 
 
+# A local image takes the pinned runtimes of the Debian base with its userland: the same Debian release (os-release's
+# VERSION_CODENAME; Raspberry Pi OS names the Debian release it is built on) and dpkg architecture, so the same Python
+# and glibc the base's locks were resolved for (scripts/lock_runtimes.py).
+USERLAND_BASES: dict[tuple[str, str], str] = {
+    ("bullseye", "armhf"): LEGACY_BASE,
+    ("bookworm", "armhf"): "debian-bookworm-armhf",
+    ("trixie", "arm64"): "debian-trixie-arm64",
+}
+
+
+def image_userland(image: Path) -> tuple[str, str]:
+    """(VERSION_CODENAME, dpkg architecture) of IMAGE's root filesystem (partition 2), read without mounting:
+    ("bookworm", "armhf") for Raspberry Pi OS bookworm 32-bit. An empty string for what the image does not say (no
+    os-release, no dpkg status, or no partition 2 with an ext4 filesystem). The architecture is dpkg's own package's
+    (image.imager.image_architecture), the userland's: a Pi 4 runs a 32-bit userland on a 64-bit kernel."""
+    try:
+        files = ExtFs.partition(image, 2).read_many(["/etc/os-release", "/usr/lib/os-release", "/var/lib/dpkg/status"])
+    except PibakeError:
+        return "", ""
+    release = files["/etc/os-release"] or files["/usr/lib/os-release"] or b""
+    codename = prepare.parse_os_release(release.decode(errors="replace")).get("VERSION_CODENAME", "")
+    status = files["/var/lib/dpkg/status"]
+    arch = imager.image_architecture(finalize.parse_dpkg_status(status.decode(errors="replace"))) if status else ""
+    return codename, arch
+
+
 def runtime_base(proj: project.Project) -> str:
-    """The Debian base whose runtimes PROJ's image gets: its own, or bullseye's for a local image (provisioned the
-    32-bit way; unsupported refuses a 64-bit one)."""
-    return proj.target.base if proj.target.base_kind == "debian" else LEGACY_BASE
+    """The Debian base whose runtimes PROJ's image gets: its own, or for a local image the one with the image's
+    userland (USERLAND_BASES by image_userland); "" for a local image whose userland has none (unsupported says
+    so)."""
+    if proj.target.base_kind == "debian":
+        return proj.target.base
+    if proj.target.base_image is None:
+        return ""
+    return USERLAND_BASES.get(image_userland(proj.target.base_image), "")
 
 
 def runtime_name(proj: project.Project) -> str | None:
@@ -194,17 +228,22 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             f"target.base = {t.base!r}: fetch the release first (`pibake image fetch --release {t.base} -o FILE`) "
             "and name the file as the base"
         )
-    if t.base_kind == "image" and t.base_image is not None and image_arch(read_config_txt(t.base_image)) == "arm64":
-        # The local-image path provisions the bullseye way (project_runtime): a cp39 armv7l wheel on a 32-bit profile.
-        problems.append(
-            f"target.base = {t.base!r} is a 64-bit image (its config.txt says arm_64bit=1): bake runs a local image "
-            "the 32-bit way only (tflite-runtime 2.11.0 on Python 3.9) for now; use target.base = "
-            '"debian-trixie-arm64" for a 64-bit card'
-        )
     base = runtime_base(proj)
+    if t.base_kind == "image" and not base:
+        codename, arch = image_userland(t.base_image) if t.base_image is not None else ("", "")
+        found = (
+            f"its userland is Debian {codename or '(no VERSION_CODENAME)'} {arch or '(no dpkg architecture)'}"
+            if codename or arch
+            else "it holds no Debian userland pibake can read (no os-release and dpkg status on its second partition)"
+        )
+        userlands = ", ".join(f"{c} {a}" for c, a in USERLAND_BASES)
+        problems.append(
+            f"target.base = {t.base!r}: {found}; bake has runtimes pinned for {userlands} only. Use a base of those "
+            f"(or pibake's own: {', '.join(sorted(USERLAND_BASES.values()))})"
+        )
     # A Keras model fits where a .tflite does: bake converts it first (prepare_model).
     fits = format_runtimes(base, m.format)
-    if not fits:
+    if base and not fits:
         runtimes = sorted(r for r, (formats, _) in project.RUNTIMES.items() if m.format in formats)
         bases = sorted(b for b in (*LOCKED_RUNTIMES, LEGACY_BASE) if format_runtimes(b, m.format))
         arches = sorted({a for r in runtimes for a in project.RUNTIMES[r][1]})
@@ -221,7 +260,9 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         # The runtime named, where the base runs the model's format with it; else the one it would get (auto).
         rt = platform_runtime(base, proj.runtime.name if proj.runtime.name in fits else fits[0])
         if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
-            gets = f"the {t.base} base runs" if t.base_kind == "debian" else "a local image runs"
+            gets = (
+                f"the {t.base} base runs" if t.base_kind == "debian" else f"a local image with {base}'s userland runs"
+            )
             problems.append(f"runtime: {gets} .{m.format} models with {rt.name} {rt.version} only")
     if s.wifi is not None and not board.wifi:
         problems.append(
@@ -538,7 +579,10 @@ def bake(
         raise UsageError(f"{proj.path}: cannot bake this project yet:\n  " + "\n  ".join(problems))
     board = boards.get(proj.target.board)
     runtime = project_runtime(proj)
-    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=proj.target.arch or "armhf")
+    arch = proj.target.arch
+    if arch is None and proj.target.base_image is not None:
+        arch = image_arch(read_config_txt(proj.target.base_image))  # a local image: the kernel its config.txt starts
+    profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=arch or "armhf")
     prof = profiles.load(profile)
     # Checked above, converted here: the first work, and a project that cannot be emulated converts nothing.
     timings: dict[str, float] = {}

@@ -18,7 +18,7 @@ import yaml
 from pibake import bake, project, resources
 from pibake._module_utils import wheel_lock
 from pibake.errors import PibakeError, UsageError
-from tests.conftest import REPO, run_local_play
+from tests.conftest import REPO, local_image, run_local_play
 
 EXAMPLE = REPO / "examples" / "car"
 
@@ -75,7 +75,7 @@ def test_what_bake_cannot_carry_yet_is_refused_by_key(car: project.Project, chan
 @pytest.mark.parametrize("board", ["pi1", "pi-zero"])
 def test_a_board_no_profile_emulates_is_refused_by_its_key_in_the_project_file(tmp_path: Path, board: str) -> None:
     # A Raspberry Pi OS image named as the base loads for the ARMv6 boards; bake cannot emulate them.
-    (tmp_path / "raspios.img").write_bytes(b"\0" * 1024)
+    local_image(tmp_path / "raspios.img", "bullseye", "armhf")
     proj = project.load(
         _copy_project(tmp_path, ('base = "debian-bullseye"', f'board = "{board}"\nbase = "raspios.img"')),
         check_model=False,
@@ -262,29 +262,50 @@ def test_the_demo_takes_its_base_from_the_board(monkeypatch: pytest.MonkeyPatch,
     assert baked.pop().board == "pi4"
 
 
-@pytest.mark.parametrize(("config_txt", "refused"), [("arm_64bit=1\n", True), ("arm_64bit=0\n", False)])
-def test_a_local_64_bit_image_is_refused_not_baked_the_32_bit_way(
-    car: project.Project, tmp_path: Path, config_txt: str, refused: bool
+@pytest.mark.parametrize(
+    ("codename", "arch", "base", "runtime"),
+    [
+        ("trixie", "arm64", "debian-trixie-arm64", "ai-edge-litert"),  # Raspberry Pi OS trixie 64-bit
+        ("bookworm", "armhf", "debian-bookworm-armhf", "tflite-runtime"),  # ...bookworm 32-bit
+        ("bullseye", "armhf", "debian-bullseye", "tflite-runtime"),  # ...bullseye, the legacy way
+    ],
+)
+def test_a_local_image_gets_the_runtime_of_the_debian_base_with_its_userland(
+    car: project.Project, tmp_path: Path, codename: str, arch: str, base: str, runtime: str
 ) -> None:
-    # A local image is provisioned the bullseye way (project_runtime): a 64-bit one would get a cp39 armv7l wheel.
-    from pibake.disk.layout import Layout
-    from pibake.image import build
-
-    root, boot, work = tmp_path / "root", tmp_path / "boot", tmp_path / "work"
-    for d in (root / "etc", boot, work):
-        d.mkdir(parents=True)
-    (boot / "config.txt").write_text(config_txt)
-    image = tmp_path / "mine.img"
-    build.assemble(image, Layout(total_mb=1092, boot_mb=64), 0x1234ABCD, root, boot, work)
+    image = local_image(tmp_path / "mine.img", codename, arch, "arm_64bit=1\n" if arch == "arm64" else "")
+    assert bake.image_userland(image) == (codename, arch)
     local = dataclasses.replace(
-        car, target=dataclasses.replace(car.target, base=str(image), base_kind="image", base_image=image)
+        car, target=dataclasses.replace(car.target, base=str(image), base_kind="image", base_image=image, arch=None)
     )
-    problems = bake.unsupported(local)
-    assert [p for p in problems if "64-bit image" in p] == (
-        [f"target.base = {str(image)!r} is a 64-bit image (its config.txt says arm_64bit=1): bake runs a local image "
-         'the 32-bit way only (tflite-runtime 2.11.0 on Python 3.9) for now; use target.base = "debian-trixie-arm64" '
-         "for a 64-bit card"] if refused else []
-    )  # fmt: skip
+    assert bake.unsupported(local) == []
+    assert bake.runtime_base(local) == base
+    got = bake.project_runtime(local)
+    assert got == bake.platform_runtime(base, runtime)
+
+
+@pytest.mark.parametrize(
+    ("codename", "arch", "says"),
+    [
+        ("bookworm", "arm64", "its userland is Debian bookworm arm64; bake has runtimes pinned for bullseye armhf, "
+         "bookworm armhf, trixie arm64 only"),
+        ("trixie", "armhf", "its userland is Debian trixie armhf;"),  # no tflite-runtime for Python 3.13
+        (None, None, "it holds no Debian userland pibake can read (no os-release and dpkg status on its second"),
+    ],
+)  # fmt: skip
+def test_a_local_image_whose_userland_has_no_pinned_runtime_is_refused_saying_what_it_found(
+    car: project.Project, tmp_path: Path, codename: str | None, arch: str | None, says: str
+) -> None:
+    image = local_image(tmp_path / "mine.img", codename, arch)
+    local = dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base=str(image), base_kind="image", base_image=image, arch=None)
+    )
+    (problem,) = bake.unsupported(local)
+    assert problem.startswith(f"target.base = {str(image)!r}: {says}"), problem
+    assert "debian-trixie-arm64" in problem  # the way out
+    with pytest.raises(UsageError, match="cannot bake this project yet"):
+        bake.bake(local)
+    assert not (car.build_dir / "mine.img").exists()
 
 
 # ---------------------------------------------------------------- ONNX models: onnxruntime on the arm64 base
@@ -373,15 +394,22 @@ def test_a_tflite_model_with_onnxruntime_named_is_refused(car: project.Project) 
     assert bake.project_runtime(arm64).name == "ai-edge-litert"
 
 
-def test_an_onnx_model_on_a_local_image_is_refused(car: project.Project, tmp_path: Path) -> None:
+def test_an_onnx_model_on_a_local_image_runs_where_its_userland_has_onnxruntime(
+    car: project.Project, tmp_path: Path
+) -> None:
     proj = project.load(_onnx_project(tmp_path), check_model=False)
-    image = tmp_path / "mine.img"
-    image.write_bytes(b"\0" * 1024)
-    local = dataclasses.replace(
-        proj, target=dataclasses.replace(proj.target, base=str(image), base_kind="image", base_image=None, arch=None)
-    )
-    (problem,) = bake.unsupported(local)
-    assert problem.startswith("model.file: m.onnx: bake runs .onnx models with onnxruntime on target.base")
+    for codename, arch, config_txt in (("bookworm", "armhf", ""), ("trixie", "arm64", "arm_64bit=1\n")):
+        image = local_image(tmp_path / f"{codename}.img", codename, arch, config_txt)
+        local = dataclasses.replace(
+            proj,
+            target=dataclasses.replace(proj.target, base=str(image), base_kind="image", base_image=image, arch=None),
+        )
+        problems = bake.unsupported(local)
+        if arch == "armhf":
+            (problem,) = problems
+            assert problem.startswith("model.file: m.onnx: bake runs .onnx models with onnxruntime on target.base")
+        else:
+            assert problems == [] and bake.project_runtime(local).name == "onnxruntime"
 
 
 def test_the_reference_run_of_an_onnx_model_says_what_to_install(

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pibake import bake, project
-from tests.conftest import REPO, run_local_play
+from tests.conftest import REPO, local_image, run_local_play
 
 PLAYBOOK = REPO / "playbooks" / "bake_system.yml"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
@@ -133,9 +133,10 @@ def test_wifi_on_a_board_without_it_is_refused_with_the_reason(car: project.Proj
 
 
 def test_wifi_on_a_local_image_is_refused_with_the_reason(car: project.Project, tmp_path: Path) -> None:
-    img = tmp_path / "raspios.img"
-    img.write_bytes(b"\0" * 1024)
-    proj = dataclasses.replace(car, target=dataclasses.replace(car.target, base=str(img), base_kind="image"))
+    img = local_image(tmp_path / "raspios.img", "bookworm", "armhf")
+    proj = dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base=str(img), base_kind="image", base_image=img, arch=None)
+    )
     assert bake.unsupported(_with(proj, locale="en_GB.UTF-8")) == []  # the locale is plain Debian anywhere
     (problem,) = bake.unsupported(_with(proj, wifi=project.WiFi("GB", "lab", None)))
     assert problem.startswith("system.wifi: ") and "NetworkManager" in problem
