@@ -89,7 +89,8 @@ def report() -> str:
 
 
 def run(step: str, argv: list[str]) -> int:
-    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve())}
+    # PIBAKE_TEST_STEP: the step pytest's per-file rows go under (tests/conftest.py).
+    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve()), "PIBAKE_TEST_STEP": step}
     t0 = time.monotonic()
     started: dict[str, float] = {}
     pending = b""

@@ -140,8 +140,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Under scripts/test_times.py (PIBAKE_TEST_TIMES set), add each file's seconds to its record."""
+    """Under scripts/test_times.py (PIBAKE_TEST_TIMES set), add each file's seconds to its record, under the step
+    that ran pytest (PIBAKE_TEST_STEP)."""
     record = os.environ.get("PIBAKE_TEST_TIMES")
+    step = os.environ.get("PIBAKE_TEST_STEP", "pytest")
     if record and _FILE_SECONDS:
         with Path(record).open("a") as f:
-            f.writelines(f"pytest/{path}\t{seconds:.1f}\n" for path, seconds in _FILE_SECONDS.items())
+            f.writelines(f"{step}/{path}\t{seconds:.1f}\n" for path, seconds in _FILE_SECONDS.items())

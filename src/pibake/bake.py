@@ -612,7 +612,8 @@ def bake(
         else:
             assert proj.target.base_image is not None
             base = proj.target.base_image
-            release = f"image {base.name}"
+            codename, arch = image_userland(base)
+            release = f"image {base.name}: Debian {codename} {arch} userland, {runtime_base(proj)}'s runtimes"
     # The model role's source, and the reference's: what runs here is what the Pi gets.
     staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
     version = stage_model(proj, staged)
