@@ -179,7 +179,7 @@ ARM64_BUILD = $(PIBAKE) image build --base debian-trixie-arm64 --board $(BOARD_A
 
 test-integration: deps kernel-deps cross-deps venv
 	$(PYTHON) scripts/test_times.py start image-arm64 build/image-arm64.log -- $(ARM64_BUILD)
-	$(MAKE) --no-print-directory test-builds
+	$(MAKE) --no-print-directory test-builds TIMING=$(TIMING)
 	$(if $(TIMING),$(TIMED) pytest --) $(PYTEST_RUN) -m "not raspi2b and not raspi3b and not arm64_base" tests
 	$(PYTHON) scripts/test_times.py wait image-arm64
 	$(if $(TIMING),$(TIMED) pytest-arm64 --) $(PYTEST_RUN) -m "arm64_base and not raspi2b and not raspi3b" tests
