@@ -161,8 +161,9 @@ SCHEMA: tuple[Key, ...] = (
         "What the image starts from: a Debian base pibake builds (debian-trixie-arm64: 64-bit, LiteRT or onnxruntime, "
         "for pi3, pi3b-plus, pi-zero-2, pi4; debian-bookworm-armhf: 32-bit, tflite-runtime, for pi2 and up; "
         "debian-bullseye: 32-bit, legacy), a Raspberry Pi OS release (bookworm-armhf-lite, latest-arm64-lite, ...; "
-        "`pibake image fetch --list`), or a local .img file. Default: the board's, debian-trixie-arm64 where it has a "
-        "64-bit core, debian-bookworm-armhf on the pi2.",
+        "`pibake image fetch --list`), or a local .img file (it gets the runtimes of the Debian base with its "
+        "userland: trixie arm64, bookworm armhf or bullseye armhf). Default: the board's, debian-trixie-arm64 where it "
+        "has a 64-bit core, debian-bookworm-armhf on the pi2.",
         example='"debian-trixie-arm64"',
     ),
     Key("target.image_size_mb", str(DEFAULT_IMAGE_SIZE_MB), "Size of the finished image in MiB."),
