@@ -254,18 +254,18 @@ def check_boot(image: Path, *, board: str | None = None) -> BootCheck:
         boot = read_boot(image, mbr)
     except CommandFailed as e:
         raise VerificationFailed(f"{image}: partition 1 is no FAT filesystem the firmware could read: {e}") from e
+    # The board pibake built it for (its config.txt's mark); None for anything else (a Raspberry Pi OS release).
+    recorded = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
     if board is None:
-        board = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
+        board = recorded
         if board is None:
             raise UsageError(f"{image}: its config.txt records no board (not built by pibake): name one with --board")
     found = inspect(boot, read_root(image, mbr), board)
     if found.problems:
-        # pibake built it (its config.txt records a board): a build for this board makes one; anything else (a
-        # Raspberry Pi OS release) comes from its release again.
-        built = piboot.recorded_board(boot.config_txt) if boot.config_txt else None
+        # pibake built it: a build for this board makes one; anything else comes from its release again.
         again = (
             f"Build it for the {board} (`pibake image build --board {board}`)"
-            if built
+            if recorded
             else "Fetch its release again (`pibake image fetch`)"
         )
         raise VerificationFailed(
