@@ -25,6 +25,7 @@ extra).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -152,7 +153,19 @@ def image_userland(image: Path) -> tuple[str, str]:
     """(VERSION_CODENAME, dpkg architecture) of IMAGE's root filesystem (partition 2), read without mounting:
     ("bookworm", "armhf") for Raspberry Pi OS bookworm 32-bit. An empty string for what the image does not say (no
     os-release, no dpkg status, or no partition 2 with an ext4 filesystem). The architecture is dpkg's own package's
-    (image.imager.image_architecture), the userland's: a Pi 4 runs a 32-bit userland on a 64-bit kernel."""
+    (image.imager.image_architecture), the userland's: a Pi 4 runs a 32-bit userland on a 64-bit kernel.
+
+    Read once per version of the file (its path, size and mtime): unsupported, runtime_name, project_runtime and the
+    report all ask for it during one bake, and dpkg's status is megabytes read through debugfs."""
+    try:
+        st = image.stat()
+    except OSError:
+        return "", ""
+    return _image_userland(image.resolve(), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _image_userland(image: Path, size: int, mtime_ns: int) -> tuple[str, str]:
     try:
         files = ExtFs.partition(image, 2).read_many(["/etc/os-release", "/usr/lib/os-release", "/var/lib/dpkg/status"])
     except PibakeError:
