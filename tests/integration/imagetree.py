@@ -45,11 +45,18 @@ def snapshot(image: Path, work: Path) -> Snapshot:
                     content = "special"
                 files[f"root:{path}"] = (e.mode, e.uid, e.gid, content)
         level = following
+    return {**files, **boot_snapshot(image, work)}
+
+
+def boot_snapshot(image: Path, work: Path) -> Snapshot:
+    """The boot partition's part of `snapshot`: 'boot:/cmdline.txt' -> (sha256,), 'boot:/overlays/' -> ("directory",),
+    its copy under WORK/boot."""
     boot = FatFs.partition(image, 1)
     copied = boot.copy_all(work / "boot")
-    for name in boot.list():
-        files[f"boot:{name}"] = ("directory",) if name.endswith("/") else (_sha256(copied / name.lstrip("/")),)
-    return files
+    return {
+        f"boot:{name}": ("directory",) if name.endswith("/") else (_sha256(copied / name.lstrip("/")),)
+        for name in boot.list()
+    }
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Booted on virt64 with the Pi 4's Cortex-A72 (about 60 s each here).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pibake.emulate.ssh import ssh_run
 from pibake.image import finalize
 from tests.conftest import run_cli
 from tests.integration import raspios_first_boot as layout
+from tests.integration.imagetree import boot_snapshot
 
 pytestmark = pytest.mark.emulator
 
@@ -32,23 +32,12 @@ NAME = "it-raspios-first-boot"
 USERS = {"init_resize": "pi", "firstboot": "alice", "firstrun": "alice"}
 
 
-def boot_partition(image: Path) -> dict[str, str]:
-    """Every file of the boot partition: '/name' -> sha256 of its content."""
-    fat = FatFs.partition(image, 1)
-    dump = fat.copy_all(image.parent / f"{image.name}.boot")
-    return {
-        "/" + str(p.relative_to(dump)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(dump.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.mark.parametrize("mechanism", layout.MECHANISMS)
 def test_the_emulated_boot_skips_the_first_boot_and_finalize_gives_it_back_to_the_card(
     mechanism: str, arm64_image: Path, tmp_path: Path, stop_guests: list[str]
 ) -> None:
     base = layout.build(arm64_image, tmp_path / f"{mechanism}.img", mechanism)
-    boot_before = boot_partition(base)
+    boot_before = boot_snapshot(base, tmp_path / "before")
     base_cmdline = FatFs.partition(base, 1).read_text("cmdline.txt") or ""
     assert base_cmdline.rstrip().endswith(layout.CMDLINE_TAIL[mechanism])
     user = USERS[mechanism]
@@ -78,7 +67,7 @@ def test_the_emulated_boot_skips_the_first_boot_and_finalize_gives_it_back_to_th
     assert "cmdline.txt" in done.undone
     # The card's first boot is the image's own: its cmdline.txt (init= and firstrun's words), firstrun.sh, and no
     # userconf.txt or ssh left to apply a second time.
-    assert boot_partition(work) == boot_before
+    assert boot_snapshot(work, tmp_path / "after") == boot_before
     root = ExtFs.partition(work, 2)
     assert root.read_text(layout.INIT_RESIZE) == layout.INIT_STAND_IN.format(name="init_resize.sh")
     assert not root.exists("/var/lib/pibake")
