@@ -114,16 +114,17 @@ def run(step: str, argv: list[str]) -> int:
     return proc.returncode
 
 
-def _background(step: str, what: str) -> Path:
+def _side_file(step: str, what: str) -> Path:
+    """Beside the record: STEP's WHAT (begin, status, log), for a step whose end another process records."""
     return record_path().with_name(f"{record_path().name}.{step}.{what}")
 
 
 def start(step: str, log: str, argv: list[str]) -> int:
     """Run ARGV in the background through `_background`, which writes its exit status where `wait` looks."""
-    status = _background(step, "status")
+    status = _side_file(step, "status")
     status.parent.mkdir(parents=True, exist_ok=True)
     status.unlink(missing_ok=True)
-    _background(step, "log").write_text(str(Path(log).resolve()) + "\n")
+    _side_file(step, "log").write_text(str(Path(log).resolve()) + "\n")
     print(f"{step}: started in the background (output: {log})", flush=True)
     subprocess.Popen(
         [sys.executable, __file__, "_background", step, log, "--", *argv],
@@ -146,16 +147,16 @@ def background(step: str, log: str, argv: list[str]) -> int:
             out.write(f"{argv[0]}: {e}\n".encode())
             code = 127
     append(step + BESIDE, time.monotonic() - t0)
-    tmp = _background(step, "status.part")
+    tmp = _side_file(step, "status.part")
     tmp.write_text(f"{code}\n")
-    tmp.replace(_background(step, "status"))
+    tmp.replace(_side_file(step, "status"))
     return code
 
 
 def wait(step: str, poll: float = 5.0) -> int:
     """Wait for STEP's background command (`start`) to end; its exit status, its log's end printed if not 0."""
-    status = _background(step, "status")
-    log_note = _background(step, "log")
+    status = _side_file(step, "status")
+    log_note = _side_file(step, "log")
     if not log_note.exists():
         print(f"{step}: was never started (test_times.py start)", file=sys.stderr)
         return 2
@@ -176,18 +177,14 @@ def wait(step: str, poll: float = 5.0) -> int:
     return code
 
 
-def _begun(step: str) -> Path:
-    return record_path().with_name(f"{record_path().name}.{step}.begin")
-
-
 def begin(step: str) -> None:
-    path = _begun(step)
+    path = _side_file(step, "begin")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{time.time():.1f}\n")  # wall clock: `end` runs in another process
 
 
 def end(step: str) -> None:
-    path = _begun(step)
+    path = _side_file(step, "begin")
     append(step, time.time() - float(path.read_text()))
     path.unlink()
 
