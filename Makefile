@@ -104,9 +104,9 @@ prepare: deps venv ## copy IMAGE to PREPARED and prepare it for PROFILE: GROW Mi
 finalize: deps venv ## undo PREPARED's emulation tweaks, fsck, write its .sha256, .bmap and .manifest.json
 	$(PIBAKE) image finalize $(PREPARED)
 
-KERNEL_PACKAGES := linux-source-6.1 gcc-arm-linux-gnueabihf libc6-dev-armhf-cross bc bison flex libssl-dev make cpio xz-utils
+KERNEL_PACKAGES := linux-source-6.1 gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-aarch64-linux-gnu bc bison flex libssl-dev make cpio xz-utils
 
-kernel-deps: ## Debian's kernel source and ARM cross compiler, for `make kernel`
+kernel-deps: ## Debian's kernel source and the ARM and AArch64 cross compilers, for `make kernel`
 	@missing=$$(for p in $(KERNEL_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) $(APT_GET) update -qq && \
@@ -124,7 +124,7 @@ cross-deps: ## Debian's aarch64 cross compiler and libc, for the 64-bit prefligh
 		DEBIAN_FRONTEND=noninteractive $(SUDO) $(APT_GET) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-kernel: kernel-deps venv ## no-initrd kernel for PROFILE (vexpress-a9, vexpress-a15, virt); PROVIDER=debian-source|buildroot
+kernel: kernel-deps venv ## no-initrd kernel for PROFILE (vexpress-a9, vexpress-a15, virt; virt64: arm64); PROVIDER=debian-source|buildroot
 	$(PIBAKE) kernel build --profile $(or $(PROFILE),virt) --provider $(PROVIDER)
 
 emulate: deps venv ## boot IMAGE under QEMU (PROFILE=virt), wait for SSH, write inventories/qemu/hosts.yml

@@ -7,9 +7,10 @@ import pytest
 
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.layout import SECTOR
-from pibake.emulate.boot import image_arch
+from pibake.emulate import profiles
+from pibake.emulate.boot import check_kernel_arch, image_arch, kernel_arch
 from pibake.emulate.profiles import Launch
-from pibake.errors import CommandFailed
+from pibake.errors import CommandFailed, UsageError
 
 
 def test_config_txt_names_kernel_and_initramfs_like_the_firmware_reads_them() -> None:
@@ -91,3 +92,31 @@ def test_a_start_reads_config_txt_from_the_image_once(
     assert len(reads) == 1, mtools
     assert image_arch(files["config.txt"]) == "armhf" and image_arch("arm_64bit=1\n") == "arm64"
     assert image_arch(None) == "armhf"  # no config.txt, or no FAT boot partition, as before
+
+
+def _kernel_file(path: Path, offset: int, magic: bytes) -> Path:
+    head = bytearray(64)
+    head[offset : offset + len(magic)] = magic
+    path.write_bytes(bytes(head) + b"\0" * 1024)
+    return path
+
+
+def test_kernel_headers_name_their_architecture(tmp_path: Path) -> None:
+    image = _kernel_file(tmp_path / "Image", 56, b"ARM\x64")
+    zimage = _kernel_file(tmp_path / "zImage", 36, bytes.fromhex("18286f01"))
+    assert kernel_arch(image) == "arm64"
+    assert kernel_arch(zimage) == "armhf"
+    assert kernel_arch(_kernel_file(tmp_path / "uImage", 0, bytes.fromhex("27051956"))) is None
+
+
+def test_a_kernel_for_the_other_emulator_is_refused_before_qemu_starts(tmp_path: Path) -> None:
+    zimage = _kernel_file(tmp_path / "zImage", 36, bytes.fromhex("18286f01"))
+    image = _kernel_file(tmp_path / "Image", 56, b"ARM\x64")
+    with pytest.raises(UsageError, match=r"a 32-bit zImage, and profile virt64 boots arm64 kernels"):
+        check_kernel_arch(zimage, profiles.load("virt64"))
+    with pytest.raises(UsageError, match=r"an arm64 Image, and profile virt boots armhf kernels"):
+        check_kernel_arch(image, profiles.load("virt"))
+    with pytest.raises(UsageError, match=r"no kernel at .*pibake kernel build --profile virt64"):
+        check_kernel_arch(tmp_path / "none", profiles.load("virt64"))
+    check_kernel_arch(image, profiles.load("virt64"))
+    check_kernel_arch(zimage, profiles.load("vexpress-a9"))

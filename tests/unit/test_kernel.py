@@ -6,6 +6,7 @@ import pytest
 
 from pibake import kernel
 from pibake.errors import PibakeError
+from pibake.util.cache import recipe_hash, sha256_file
 
 
 def test_fragment_has_what_a_no_initrd_boot_of_raspberry_pi_os_needs() -> None:
@@ -51,7 +52,7 @@ def test_buildroot_defconfigs_are_kernel_only_with_the_fragment(profile: str, cp
 
 def test_virt_defconfig_has_no_device_tree_and_raspi2b_has_no_kernel_build() -> None:
     assert "DTS" not in kernel.defconfig_text("virt")
-    with pytest.raises(PibakeError, match="raspi2b boots the image's own"):
+    with pytest.raises(PibakeError, match=r"board models \(raspi2b, raspi3b, raspi4b\) boot the image's own"):
         kernel.defconfig_text("raspi2b")
 
 
@@ -62,6 +63,50 @@ def test_cache_key_follows_versions_provider_and_defconfig() -> None:
     br9 = kernel.cache_key("vexpress-a9", "buildroot", versions={"buildroot": "2026.08"})
     assert br9 != a
     assert br9 != kernel.cache_key("vexpress-a15", "buildroot", versions={"buildroot": "2026.08"})
+
+
+def test_arm64_fragment_has_the_virt_board_and_nothing_32_bit() -> None:
+    opts = kernel.parse_fragment(kernel.fragment("arm64").read_text())
+    for name in (
+        "CONFIG_BINFMT_ELF",  # allnoconfig turns these off
+        "CONFIG_BINFMT_SCRIPT",
+        "CONFIG_DEVTMPFS_MOUNT",
+        "CONFIG_EXT4_FS",
+        "CONFIG_VFAT_FS",
+        "CONFIG_VIRTIO_MMIO",
+        "CONFIG_VIRTIO_BLK",
+        "CONFIG_VIRTIO_NET",
+        "CONFIG_SERIAL_AMBA_PL011_CONSOLE",
+        "CONFIG_UNIX98_PTYS",
+    ):
+        assert opts.get(name) == "y", name
+    assert not {"CONFIG_VFP", "CONFIG_NEON", "CONFIG_ARCH_VIRT", "CONFIG_SMSC911X"} & set(opts)
+
+
+def test_virt64_is_arm64_from_debian_source_only(isolated_cache: Path) -> None:
+    assert kernel.profile_arch("virt64") == "arm64"
+    assert kernel.profile_arch("virt") == "armhf"
+    with pytest.raises(PibakeError, match="virt64 kernel is built from Debian's linux-source only"):
+        kernel.build("virt64", provider="buildroot", buildroot_sha256="0" * 64)
+    assert not (isolated_cache / "kernels").exists()
+
+
+def test_armhf_cache_key_is_the_one_before_arm64_came() -> None:
+    """Adding arm64 left armhf's recipe as it was, so kernels built before stay cached."""
+    versions = {"linux-source": "6.1.1", "gcc": "12"}
+    recipe = {
+        "format": kernel.KERNEL_FORMAT,
+        "provider": "debian-source",
+        "versions": versions,
+        "fragment": sha256_file(kernel.fragment()),
+        "defconfig": "vexpress_defconfig",
+    }
+    assert kernel.cache_key("virt", "debian-source", versions=versions) == recipe_hash(recipe)
+    arm64 = kernel.cache_key("virt64", "debian-source", versions=versions)
+    assert arm64 != recipe_hash(recipe)
+    assert arm64 == recipe_hash(
+        {**recipe, "fragment": sha256_file(kernel.fragment("arm64")), "defconfig": "allnoconfig", "arch": "arm64"}
+    )
 
 
 def test_cache_key_follows_the_fragment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,14 +26,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kernel_sub = p_kernel.add_subparsers(dest="kernel_command", required=True, metavar="ACTION")
     p = kernel_sub.add_parser(
         "build",
-        help="build zImage (and the board's DTB) with everything built in, so no initrd is needed",
-        description="Build the kernel for a machine profile from the board defconfig plus "
-        "buildroot/board/pibake/linux.fragment. --provider buildroot downloads the Buildroot release pinned in "
-        "buildroot/buildroot.lock (sha256-checked) and builds with the BR2_EXTERNAL tree in buildroot/; "
-        "--provider debian-source cross-builds Debian's linux-source package with gcc-arm-linux-gnueabihf "
-        "(`make kernel-deps` installs both). Cached under a hash of versions, defconfig and fragment.",
+        help="build a kernel (and the board's DTB) with everything built in, so no initrd is needed",
+        description="Build the kernel for a machine profile. The 32-bit profiles (vexpress-a9, vexpress-a15, virt) "
+        "share one zImage from vexpress_defconfig plus buildroot/board/pibake/linux.fragment: --provider buildroot "
+        "downloads the Buildroot release pinned in buildroot/buildroot.lock (sha256-checked) and builds with the "
+        "BR2_EXTERNAL tree in buildroot/; --provider debian-source cross-builds Debian's linux-source package with "
+        "gcc-arm-linux-gnueabihf. virt64's arm64 Image (what 64-bit Raspberry Pi OS boots on there: its kernel8.img "
+        "has no virtio drivers) is allnoconfig plus buildroot/board/pibake/linux-arm64.fragment, cross-built from "
+        "Debian's linux-source with gcc-aarch64-linux-gnu. `make kernel-deps` installs the source and both "
+        "compilers. Cached under a hash of versions, base config and fragment.",
     )
-    p.add_argument("--profile", default="virt", help="vexpress-a9, vexpress-a15 or virt (default: %(default)s)")
+    p.add_argument("--profile", default="virt", help="vexpress-a9, vexpress-a15, virt or virt64 (default: %(default)s)")
     p.add_argument(
         "--provider", default="debian-source", choices=("debian-source", "buildroot"), help="(default: %(default)s)"
     )

@@ -89,6 +89,37 @@ def boot_inputs(
     )
 
 
+# Where each kernel format says what it is. arm64 Image: "ARM\x64" at byte 56 (the kernel's
+# Documentation/arm64/booting.rst, the image header's magic); 32-bit zImage: 0x016f2818, little-endian, at byte 36
+# (arch/arm/boot/compressed/head.S, "Magic numbers to help the loader", ZIMAGE_MAGIC in its vmlinux.lds.S).
+KERNEL_MAGIC = {"arm64": (56, b"ARM\x64"), "armhf": (36, (0x016F2818).to_bytes(4, "little"))}
+
+
+def kernel_arch(kernel: Path) -> str | None:
+    """The Debian architecture KERNEL (a file) is built for by its header (KERNEL_MAGIC): "arm64", "armhf", or None
+    for a file with neither header (a uImage, say), which is left for QEMU to try."""
+    with kernel.open("rb") as f:
+        head = f.read(64)
+    for arch, (offset, magic) in KERNEL_MAGIC.items():
+        if head[offset : offset + len(magic)] == magic:
+            return arch
+    return None
+
+
+def check_kernel_arch(kernel: Path, prof: profiles.Profile) -> None:
+    """Refuse (UsageError) KERNEL when its header says it is not for PROFILE's emulator (a zImage on virt64, an arm64
+    Image on virt): QEMU would start it and print nothing."""
+    if not kernel.is_file():
+        raise UsageError(f"no kernel at {kernel}: build one with `pibake kernel build --profile {prof.name}`")
+    found = kernel_arch(kernel)
+    if found is not None and found != prof.arch:
+        kind = "an arm64 Image" if found == "arm64" else "a 32-bit zImage"
+        raise UsageError(
+            f"{kernel} is {kind}, and profile {prof.name} boots {prof.arch} kernels with "
+            f"{profiles.qemu_binary(prof)}: build its own with `pibake kernel build --profile {prof.name}`"
+        )
+
+
 def _boot_file(image: Path, name: str, why: str, dest: Path) -> Path:
     """NAME copied from IMAGE's boot partition to DEST; a PibakeError naming WHY it was looked for when it is not."""
     try:

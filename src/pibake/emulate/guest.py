@@ -25,7 +25,14 @@ from pibake import boards
 from pibake.disk.layout import read_mbr
 from pibake.emulate import inventory as ansible_inventory
 from pibake.emulate import profiles, snapshot, sshkey
-from pibake.emulate.boot import boot_inputs, check_power_of_two, emulated_cmdline, image_arch, read_config_txt
+from pibake.emulate.boot import (
+    boot_inputs,
+    check_kernel_arch,
+    check_power_of_two,
+    emulated_cmdline,
+    image_arch,
+    read_config_txt,
+)
 from pibake.emulate.qmp import QMP, QMPError
 from pibake.emulate.ssh import connect, free_port, ssh_banner, ssh_run
 from pibake.errors import PibakeError, Refused, UsageError
@@ -263,6 +270,8 @@ def start(
     prof = profiles.load(profile)
     if kernel is None:
         check_profile_arch(image, prof, arch)
+    else:
+        check_kernel_arch(kernel, prof)
     profiles.check_machine(prof)
     cpu = prof.resolve_cpu(cpu)
     check_power_of_two(image, prof)
