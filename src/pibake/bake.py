@@ -42,12 +42,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pibake import boards, convert, preflight, project, report, resources
+from pibake import boards, convert, kernel, preflight, project, report, resources
 from pibake._module_utils import wheel_lock
 from pibake.disk.ext4 import ExtFs
 from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
-from pibake.emulate.boot import image_arch, read_config_txt
+from pibake.emulate.boot import image_arch, needs_pibake_kernel, read_config_txt
 from pibake.emulate.ssh import ssh_run
 from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError
 from pibake.image import build as image
@@ -593,8 +593,9 @@ def bake(
     board = boards.get(proj.target.board)
     runtime = project_runtime(proj)
     arch = proj.target.arch
+    local_config = read_config_txt(proj.target.base_image) if proj.target.base_image is not None else None
     if arch is None and proj.target.base_image is not None:
-        arch = image_arch(read_config_txt(proj.target.base_image))  # a local image: the kernel its config.txt starts
+        arch = image_arch(local_config)  # a local image: the kernel its config.txt starts
     profile, cpu = boards.emulation(board, profile=profile, cpu=cpu, arch=arch or "armhf")
     prof = profiles.load(profile)
     # Checked above, converted here: the first work, and a project that cannot be emulated converts nothing.
@@ -617,6 +618,16 @@ def bake(
     provision_play = out_dir / "provision.yml"
     names = [p.name for p in proj.model.samples]
 
+    boot_kernel: kernel.KernelBuild | None = None
+    if proj.target.base_image is not None and needs_pibake_kernel(local_config, prof):
+        # Raspberry Pi OS: its config.txt names no kernel=, and the firmware's kernel8.img/kernel7l.img have no virtio
+        # drivers. The card keeps its own kernel; the emulated boot runs pibake's (built once, then cached).
+        with _stage(timings, "kernel", say):
+            boot_kernel = kernel.build(prof.name)
+        say(
+            f"kernel: {proj.target.base_image.name} names no kernel= in config.txt (Raspberry Pi OS's own kernel has "
+            f"no virtio drivers): the emulated boot runs {boot_kernel.describe()}, the card keeps its own"
+        )
     with _stage(timings, "image", say):
         if proj.target.base_kind == "debian":
             spec = image.default_spec(base=proj.target.base, size_mb=proj.target.image_size_mb, board=board.name)
@@ -656,6 +667,7 @@ def bake(
             guest = emulator.start(
                 work, profile=profile, cpu=cpu, board=proj.target.board, name=name, persist=True,
                 inventory=inventory, forward=forwards, cold=True, user=proj.system.user,
+                kernel=boot_kernel.kernel if boot_kernel else None,
             )  # fmt: skip
         try:
             with _stage(timings, "provision", say):
@@ -712,6 +724,7 @@ def bake(
         board_description=f"{board.model}, {board.soc}, {board.core}",
         profile=profile,
         emulated_cpu=prof.resolve_cpu(cpu),
+        emulated_kernel=boot_kernel.describe() if boot_kernel else None,
         base=proj.target.base,
         release=release,
         runtime=runtime.name,

@@ -84,6 +84,12 @@ class KernelBuild:
     cached: bool
     seconds: float
 
+    def describe(self) -> str:
+        """What booted, for a report: "pibake's virt64 kernel (debian-source: linux-source 6.1.192-3, gcc 12.2.0)"."""
+        meta = json.loads((self.kernel.parent / "meta.json").read_text())
+        versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        return f"pibake's {self.profile} kernel ({self.provider}: {versions})"
+
 
 def tree() -> Path:
     if (TREE_DIR / "external.desc").is_file():

@@ -107,6 +107,8 @@ class BakeReport:
     timings: Mapping[str, float] = field(default_factory=dict)
     image: Path | None = None
     image_sha256: str | None = None
+    # The kernel the emulated boot ran when it was not the image's own: "pibake's virt64 kernel (Linux 6.1.x)".
+    emulated_kernel: str | None = None
     # Checks that could not run (project.Project.skipped).
     skipped: tuple[str, ...] = ()
     # The model file the Pi runs ("car.tflite"), and where it came from when bake made it: "converted from FILE
@@ -211,7 +213,11 @@ def _overview(r: BakeReport) -> list[tuple[str, str]]:
     return [
         ("Project", r.project),
         ("Board", f"{r.board} ({r.board_description})"),
-        ("Emulated on", f"machine profile {r.profile}, CPU {r.emulated_cpu}"),
+        (
+            "Emulated on",
+            f"machine profile {r.profile}, CPU {r.emulated_cpu}"
+            + (f", {r.emulated_kernel}" if r.emulated_kernel else ", the image's own kernel"),
+        ),
         ("Base", f"{r.base} ({r.release})"),
         *([("Model", r.model + (f", {r.model_origin}" if r.model_origin else ""))] if r.model else []),
         ("Runtime", f"{r.runtime} {r.runtime_version}"),

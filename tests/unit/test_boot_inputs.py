@@ -8,7 +8,7 @@ import pytest
 from pibake.boards.firmware import parse_config_txt
 from pibake.disk.layout import SECTOR
 from pibake.emulate import profiles
-from pibake.emulate.boot import check_kernel_arch, image_arch, kernel_arch
+from pibake.emulate.boot import check_kernel_arch, image_arch, kernel_arch, needs_pibake_kernel
 from pibake.emulate.profiles import Launch
 from pibake.errors import CommandFailed, UsageError
 
@@ -120,3 +120,12 @@ def test_a_kernel_for_the_other_emulator_is_refused_before_qemu_starts(tmp_path:
         check_kernel_arch(tmp_path / "none", profiles.load("virt64"))
     check_kernel_arch(image, profiles.load("virt64"))
     check_kernel_arch(zimage, profiles.load("vexpress-a9"))
+
+
+def test_raspberry_pi_os_boots_on_a_generic_board_only_with_a_pibake_kernel() -> None:
+    raspios = "dtparam=audio=on\nauto_initramfs=1\narm_64bit=1\n"  # no kernel=: the firmware's kernel8.img
+    debian = "arm_64bit=1\nkernel=vmlinuz-6.12.57+deb13-arm64\ninitramfs initrd.img-6.12.57+deb13-arm64 followkernel\n"
+    assert needs_pibake_kernel(raspios, profiles.load("virt64"))
+    assert needs_pibake_kernel(None, profiles.load("virt"))  # no config.txt read: the firmware's default too
+    assert not needs_pibake_kernel(debian, profiles.load("virt64"))  # pibake's bases name their Debian kernel
+    assert not needs_pibake_kernel(raspios, profiles.load("raspi3b"))  # a board model boots kernel8.img itself

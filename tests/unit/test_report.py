@@ -120,7 +120,7 @@ def test_markdown_of_a_passing_bake() -> None:
     assert lines[0] == "# pibake bake: car"
     assert lines[2] == "**PASSED: all 2 samples within tolerance 1e-05 on the emulated cortex-a15**"
     assert "| Board | pi3b-plus (Raspberry Pi 3 Model B+, BCM2837B0, Cortex-A53) |" in lines
-    assert "| Emulated on | machine profile virt, CPU cortex-a15 |" in lines
+    assert "| Emulated on | machine profile virt, CPU cortex-a15, the image's own kernel |" in lines
     assert "| Base | debian-bullseye (Debian bullseye armhf) |" in lines
     assert "| Runtime | tflite-runtime 2.11.0 |" in lines
     assert "| Image | build/car.img |" in lines and f"| Image sha256 | {'ab' * 32} |" in lines
@@ -274,3 +274,10 @@ def test_wheels_from_a_preflight_report() -> None:
         ),
     )
     assert not wheel.ok
+
+
+def test_a_boot_on_pibake_s_kernel_says_so() -> None:
+    kernel = "pibake's virt64 kernel (debian-source: linux-source 6.1.192-3)"
+    r = dataclasses.replace(_report(GOOD_HOST, GOOD_PI), emulated_kernel=kernel)
+    assert f"| Emulated on | machine profile virt, CPU cortex-a15, {kernel} |" in report.render_markdown(r).splitlines()
+    assert html.escape(kernel) in report.render_html(r)

@@ -120,6 +120,18 @@ def check_kernel_arch(kernel: Path, prof: profiles.Profile) -> None:
         )
 
 
+def needs_pibake_kernel(config_txt: str | None, prof: profiles.Profile) -> bool:
+    """Whether an image with CONFIG_TXT (read_config_txt's; None: none) boots on PROF only with a pibake-built kernel.
+
+    True on a generic board (virt, virt64, vexpress-*: not a board model) when config.txt names no ``kernel=``: the Pi
+    firmware then loads its default, Raspberry Pi OS's kernel7l.img or kernel8.img (Raspberry Pi documentation,
+    "config.txt": kernel), which have no virtio or Versatile Express drivers. pibake's Debian bases name theirs.
+    """
+    if prof.machine in QEMU_BOARDS:
+        return False
+    return not parse_config_txt(config_txt or "").get("kernel")
+
+
 def _boot_file(image: Path, name: str, why: str, dest: Path) -> Path:
     """NAME copied from IMAGE's boot partition to DEST; a PibakeError naming WHY it was looked for when it is not."""
     try:
