@@ -693,7 +693,7 @@ def bake(
             work.replace(output)
             with _stage(timings, "finalize", say):
                 try:
-                    sha = finalize.finalize(output).sha256
+                    sha = finalize.finalize(output, board=board.name).sha256  # a local image records none
                 except BaseException:
                     output.unlink(missing_ok=True)
                     raise

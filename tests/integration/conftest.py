@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pibake import kernel
 from pibake.emulate import guest as emulator
 from pibake.image import build as image
 from tests.conftest import REPO
@@ -50,6 +51,13 @@ def arm64_image() -> Path:
     """The trixie arm64 base for the Pi 4 (`make image-arm64`; cached: seconds after the first build)."""
     built = image.build_image(image.default_spec(base="debian-trixie-arm64", board="pi4"), output=ARM64_IMAGE)
     return built.path
+
+
+@pytest.fixture(scope="session")
+def virt64_kernel() -> kernel.KernelBuild:
+    """pibake's arm64 kernel for virt64 (`make kernel PROFILE=virt64`), what Raspberry Pi OS's arm64 layouts boot with
+    there: built once (about 4 minutes on 2 cores), then cached by its recipe."""
+    return kernel.build("virt64", provider="debian-source")
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ files make it:
   its network configuration off (the base's network is ifupdown's, not NetworkManager's);
 - pi-gen's ``meta-data`` (``dsmode: local``, its fixed ``instance_id: rpios-image``), ``user-data``
   (comments only) and ``network-config`` (comments only) on the boot partition;
+- Raspberry Pi OS's arm64 boot files (``raspios_first_boot.as_raspios_arm64_boot``: pi-gen's config.txt with no
+  kernel=, kernel8.img and initramfs8), so the emulated boot runs pibake's virt64 kernel, as `pibake bake` does;
 - ``resize`` at the end of cmdline.txt (rpi-resize grows the root partition on the card's first boot);
 - ssh.service disabled (pi-gen's default, ENABLE_SSH=0) and no authorized key for pi, so that only
   the user-data can give a login;
@@ -37,7 +39,7 @@ from pibake.emulate import guest as emulator
 from pibake.emulate.ssh import ssh_run
 from pibake.image import finalize, prepare
 from pibake.util.cache import cache_root, locked, sha256_file
-from tests.integration import raspios
+from tests.integration import raspios, raspios_first_boot
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ def build(base: Path, dest: Path) -> Path:
         if not cached.exists():
             _derive(base, cached)
     image = copy_file(cached, dest)
+    raspios_first_boot.as_raspios_arm64_boot(image)
     boot = FatFs.partition(image, 1)
     for name in ("meta-data", "user-data", "network-config"):
         boot.write(name, raspios.CLOUD_INIT_BOOT_FILES[name])

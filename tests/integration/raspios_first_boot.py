@@ -1,8 +1,10 @@
 """Bootable images shaped like Raspberry Pi OS before cloud-init: a first boot by init= or by Imager's firstrun.sh.
 
-Raspberry Pi's images cannot be downloaded here and their kernel has no virtio drivers, so each fixture
-is the Debian-built trixie arm64 base (`make image-arm64`) given what makes Raspberry Pi OS's first boot
-what it is before trixie (pi-gen's stage2 and Raspberry Pi Imager's customisation):
+Raspberry Pi's images cannot be downloaded here, so each fixture is the Debian-built trixie arm64 base
+(`make image-arm64`) with Raspberry Pi OS's arm64 boot partition (as_raspios_arm64_boot: pi-gen's config.txt,
+which names no kernel=, and the firmware's kernel8.img and initramfs8; its kernel has no virtio drivers, so the
+emulated boot runs pibake's virt64 kernel as `pibake bake` does) and what makes Raspberry Pi OS's first boot what it
+is before trixie (pi-gen's stage2 and Raspberry Pi Imager's customisation):
 
 - ``init_resize``: bullseye before 2022-09, cmdline.txt ending in ``init=/usr/lib/raspi-config/init_resize.sh``;
 - ``firstboot``: bullseye 2022-09 on and bookworm, ``init=/usr/lib/raspberrypi-sys-mods/firstboot``;
@@ -18,18 +20,56 @@ Raspberry Pi's packages (userconf-pi, raspberrypi-sys-mods, raspi-config) come f
 cannot be reached here, so those programs are stand-ins written from their documented behaviour, at their real
 paths. The init= programs and firstrun.sh end the boot as the real ones do (they reboot, and QEMU runs with
 -no-reboot, so the guest stops): an emulated boot that ran one never answers SSH. The rest is the real system:
-Debian's kernel, initramfs, systemd and OpenSSH.
+Debian's systemd and OpenSSH.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pibake.boards.firmware import parse_config_txt
 from pibake.disk.ext4 import ExtFs, MakeDir, Remove, Symlink, WriteFile
 from pibake.disk.fat import FatFs
 from pibake.disk.sparse import copy_file
 
 MECHANISMS = ("init_resize", "firstboot", "firstrun")
+
+# pi-gen's stage1 config.txt for the arm64 images (bookworm and trixie): no kernel=, so the firmware loads kernel8.img,
+# and auto_initramfs=1 its initramfs8.
+RASPIOS_ARM64_CONFIG_TXT = """\
+# For more options and information see
+# http://rptl.io/configtxt
+dtparam=audio=on
+camera_auto_detect=1
+display_auto_detect=1
+auto_initramfs=1
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+disable_fw_kms_setup=1
+arm_64bit=1
+disable_overscan=1
+arm_boost=1
+
+[cm4]
+otg_mode=1
+
+[all]
+"""
+
+
+def as_raspios_arm64_boot(image: Path) -> None:
+    """Give IMAGE (a copy of the trixie arm64 base) Raspberry Pi OS's arm64 boot files: RASPIOS_ARM64_CONFIG_TXT, and
+    the kernel and initramfs its config.txt named renamed to what the firmware loads without kernel= (kernel8.img,
+    initramfs8). The device trees stay: the Pi 4's is bcm2711-rpi-4-b.dtb under both names."""
+    boot = FatFs.partition(image, 1)
+    config = parse_config_txt(boot.read_text("config.txt") or "")
+    for old, new in ((config["kernel"], "kernel8.img"), (config["initramfs"], "initramfs8")):
+        data = boot.read(old)
+        assert data is not None, f"{image}: no {old} on the boot partition"
+        boot.write(new, data)
+        boot.remove(old)
+    boot.write("config.txt", RASPIOS_ARM64_CONFIG_TXT.encode())
+
 
 INIT_RESIZE = "/usr/lib/raspi-config/init_resize.sh"
 FIRSTBOOT = "/usr/lib/raspberrypi-sys-mods/firstboot"
@@ -129,6 +169,7 @@ def build(base: Path, dest: Path, mechanism: str) -> Path:
     if mechanism not in MECHANISMS:
         raise ValueError(f"{mechanism}: not one of {', '.join(MECHANISMS)}")
     image = copy_file(base, dest)
+    as_raspios_arm64_boot(image)
     boot, root = FatFs.partition(image, 1), ExtFs.partition(image, 2)
     cmdline = (boot.read_text("cmdline.txt") or "").split()
     # Raspberry Pi OS's own console words, which prepare turns into the emulated board's.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pibake import kernel
 from pibake.disk.ext4 import ExtFs
 from pibake.disk.fat import FatFs
 from pibake.emulate import guest as emulator
@@ -32,7 +33,7 @@ GUEST_FACTS = (
 
 
 def test_cloud_init_gives_the_prepared_user_a_login_and_the_card_its_first_boot_back(
-    arm64_image: Path, tmp_path: Path, stop_guests: list[str]
+    arm64_image: Path, virt64_kernel: kernel.KernelBuild, tmp_path: Path, stop_guests: list[str]
 ) -> None:
     base = raspios_cloud.build(arm64_image, tmp_path / "trixie-cloud-init.img")
     base_cmdline = FatFs.partition(base, 1).read_text("cmdline.txt") or ""
@@ -47,7 +48,10 @@ def test_cloud_init_gives_the_prepared_user_a_login_and_the_card_its_first_boot_
 
     stop_guests.append(NAME)
     t0 = time.monotonic()
-    guest = emulator.start(work, board="pi4", name=NAME, persist=True, inventory=None, user="alice", timeout=900)
+    guest = emulator.start(
+        work, board="pi4", name=NAME, persist=True, inventory=None, user="alice", timeout=900,
+        kernel=virt64_kernel.kernel,
+    )  # fmt: skip
     print(f"cold boot with cloud-init's first run to SSH as alice: {time.monotonic() - t0:.1f} s")
     code, out = ssh_run(guest, GUEST_FACTS, timeout=300)
     assert code == 0, out

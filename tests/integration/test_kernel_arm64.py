@@ -1,8 +1,10 @@
 """The arm64 no-initrd kernel (`pibake kernel build --profile virt64`) boots 64-bit Raspberry Pi OS's layout on virt.
 
 Raspberry Pi OS's kernel8.img has no virtio drivers, and its images cannot be downloaded here: the image is the
-trixie arm64 base (`make image-arm64`) with Raspberry Pi OS's config.txt, which names no kernel= (the firmware's
-default, kernel8.img, is what a Pi 3/4 starts) and no initramfs.
+trixie arm64 base (`make image-arm64`) with Raspberry Pi OS's arm64 boot files
+(raspios_first_boot.as_raspios_arm64_boot: pi-gen's config.txt, which names no kernel=, and the firmware's
+kernel8.img and initramfs8).
+The first-boot and cloud-init tests boot their Raspberry Pi OS layouts with it as well.
 """
 
 from __future__ import annotations
@@ -12,44 +14,18 @@ from pathlib import Path
 import pytest
 
 from pibake import kernel
-from pibake.disk.fat import FatFs
 from pibake.disk.sparse import copy_file
 from pibake.emulate import guest as emulator
 from pibake.emulate.boot import kernel_arch
 from pibake.emulate.ssh import ssh_run
 from pibake.errors import UsageError
 from tests.integration.conftest import qemu_processes
+from tests.integration.raspios_first_boot import as_raspios_arm64_boot
 
 pytestmark = [pytest.mark.emulator, pytest.mark.root]
 
-# pi-gen's stage1 config.txt for the arm64 images (bookworm and trixie): no kernel=, so kernel8.img.
-RASPIOS_CONFIG_TXT = """\
-# For more options and information see
-# http://rptl.io/configtxt
-dtparam=audio=on
-camera_auto_detect=1
-display_auto_detect=1
-auto_initramfs=1
-dtoverlay=vc4-kms-v3d
-max_framebuffers=2
-disable_fw_kms_setup=1
-arm_64bit=1
-disable_overscan=1
-arm_boost=1
-
-[cm4]
-otg_mode=1
-
-[all]
-"""
 # MIDR_EL1's part number, which /proc/cpuinfo prints as "CPU part" (Arm's Cortex-A72 TRM: 0xD08).
 CORTEX_A72_PART = "0xd08"
-
-
-@pytest.fixture(scope="module")
-def virt64_kernel() -> kernel.KernelBuild:
-    """Built once (minutes on 2 cores), then cached by its recipe."""
-    return kernel.build("virt64", provider="debian-source")
 
 
 def test_the_arm64_config_has_every_option_of_its_fragment(virt64_kernel: kernel.KernelBuild) -> None:
@@ -64,7 +40,7 @@ def test_64_bit_raspberry_pi_os_boots_on_the_pi4_core_with_it(
     arm64_image: Path, virt64_kernel: kernel.KernelBuild, tmp_path: Path, stop_guests: list[str]
 ) -> None:
     image = copy_file(arm64_image, tmp_path / "raspios-arm64.img")
-    FatFs.partition(image, 1).write("config.txt", RASPIOS_CONFIG_TXT.encode())
+    as_raspios_arm64_boot(image)
     name = "it-kernel-virt64"
     stop_guests.append(name)
     with pytest.raises(UsageError, match=r"names no kernel=.*pibake kernel build --profile virt64"):
