@@ -375,7 +375,7 @@ def test_a_keras_project_bakes_as_its_tflite_and_the_report_says_where_it_came_f
     monkeypatch.setattr(bake, "provision", provision)
     monkeypatch.setattr(bake, "predict_on_guest", predict_on_guest)
     monkeypatch.setattr(bake, "host_outputs", host_outputs)
-    monkeypatch.setattr(finalize, "finalize", lambda image: SimpleNamespace(sha256="ab" * 32))
+    monkeypatch.setattr(finalize, "finalize", lambda image, board: SimpleNamespace(sha256="ab" * 32))
 
     result = bake.bake(project.load(directory), say=said.append)
 

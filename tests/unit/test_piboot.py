@@ -373,6 +373,37 @@ def test_a_64_bit_boot_partition_needs_an_armv8_board_and_defaults_to_kernel8() 
     assert "arm_64bit=1" in problem and "Cortex-A7 cannot run one" in problem
 
 
+def test_auto_initramfs_takes_the_kernels_initramfs_when_it_is_there() -> None:
+    # Raspberry Pi OS bookworm and trixie: auto_initramfs=1, kernel8.img and initramfs8 (or none).
+    boot = BootPartition(
+        files=frozenset({"start4.elf", "fixup4.dat", "kernel8.img", "initramfs8", "bcm2711-rpi-4-b.dtb"}),
+        config_txt="auto_initramfs=1\narm_64bit=1\n",
+        cmdline_txt="console=serial0,115200 root=PARTUUID=1234abcd-02 rootwait\n",
+    )
+    result = inspect(boot, ROOT, "pi4")
+    assert result.problems == () and (result.kernel, result.initrd) == ("kernel8.img", "initramfs8")
+    bare = inspect(replace(boot, files=boot.files - {"initramfs8"}), ROOT, "pi4")
+    assert bare.problems == () and bare.initrd is None  # the firmware boots without one
+    # The names the kernel selection gives; an initramfs line is required, and wins.
+    assert piboot.firmware_initramfs({"auto_initramfs": "1"}, "kernel7l.img") == (
+        "initramfs7l",
+        "auto_initramfs=1 beside kernel7l.img",
+        False,
+    )
+    assert piboot.firmware_initramfs({"auto_initramfs": "1"}, "kernel_2712.img") == (
+        "initramfs_2712",
+        "auto_initramfs=1 beside kernel_2712.img",
+        False,
+    )
+    assert piboot.firmware_initramfs({"auto_initramfs": "1"}, "vmlinuz-6.12") is None
+    assert piboot.firmware_initramfs({}, "kernel8.img") is None
+    assert piboot.firmware_initramfs({"initramfs": "initrd.img", "auto_initramfs": "1"}, "kernel8.img") == (
+        "initrd.img",
+        "config.txt's initramfs line",
+        True,
+    )
+
+
 @pytest.mark.parametrize("board", ["pi1", "pi-zero"])
 @pytest.mark.parametrize(
     ("kernel", "arm_64bit", "initrd"),

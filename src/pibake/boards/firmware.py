@@ -221,6 +221,23 @@ def firmware_kernel(config: dict[str, str], board: Board) -> tuple[str, str]:
     return board.default_kernel, f"the {board.name}'s firmware default (no kernel= in config.txt)"
 
 
+def firmware_initramfs(config: dict[str, str], kernel: str) -> tuple[str, str, bool] | None:
+    """The initramfs the firmware loads with CONFIG beside KERNEL (firmware_kernel's name), or None for none:
+    (file name, reason, whether it must be there).
+
+    config.txt's ``initramfs`` line (required: the firmware stops without it); else, with auto_initramfs=1
+    (Raspberry Pi OS's config.txt since bookworm), the name the kernel selection gives: kernel8.img ->
+    initramfs8, kernel7l.img -> initramfs7l, kernel_2712.img -> initramfs_2712, loaded when it is there.
+    Source: Raspberry Pi documentation, "config.txt": initramfs, auto_initramfs.
+    """
+    if config.get("initramfs"):
+        return config["initramfs"].split()[0], "config.txt's initramfs line", True
+    name = kernel.lower()
+    if config.get("auto_initramfs", "0").strip() == "1" and name.startswith("kernel") and name.endswith(".img"):
+        return "initramfs" + kernel[len("kernel") : -len(".img")], f"auto_initramfs=1 beside {kernel}", False
+    return None
+
+
 def firmware_dtb(config: dict[str, str], board: Board) -> tuple[str, str]:
     """The device tree BOARD's firmware loads with CONFIG, and why: (file name, reason).
 

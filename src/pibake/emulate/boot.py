@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pibake import boards
-from pibake.boards.firmware import QEMU_BOARDS, firmware_dtb, firmware_kernel, parse_config_txt
+from pibake.boards.firmware import QEMU_BOARDS, firmware_dtb, firmware_initramfs, firmware_kernel, parse_config_txt
 from pibake.disk.fat import read_boot_file
 from pibake.emulate import profiles
 from pibake.errors import PibakeError, UsageError
@@ -80,10 +80,19 @@ def boot_inputs(
             f"cannot boot (no virtio drivers in them): boot it with a pibake-built kernel (`pibake kernel build "
             f"--profile {prof.name}`, then --kernel FILE) or on a board model (--profile raspi2b, raspi3b)"
         )
-    initrd_name = config.get("initramfs")
+    kernel_file = _boot_file(image, kernel_name, why, sdir / "kernel.img")
+    initrd: Path | None = None
+    initramfs = firmware_initramfs(config, kernel_name)
+    if initramfs is not None:
+        initrd_name, initrd_why, required = initramfs
+        try:
+            initrd = _boot_file(image, initrd_name, initrd_why, sdir / "initrd.img")
+        except PibakeError:
+            if required:
+                raise  # auto_initramfs: the firmware boots without one when it is not there
     return BootInputs(
-        kernel=_boot_file(image, kernel_name, why, sdir / "kernel.img"),
-        initrd=_boot_file(image, initrd_name, "config.txt's initramfs", sdir / "initrd.img") if initrd_name else None,
+        kernel=kernel_file,
+        initrd=initrd,
         dtb=dtb,
         cmdline=cmdline,
     )

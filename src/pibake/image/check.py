@@ -114,9 +114,16 @@ def inspect(boot: BootPartition, root: RootPartition, board: str) -> Inspection:
         unbootable = piboot.debian_port_problem(board, arch=port, linux=kernel)
         if unbootable:
             found.append(f"kernel={kernel} is Debian's {port} kernel, and {unbootable}")
-    initrd = config.get("initramfs")
-    if initrd:
-        need(initrd, "config.txt's initramfs line")
+    initrd: str | None = None
+    initramfs = piboot.firmware_initramfs(config, kernel)
+    if initramfs is not None:
+        name, why, required = initramfs
+        if required:
+            need(name, why)
+            initrd = name
+        elif name.lower() in boot.files:  # auto_initramfs: loaded when it is there
+            checked.append(name)
+            initrd = name
     dtb, why = piboot.firmware_dtb(config, spec)
     if dtb == spec.upstream_dtb and "device_tree" not in config and spec.upstream_dtb_since:
         why += f"; mainline kernels have it from {spec.upstream_dtb_since} on (Debian bookworm's 6.1 does)"
