@@ -10,11 +10,12 @@ published (renamed from ``.part``) only when the guest shut down cleanly and eve
 written in every case, so a failing bake says why in ``report.md``.
 
 What the harness does not carry yet is refused before any work, naming the key: a board no machine profile
-emulates (the ARMv6 pi1 and pi-zero), Raspberry Pi OS releases as a base (`pibake image fetch` one, then name the
-file), a local image whose userland (Debian release and dpkg architecture) has no pinned runtime (USERLAND_BASES:
-a local image gets the runtimes of the Debian base with its userland), ONNX models anywhere but on a trixie arm64
+emulates (the ARMv6 pi1 and pi-zero), a local image or Raspberry Pi OS release whose userland (Debian release and
+dpkg architecture) has no pinned runtime (USERLAND_BASES: such a base gets the runtimes of the Debian base with its
+userland; a release is downloaded and checked first, image.fetch), ONNX models anywhere but on a trixie arm64
 userland (onnxruntime has no armv7l wheels), a
-preprocessing size other than the model's input size, Wi-Fi on a local image or on a board without Wi-Fi (bake
+preprocessing size other than the model's input size, Wi-Fi on a local image, on Raspberry Pi OS or on a board
+without Wi-Fi (bake
 writes it the ifupdown way of pibake's Debian bases only). system.user is the login the image is prepared with
 (on the Debian bases a new account beside ``pi``; on Raspberry Pi OS the first user, by userconf.txt or cloud-init)
 and the user the boot and Ansible log in as. Any other
@@ -49,7 +50,7 @@ from pibake.emulate import guest as emulator
 from pibake.emulate import profiles, sshkey
 from pibake.emulate.boot import image_arch, needs_pibake_kernel, read_config_txt
 from pibake.emulate.ssh import ssh_run
-from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError
+from pibake.errors import CommandFailed, PibakeError, ToolMissing, UsageError, VerificationFailed
 from pibake.image import build as image
 from pibake.image import finalize, imager, prepare
 from pibake.provision import provision
@@ -177,15 +178,41 @@ def _image_userland(image: Path, size: int, mtime_ns: int) -> tuple[str, str]:
     return codename, arch
 
 
+def release_userland(name: str) -> tuple[str, str]:
+    """(Debian suite, architecture) of the Raspberry Pi OS release NAME: ("trixie", "arm64") for trixie-arm64-lite.
+
+    Read from the name when it says the suite (SUITE-ARCH[-VARIANT], or a file stem with its date), else (latest-ARCH
+    aliases) from the release the OS list names for it (image.catalogue.load: cached a day, $PIBAKE_OS_LIST_URL);
+    raises UsageError for a name the list does not have, PibakeError when no list can be had."""
+    from pibake.image import catalogue
+
+    parsed = catalogue.name_from_filename(name + ".img.xz")
+    if parsed is not None and parsed[1] in catalogue.DEBIAN_SUITES:
+        return parsed[1], parsed[2]
+    tokens = name.split("-")
+    if len(tokens) >= 2 and tokens[0] in catalogue.DEBIAN_SUITES and tokens[1] in catalogue.ARCHITECTURES:
+        return tokens[0], tokens[1]
+    entry = catalogue.load().lookup(name)
+    return entry.suite, entry.arch
+
+
+def base_userland(proj: project.Project) -> tuple[str, str]:
+    """(Debian suite, architecture) of PROJ's base when it is not pibake's: a local image's (image_userland), a
+    Raspberry Pi OS release's (release_userland); ("", "") for a Debian base or what cannot be read."""
+    if proj.target.base_kind == "raspios":
+        return release_userland(proj.target.base)
+    if proj.target.base_image is not None:
+        return image_userland(proj.target.base_image)
+    return "", ""
+
+
 def runtime_base(proj: project.Project) -> str:
-    """The Debian base whose runtimes PROJ's image gets: its own, or for a local image the one with the image's
-    userland (USERLAND_BASES by image_userland); "" for a local image whose userland has none (unsupported says
+    """The Debian base whose runtimes PROJ's image gets: its own, or for a local image or a Raspberry Pi OS release
+    the one with its userland (USERLAND_BASES by base_userland); "" for one whose userland has none (unsupported says
     so)."""
     if proj.target.base_kind == "debian":
         return proj.target.base
-    if proj.target.base_image is None:
-        return ""
-    return USERLAND_BASES.get(image_userland(proj.target.base_image), "")
+    return USERLAND_BASES.get(base_userland(proj), "")
 
 
 def runtime_name(proj: project.Project) -> str | None:
@@ -236,19 +263,17 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         problems.append(
             f"target.board = {t.board!r}: bake proves the image on the board's emulated core, and {board.emulation}"
         )
-    if t.base_kind == "raspios":
-        problems.append(
-            f"target.base = {t.base!r}: fetch the release first (`pibake image fetch --release {t.base} -o FILE`) "
-            "and name the file as the base"
-        )
     base = runtime_base(proj)
-    if t.base_kind == "image" and not base:
-        codename, arch = image_userland(t.base_image) if t.base_image is not None else ("", "")
-        found = (
-            f"its userland is Debian {codename or '(no VERSION_CODENAME)'} {arch or '(no dpkg architecture)'}"
-            if codename or arch
-            else "it holds no Debian userland pibake can read (no os-release and dpkg status on its second partition)"
-        )
+    if t.base_kind != "debian" and not base:
+        codename, arch = base_userland(proj)
+        if t.base_kind == "raspios":
+            found = f"it is Raspberry Pi OS on Debian {codename} {arch}"
+        elif codename or arch:
+            found = f"its userland is Debian {codename or '(no VERSION_CODENAME)'} {arch or '(no dpkg architecture)'}"
+        else:
+            found = (
+                "it holds no Debian userland pibake can read (no os-release and dpkg status on its second partition)"
+            )
         userlands = ", ".join(f"{c} {a}" for c, a in USERLAND_BASES)
         problems.append(
             f"target.base = {t.base!r}: {found}; bake has runtimes pinned for {userlands} only. Use a base of those "
@@ -273,9 +298,10 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         # The runtime named, where the base runs the model's format with it; else the one it would get (auto).
         rt = platform_runtime(base, proj.runtime.name if proj.runtime.name in fits else fits[0])
         if proj.runtime.name not in (project.AUTO_RUNTIME, rt.name) or proj.runtime.version not in (None, rt.version):
-            gets = (
-                f"the {t.base} base runs" if t.base_kind == "debian" else f"a local image with {base}'s userland runs"
-            )
+            gets = {
+                "debian": f"the {t.base} base runs",
+                "raspios": f"Raspberry Pi OS {t.base}, with {base}'s userland, runs",
+            }.get(t.base_kind, f"a local image with {base}'s userland runs")
             problems.append(f"runtime: {gets} .{m.format} models with {rt.name} {rt.version} only")
     if s.wifi is not None and not board.wifi:
         problems.append(
@@ -286,12 +312,13 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
         problem = ifupdown_ssid_problem(s.wifi.ssid)
         if problem:
             problems.append(f"system.wifi.ssid: {problem}")
-    if t.base_kind == "image" and s.wifi is not None:
+    if t.base_kind != "debian" and s.wifi is not None:
         # Raspberry Pi OS configures Wi-Fi with NetworkManager from bookworm on (dhcpcd and wpa_supplicant.conf
         # before); bake cannot tell which a local image uses, and a stanza ifupdown never reads would connect nothing.
         problems.append(
-            "system.wifi: bake writes Wi-Fi the way pibake's Debian bases configure networking (ifupdown); a local "
-            "image may use NetworkManager or dhcpcd instead, so bake does not write it there yet"
+            "system.wifi: bake writes Wi-Fi the way pibake's Debian bases configure networking (ifupdown); "
+            f"{'Raspberry Pi OS' if t.base_kind == 'raspios' else 'a local image'} may use NetworkManager or dhcpcd "
+            "instead, so bake does not write it there yet"
         )
     bad = [p.name for p in m.samples if p.suffix.lower() not in SAMPLE_SUFFIXES]
     if bad:
@@ -570,6 +597,27 @@ def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]) -> 
         say(f"{name}: {timings[name]:.0f} s")
 
 
+def _fetch_release(proj: project.Project) -> tuple[Path, str]:
+    """PROJ's Raspberry Pi OS release, downloaded and checked into the cache (image.fetch.fetch; cached after the
+    first time), and the report's words for it. Raises VerificationFailed when the image's own userland is not the
+    one its name promised (the runtimes were chosen by the name)."""
+    from pibake.image import fetch
+
+    got = fetch.fetch(release=proj.target.base)
+    promised, found = release_userland(proj.target.base), image_userland(got.path)
+    if found != promised:
+        raise VerificationFailed(
+            f"target.base = {proj.target.base!r}: the OS list's image {got.url} holds Debian {' '.join(found)}, not "
+            f"{' '.join(promised)} as its name says; nothing was baked"
+        )
+    state = "cached" if got.cached else ("verified" if got.verified else "NOT VERIFIED")
+    release = (
+        f"Raspberry Pi OS {got.release} of {got.release_date} (image sha256 {got.image_sha256}, {state}): "
+        f"Debian {' '.join(found)} userland, {runtime_base(proj)}'s runtimes"
+    )
+    return got.path, release
+
+
 def bake(
     proj: project.Project,
     *,
@@ -618,26 +666,29 @@ def bake(
     provision_play = out_dir / "provision.yml"
     names = [p.name for p in proj.model.samples]
 
-    boot_kernel: kernel.KernelBuild | None = None
-    if proj.target.base_image is not None and needs_pibake_kernel(local_config, prof):
-        # Raspberry Pi OS: its config.txt names no kernel=, and the firmware's kernel8.img/kernel7l.img have no virtio
-        # drivers. The card keeps its own kernel; the emulated boot runs pibake's (built once, then cached).
-        with _stage(timings, "kernel", say):
-            boot_kernel = kernel.build(prof.name)
-        say(
-            f"kernel: {proj.target.base_image.name} names no kernel= in config.txt (Raspberry Pi OS's own kernel has "
-            f"no virtio drivers): the emulated boot runs {boot_kernel.describe()}, the card keeps its own"
-        )
     with _stage(timings, "image", say):
         if proj.target.base_kind == "debian":
             spec = image.default_spec(base=proj.target.base, size_mb=proj.target.image_size_mb, board=board.name)
             base = image.build_image(spec).path
             release = f"{image.BASES[proj.target.base].describe()} (pibake's base)"
+        elif proj.target.base_kind == "raspios":
+            base, release = _fetch_release(proj)
+            local_config = read_config_txt(base)
         else:
             assert proj.target.base_image is not None
             base = proj.target.base_image
             codename, arch = image_userland(base)
             release = f"image {base.name}: Debian {codename} {arch} userland, {runtime_base(proj)}'s runtimes"
+    boot_kernel: kernel.KernelBuild | None = None
+    if proj.target.base_kind != "debian" and needs_pibake_kernel(local_config, prof):
+        # Raspberry Pi OS: its config.txt names no kernel=, and the firmware's kernel8.img/kernel7l.img have no virtio
+        # drivers. The card keeps its own kernel; the emulated boot runs pibake's (built once, then cached).
+        with _stage(timings, "kernel", say):
+            boot_kernel = kernel.build(prof.name)
+        say(
+            f"kernel: {base.name} names no kernel= in config.txt (Raspberry Pi OS's own kernel has no virtio "
+            f"drivers): the emulated boot runs {boot_kernel.describe()}, the card keeps its own"
+        )
     # The model role's source, and the reference's: what runs here is what the Pi gets.
     staged = cache_root() / "bake" / hashlib.sha256(str(proj.path).encode()).hexdigest()[:16] / "model"
     version = stage_model(proj, staged)

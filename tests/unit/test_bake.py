@@ -18,7 +18,9 @@ import yaml
 from pibake import bake, project, resources
 from pibake._module_utils import wheel_lock
 from pibake.errors import PibakeError, UsageError
+from pibake.image import catalogue
 from tests.conftest import REPO, local_image, run_local_play
+from tests.integration import oslist
 
 EXAMPLE = REPO / "examples" / "car"
 
@@ -61,9 +63,10 @@ def test_the_bundled_example_can_be_baked(car: project.Project) -> None:
         (lambda p: dataclasses.replace(p, runtime=dataclasses.replace(p.runtime, version="2.14.0")), "runtime"),
         (
             lambda p: dataclasses.replace(
-                p, target=dataclasses.replace(p.target, base="bookworm-armhf-lite", base_kind="raspios")
+                p, target=dataclasses.replace(p.target, base="trixie-armhf-lite", base_kind="raspios", arch="armhf")
             ),
-            "pibake image fetch --release bookworm-armhf-lite",
+            "target.base = 'trixie-armhf-lite': it is Raspberry Pi OS on Debian trixie armhf; bake has runtimes pinned "
+            "for bullseye armhf, bookworm armhf, trixie arm64 only",
         ),
     ],
 )
@@ -92,10 +95,10 @@ def test_a_board_no_profile_emulates_is_refused_by_its_key_in_the_project_file(t
 def test_the_cli_refuses_before_any_work(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
-    proj = _copy_project(tmp_path, ('base = "debian-bullseye"', 'base = "bookworm-armhf-lite"'))
+    proj = _copy_project(tmp_path, ('base = "debian-bullseye"', 'base = "trixie-armhf-lite"'))
     res = run_cli(["bake", str(proj)])
     assert res.code == 2, res.err
-    assert "target.base" in res.err and "pibake image fetch --release bookworm-armhf-lite" in res.err
+    assert "target.base = 'trixie-armhf-lite': it is Raspberry Pi OS on Debian trixie armhf" in res.err
     assert not (proj / "build").exists()  # nothing written
 
 
@@ -591,3 +594,32 @@ def test_the_model_role_deploys_the_preprocessing_json_with_the_model(tmp_path: 
         "m.onnx",
         "samples",
     ]
+
+
+def test_a_raspberry_pi_os_release_gets_the_runtimes_of_its_userland(
+    car: project.Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_cache: Path
+) -> None:
+    # A name that says its suite needs no OS list; latest-ARCH is the list's.
+    monkeypatch.setenv(catalogue.URL_ENV, (tmp_path / "none.json").as_uri())
+    assert bake.release_userland("trixie-arm64-lite") == ("trixie", "arm64")
+    assert bake.release_userland("2026-06-18-raspios-bookworm-armhf-lite") == ("bookworm", "armhf")
+    with pytest.raises(PibakeError, match="no cached copy"):
+        bake.release_userland("latest-arm64-lite")
+    listing = tmp_path / "os_list.json"
+    listing.write_bytes(oslist.render([]))
+    monkeypatch.setenv(catalogue.URL_ENV, listing.as_uri())
+    assert bake.release_userland("latest-arm64-lite") == ("trixie", "arm64")
+    for base, arch, runtimes in (
+        ("trixie-arm64-lite", "arm64", "debian-trixie-arm64"),
+        ("latest-arm64-lite", "arm64", "debian-trixie-arm64"),
+        ("bookworm-armhf-lite", "armhf", "debian-bookworm-armhf"),
+    ):
+        proj = dataclasses.replace(
+            car, target=dataclasses.replace(car.target, base=base, base_kind="raspios", arch=arch, board="pi4")
+        )
+        assert bake.runtime_base(proj) == runtimes
+        assert bake.unsupported(proj) == [], base
+    wifi = project.WiFi(country="GB", ssid="lab", psk="correct horse battery staple")
+    proj = dataclasses.replace(proj, system=dataclasses.replace(proj.system, wifi=wifi))
+    (problem,) = bake.unsupported(proj)
+    assert problem.startswith("system.wifi:") and "Raspberry Pi OS may use NetworkManager" in problem
