@@ -68,9 +68,11 @@ def molecule_config(scenario: Path) -> dict[str, Any]:
     return merge_dicts(base, yaml.safe_load(scenario.read_text()))
 
 
-def local_image(path: Path, codename: str | None, arch: str | None, config_txt: str = "") -> Path:
+def local_image(
+    path: Path, codename: str | None, arch: str | None, config_txt: str = "", packages: tuple[str, ...] = ()
+) -> Path:
     """An image at PATH (sparse, 1092 MiB) whose root has the userland os-release and dpkg's status say: Debian
-    CODENAME on ARCH (None: the file is left out), and CONFIG_TXT on its boot partition."""
+    CODENAME on ARCH (None: the file is left out) with PACKAGES installed too, and CONFIG_TXT on its boot partition."""
     root, boot, work = (path.with_name(f"{path.stem}-{d}") for d in ("root", "boot", "work"))
     for d in (root / "etc", root / "var/lib/dpkg", boot, work):
         d.mkdir(parents=True)
@@ -82,6 +84,9 @@ def local_image(path: Path, codename: str | None, arch: str | None, config_txt: 
         (root / "var/lib/dpkg/status").write_text(
             f"Package: dpkg\nStatus: install ok installed\nArchitecture: {arch}\nVersion: 1.22.21\n\n"
             "Package: tzdata\nStatus: install ok installed\nArchitecture: all\nVersion: 2025b\n"
+            + "".join(
+                f"\nPackage: {p}\nStatus: install ok installed\nArchitecture: {arch}\nVersion: 1\n" for p in packages
+            )
         )
     (boot / "config.txt").write_text(config_txt)
     build.assemble(path, Layout(total_mb=1092, boot_mb=64), 0x1234ABCD, root, boot, work)

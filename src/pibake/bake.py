@@ -14,9 +14,9 @@ emulates (the ARMv6 pi1 and pi-zero), a local image or Raspberry Pi OS release w
 dpkg architecture) has no pinned runtime (USERLAND_BASES: such a base gets the runtimes of the Debian base with its
 userland; a release is downloaded and checked first, image.fetch), ONNX models anywhere but on a trixie arm64
 userland (onnxruntime has no armv7l wheels), a
-preprocessing size other than the model's input size, Wi-Fi on a local image, on Raspberry Pi OS or on a board
-without Wi-Fi (bake
-writes it the ifupdown way of pibake's Debian bases only). system.user is the login the image is prepared with
+preprocessing size other than the model's input size, Wi-Fi on a board without Wi-Fi or on a base that configures
+its network with neither ifupdown (pibake's Debian bases) nor NetworkManager (Raspberry Pi OS from bookworm on), the
+two ways bake writes it (wifi_method). system.user is the login the image is prepared with
 (on the Debian bases a new account beside ``pi``; on Raspberry Pi OS the first user, by userconf.txt or cloud-init)
 and the user the boot and Ansible log in as. Any other
 [model.preprocessing] is carried: a preprocessing.json beside the model (stage_model), which the Pi-side package
@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,16 +166,32 @@ def image_userland(image: Path) -> tuple[str, str]:
     return _image_userland(image.resolve(), st.st_size, st.st_mtime_ns)
 
 
+def image_packages(image: Path) -> frozenset[str]:
+    """Names of the packages installed in IMAGE's root filesystem (its dpkg status, read without mounting; empty when
+    it has none). Read once per version of the file, with image_userland."""
+    try:
+        st = image.stat()
+    except OSError:
+        return frozenset()
+    return _image_root(image.resolve(), st.st_size, st.st_mtime_ns)[2]
+
+
 @functools.lru_cache(maxsize=8)
-def _image_userland(image: Path, size: int, mtime_ns: int) -> tuple[str, str]:
+def _image_root(image: Path, size: int, mtime_ns: int) -> tuple[str, str, frozenset[str]]:
     try:
         files = ExtFs.partition(image, 2).read_many(["/etc/os-release", "/usr/lib/os-release", "/var/lib/dpkg/status"])
     except PibakeError:
-        return "", ""
+        return "", "", frozenset()
     release = files["/etc/os-release"] or files["/usr/lib/os-release"] or b""
     codename = prepare.parse_os_release(release.decode(errors="replace")).get("VERSION_CODENAME", "")
     status = files["/var/lib/dpkg/status"]
-    arch = imager.image_architecture(finalize.parse_dpkg_status(status.decode(errors="replace"))) if status else ""
+    packages = finalize.parse_dpkg_status(status.decode(errors="replace")) if status else []
+    arch = imager.image_architecture(packages) if packages else ""
+    return codename, arch, frozenset(p["name"] for p in packages)
+
+
+def _image_userland(image: Path, size: int, mtime_ns: int) -> tuple[str, str]:
+    codename, arch, _ = _image_root(image, size, mtime_ns)
     return codename, arch
 
 
@@ -308,18 +325,18 @@ def unsupported(proj: project.Project, *, profile: str | None = None) -> list[st
             f"system.wifi: target.board = {t.board!r} ({board.model}) has no Wi-Fi on board; remove [system.wifi] "
             "(a USB Wi-Fi adapter needs firmware of its own, which bake does not install)"
         )
-    elif t.base_kind == "debian" and s.wifi is not None:
-        problem = ifupdown_ssid_problem(s.wifi.ssid)
-        if problem:
-            problems.append(f"system.wifi.ssid: {problem}")
-    if t.base_kind != "debian" and s.wifi is not None:
-        # Raspberry Pi OS configures Wi-Fi with NetworkManager from bookworm on (dhcpcd and wpa_supplicant.conf
-        # before); bake cannot tell which a local image uses, and a stanza ifupdown never reads would connect nothing.
-        problems.append(
-            "system.wifi: bake writes Wi-Fi the way pibake's Debian bases configure networking (ifupdown); "
-            f"{'Raspberry Pi OS' if t.base_kind == 'raspios' else 'a local image'} may use NetworkManager or dhcpcd "
-            "instead, so bake does not write it there yet"
-        )
+    elif s.wifi is not None:
+        method = wifi_method(proj)
+        if method is None:
+            what = "Raspberry Pi OS before bookworm" if t.base_kind == "raspios" else "the local image"
+            problems.append(
+                f"system.wifi: {what} configures its network with neither NetworkManager nor ifupdown (Raspberry Pi "
+                "OS before bookworm: dhcpcd), and bake writes Wi-Fi for those two only"
+            )
+        else:
+            problem = (ifupdown_ssid_problem if method == "ifupdown" else networkmanager_ssid_problem)(s.wifi.ssid)
+            if problem:
+                problems.append(f"system.wifi.ssid: {problem}")
     bad = [p.name for p in m.samples if p.suffix.lower() not in SAMPLE_SUFFIXES]
     if bad:
         problems.append(f"model.samples: the Pi-side package reads PNG and JPEG images, not {', '.join(bad)}")
@@ -437,17 +454,90 @@ def ifupdown_wifi_stanza(wifi: project.WiFi) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wifi_vars(wifi: project.WiFi | None) -> dict[str, object]:
-    """playbooks/bake_system.yml's Wi-Fi variables for WIFI (None: none, nothing written)."""
-    if wifi is None:
+def networkmanager_ssid_problem(ssid: str) -> str | None:
+    """Why SSID cannot be written as text in a NetworkManager keyfile's ``ssid=``, or None. The keyfile is a GLib key
+    file (nm-settings-keyfile(5)): its values end at the line's end and lose surrounding spaces, and NetworkManager
+    reads a value with ``;`` in it as a list of byte values."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in ssid):
+        return "has a control character, which a NetworkManager keyfile cannot carry as text"
+    if ssid != ssid.strip():
+        return "starts or ends with a space, which GLib's key files strip"
+    if ";" in ssid:
+        return "has a semicolon, which NetworkManager's keyfile reads as a list separator"
+    return None
+
+
+# Where bake writes [system.wifi] for NetworkManager; NetworkManager reads only owner-only, root-owned keyfiles there.
+NETWORKMANAGER_CONNECTION = "/etc/NetworkManager/system-connections/pibake-wifi.nmconnection"
+
+
+def networkmanager_wifi_connection(wifi: project.WiFi) -> str:
+    """NETWORKMANAGER_CONNECTION for WIFI, in NetworkManager's keyfile format (nm-settings-keyfile(5)): a Wi-Fi
+    connection on wlan0 that comes up by itself, DHCP and IPv6 autoconfiguration, as Raspberry Pi Imager's settings
+    give Raspberry Pi OS. A passphrase is written as its derived key (wpa_psk: the ``psk`` setting takes 64 hex digits
+    as the key itself), so the passphrase never reaches the card; an open network has no wifi-security section. The
+    UUID is derived from the SSID, so the same project writes the same file."""
+    ssid = wifi.ssid.replace("\\", "\\\\")  # a GLib key file escapes the backslash
+    lines = [
+        "# system.wifi, written by pibake bake",
+        "[connection]",
+        "id=pibake-wifi",
+        f"uuid={uuid.uuid5(uuid.NAMESPACE_URL, 'pibake-wifi:' + wifi.ssid)}",
+        "type=wifi",
+        f"interface-name={WIFI_INTERFACE}",
+        "autoconnect=true",
+        "",
+        "[wifi]",
+        "mode=infrastructure",
+        f"ssid={ssid}",
+        "",
+    ]
+    if wifi.psk is not None:
+        lines += ["[wifi-security]", "key-mgmt=wpa-psk", f"psk={wpa_psk(wifi.psk, wifi.ssid)}", ""]
+    lines += ["[ipv4]", "method=auto", "", "[ipv6]", "addr-gen-mode=default", "method=auto"]
+    return "\n".join(lines) + "\n"
+
+
+# Raspberry Pi OS configures its network with NetworkManager from bookworm on (Raspberry Pi documentation,
+# "Configuration: Networking"), with dhcpcd and wpa_supplicant.conf before.
+NETWORKMANAGER_SINCE = "bookworm"
+
+
+def wifi_method(proj: project.Project) -> str | None:
+    """How PROJ's base configures its network, so where [system.wifi] goes: "ifupdown" (pibake's Debian bases, or a
+    local image with ifupdown and no NetworkManager), "networkmanager" (Raspberry Pi OS bookworm and later, or a local
+    image with network-manager installed); None when it is neither (unsupported says so)."""
+    from pibake.image import catalogue
+
+    t = proj.target
+    if t.base_kind == "debian":
+        return "ifupdown"
+    if t.base_kind == "raspios":
+        suite, _ = release_userland(t.base)
+        order = catalogue.DEBIAN_SUITES
+        return "networkmanager" if suite in order and order.index(suite) >= order.index(NETWORKMANAGER_SINCE) else None
+    packages = image_packages(t.base_image) if t.base_image is not None else frozenset()
+    if "network-manager" in packages:
+        return "networkmanager"
+    return "ifupdown" if "ifupdown" in packages else None
+
+
+def wifi_vars(wifi: project.WiFi | None, method: str | None = "ifupdown") -> dict[str, object]:
+    """playbooks/bake_system.yml's Wi-Fi variables for WIFI (None: none, nothing written), written the METHOD way
+    (wifi_method)."""
+    if wifi is None or method is None:
         return {"bake_wifi_enabled": False}
     return {
         "bake_wifi_enabled": True,
+        "bake_wifi_method": method,
         "bake_wifi_country": wifi.country,
-        # In the current bases already (image.build.WIFI_PACKAGES); the playbook installs whichever is missing.
+        # In the current bases and Raspberry Pi OS already (image.build.WIFI_PACKAGES); the playbook installs
+        # whichever is missing.
         "bake_wifi_packages": list(image.WIFI_PACKAGES),
         "bake_wifi_interface": WIFI_INTERFACE,
-        "bake_wifi_interfaces": ifupdown_wifi_stanza(wifi),
+        "bake_wifi_interfaces": ifupdown_wifi_stanza(wifi) if method == "ifupdown" else "",
+        "bake_wifi_connection": networkmanager_wifi_connection(wifi) if method == "networkmanager" else "",
+        "bake_wifi_connection_path": NETWORKMANAGER_CONNECTION,
     }
 
 
@@ -476,7 +566,7 @@ def provision_vars(
         "bake_timezone": proj.system.timezone,
         "bake_packages": list(proj.system.packages),
         "bake_locale": proj.system.locale,
-        **wifi_vars(proj.system.wifi),
+        **wifi_vars(proj.system.wifi, wifi_method(proj) if proj.system.wifi is not None else None),
     }
 
 
@@ -609,6 +699,11 @@ def _fetch_release(proj: project.Project) -> tuple[Path, str]:
         raise VerificationFailed(
             f"target.base = {proj.target.base!r}: the OS list's image {got.url} holds Debian {' '.join(found)}, not "
             f"{' '.join(promised)} as its name says; nothing was baked"
+        )
+    if proj.system.wifi is not None and "network-manager" not in image_packages(got.path):
+        raise VerificationFailed(
+            f"target.base = {proj.target.base!r}: the image has no network-manager installed, where Raspberry Pi OS "
+            f"from {NETWORKMANAGER_SINCE} on configures its network, so [system.wifi] has nothing to read it"
         )
     state = "cached" if got.cached else ("verified" if got.verified else "NOT VERIFIED")
     release = (

@@ -132,24 +132,91 @@ def test_wifi_on_a_board_without_it_is_refused_with_the_reason(car: project.Proj
     assert problem.startswith("system.wifi: target.board = 'pi2' (Raspberry Pi 2 Model B v1.1) has no Wi-Fi")
 
 
-def test_wifi_on_a_local_image_is_refused_with_the_reason(car: project.Project, tmp_path: Path) -> None:
-    img = local_image(tmp_path / "raspios.img", "bookworm", "armhf")
-    proj = dataclasses.replace(
-        car, target=dataclasses.replace(car.target, base=str(img), base_kind="image", base_image=img, arch=None)
+def _local(car: project.Project, image: Path) -> project.Project:
+    return dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base=str(image), base_kind="image", base_image=image, arch=None)
     )
-    assert bake.unsupported(_with(proj, locale="en_GB.UTF-8")) == []  # the locale is plain Debian anywhere
-    (problem,) = bake.unsupported(_with(proj, wifi=project.WiFi("GB", "lab", None)))
-    assert problem.startswith("system.wifi: ") and "NetworkManager" in problem
+
+
+def test_wifi_on_a_local_image_goes_where_its_network_is_configured(car: project.Project, tmp_path: Path) -> None:
+    wifi = project.WiFi("GB", "lab", "correct horse")
+    nm = _local(car, local_image(tmp_path / "nm.img", "bookworm", "armhf", packages=("network-manager", "ifupdown")))
+    ifupdown = _local(car, local_image(tmp_path / "ifupdown.img", "bookworm", "armhf", packages=("ifupdown",)))
+    neither = _local(car, local_image(tmp_path / "dhcpcd.img", "bookworm", "armhf", packages=("dhcpcd5",)))
+    assert [bake.wifi_method(p) for p in (nm, ifupdown, neither)] == ["networkmanager", "ifupdown", None]
+    assert bake.unsupported(_with(nm, wifi=wifi)) == []
+    assert bake.unsupported(_with(ifupdown, wifi=wifi)) == []
+    assert bake.unsupported(_with(neither, locale="en_GB.UTF-8")) == []  # the locale is plain Debian anywhere
+    (problem,) = bake.unsupported(_with(neither, wifi=wifi))
+    assert problem.startswith("system.wifi: the local image configures its network with neither NetworkManager")
+    extra = bake.provision_vars(_with(nm, wifi=wifi), tmp_path, "v1")
+    assert extra["bake_wifi_method"] == "networkmanager" and extra["bake_wifi_interfaces"] == ""
+    assert extra["bake_wifi_connection"] == bake.networkmanager_wifi_connection(wifi)
+    assert "correct horse" not in json.dumps(extra)
+
+
+def test_raspberry_pi_os_from_bookworm_on_takes_wifi_through_networkmanager(car: project.Project) -> None:
+    wifi = project.WiFi("GB", "lab", None)
+    for base, method in (("trixie-arm64-lite", "networkmanager"), ("bookworm-armhf-lite", "networkmanager")):
+        proj = dataclasses.replace(car, target=dataclasses.replace(car.target, base=base, base_kind="raspios"))
+        assert bake.wifi_method(proj) == method
+        assert bake.unsupported(_with(proj, wifi=wifi)) == [], base
+    old = dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base="bullseye-armhf-lite", base_kind="raspios")
+    )
+    assert bake.wifi_method(old) is None
+    (problem,) = bake.unsupported(_with(old, wifi=wifi))
+    assert "Raspberry Pi OS before bookworm configures its network with neither" in problem and "dhcpcd" in problem
+
+
+def test_the_networkmanager_keyfile_carries_the_key_not_the_passphrase() -> None:
+    import configparser
+
+    text = bake.networkmanager_wifi_connection(project.WiFi("GB", "Lab net", "correct horse"))
+    keyfile = configparser.ConfigParser(interpolation=None)
+    keyfile.read_string(text)
+    assert dict(keyfile["connection"]) == {
+        "id": "pibake-wifi",
+        "uuid": keyfile["connection"]["uuid"],
+        "type": "wifi",
+        "interface-name": "wlan0",
+        "autoconnect": "true",
+    }
+    assert (keyfile["wifi"]["mode"], keyfile["wifi"]["ssid"]) == ("infrastructure", "Lab net")
+    assert dict(keyfile["wifi-security"]) == {"key-mgmt": "wpa-psk", "psk": bake.wpa_psk("correct horse", "Lab net")}
+    assert keyfile["ipv4"]["method"] == keyfile["ipv6"]["method"] == "auto"
+    assert "correct horse" not in text
+    assert text == bake.networkmanager_wifi_connection(project.WiFi("GB", "Lab net", "correct horse"))  # same uuid
+    open_net = bake.networkmanager_wifi_connection(project.WiFi("GB", "open", None))
+    assert "[wifi-security]" not in open_net and "psk" not in open_net
+    assert "ssid=back\\\\slash\n" in bake.networkmanager_wifi_connection(project.WiFi("GB", "back\\slash", None))
+
+
+@pytest.mark.parametrize(
+    ("ssid", "says"), [("lab\nnet", "control character"), (" lab", "space"), ("lab;net", "semicolon")]
+)
+def test_an_ssid_a_networkmanager_keyfile_cannot_carry_is_refused(car: project.Project, ssid: str, says: str) -> None:
+    proj = dataclasses.replace(
+        car, target=dataclasses.replace(car.target, base="trixie-arm64-lite", base_kind="raspios")
+    )
+    (problem,) = bake.unsupported(_with(proj, wifi=project.WiFi("GB", ssid, None)))
+    assert problem.startswith("system.wifi.ssid: ") and says in problem
 
 
 def test_the_tasks_that_carry_the_key_log_nothing_and_keep_it_owner_only() -> None:
-    carrying = [t for t in _tasks() if "bake_wifi_interfaces" in json.dumps(t)]
-    assert carrying and all(t.get("no_log") is True for t in carrying)
-    (copy,) = carrying
-    args = copy["ansible.builtin.copy"]
-    assert isinstance(args, dict)
-    assert args["mode"] == "0600" and args["owner"] == "root"
-    assert args["dest"] == "/etc/network/interfaces.d/{{ bake_wifi_interface }}"
+    carrying = [
+        t for t in _tasks() if "bake_wifi_interfaces" in json.dumps(t) or "bake_wifi_connection" in json.dumps(t)
+    ]
+    assert len(carrying) == 2 and all(t.get("no_log") is True for t in carrying)
+    for task in carrying:
+        args = task["ansible.builtin.copy"]
+        assert isinstance(args, dict)
+        assert args["mode"] == "0600" and args["owner"] == "root"
+    ifupdown, nm = carrying
+    assert ifupdown["ansible.builtin.copy"]["dest"] == "/etc/network/interfaces.d/{{ bake_wifi_interface }}"  # type: ignore[index]
+    assert "bake_wifi_method == 'ifupdown'" in str(ifupdown["when"])
+    assert nm["ansible.builtin.copy"]["dest"] == "{{ bake_wifi_connection_path }}"  # type: ignore[index]
+    assert "bake_wifi_method == 'networkmanager'" in str(nm["when"])
     regdom = _task("Set the Wi-Fi regulatory country")["ansible.builtin.copy"]
     assert isinstance(regdom, dict)
     assert "options cfg80211 ieee80211_regdom={{ bake_wifi_country }}" in regdom["content"]
