@@ -23,7 +23,8 @@ APT_GET ?= apt-get
 # arch-test: mmdebstrap's check that a foreign architecture runs here (qemu-user); only a Recommends of mmdebstrap,
 # which --no-install-recommends leaves out, and without it mmdebstrap refuses armhf and arm64.
 APT_PACKAGES := qemu-system-arm qemu-utils qemu-user-static binfmt-support mmdebstrap arch-test \
-	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu bmap-tools xz-utils
+	dosfstools mtools fdisk e2fsprogs openssh-client python3-venv ca-certificates ipxe-qemu bmap-tools xz-utils \
+	python3-gi gir1.2-nm-1.0
 
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)

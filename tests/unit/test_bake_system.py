@@ -283,3 +283,51 @@ def test_the_locale_is_found_in_supported_and_generated_once(tmp_path: Path) -> 
     assert res.returncode == 0, res.stdout + res.stderr
     for n, (locale, _, entry, generate) in enumerate(LOCALE_CASES):
         assert json.loads((tmp_path / f"{n}.json").read_text()) == {"entry": entry, "generate": generate}, locale
+
+
+# NetworkManager's own keyfile reader (libnm's nm_keyfile_read, through its GObject introspection; Debian's
+# gir1.2-nm-1.0 and python3-gi, which `make deps` installs): the daemon reads system-connections with it.
+NM_READ = """
+import json, sys
+import gi
+gi.require_version("NM", "1.0")
+from gi.repository import GLib, NM
+data = sys.stdin.read()
+kf = GLib.KeyFile()
+kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.NONE)
+conn = NM.keyfile_read(kf, "/etc/NetworkManager/system-connections", NM.KeyfileHandlerFlags.NONE, None, None)
+conn.verify()
+wifi, sec, ip4 = conn.get_setting_wireless(), conn.get_setting_wireless_security(), conn.get_setting_ip4_config()
+print(json.dumps({
+    "id": conn.get_id(), "type": conn.get_connection_type(), "interface": conn.get_interface_name(),
+    "autoconnect": conn.get_setting_connection().get_autoconnect(), "ssid": wifi.get_ssid().get_data().decode(),
+    "mode": wifi.get_mode(), "key_mgmt": sec.get_key_mgmt() if sec else None, "psk": sec.get_psk() if sec else None,
+    "ipv4": ip4.get_method(),
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("ssid", "psk"), [("Lab net", "correct horse"), ("open", None), ("back\\slash", "0123456789" * 6 + "abcd")]
+)
+def test_networkmanager_reads_the_keyfile_as_bake_means_it(ssid: str, psk: str | None) -> None:
+    system_python = "/usr/bin/python3"
+    probe = subprocess.run([system_python, "-c", "import gi; gi.require_version('NM', '1.0')"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("libnm's introspection data is not installed (apt install gir1.2-nm-1.0 python3-gi)")
+    text = bake.networkmanager_wifi_connection(project.WiFi("GB", ssid, psk))
+    res = subprocess.run(
+        [system_python, "-c", NM_READ], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {
+        "id": "pibake-wifi",
+        "type": "802-11-wireless",
+        "interface": "wlan0",
+        "autoconnect": True,
+        "ssid": ssid,
+        "mode": "infrastructure",
+        "key_mgmt": "wpa-psk" if psk else None,
+        "psk": bake.wpa_psk(psk, ssid) if psk else None,
+        "ipv4": "auto",
+    }
