@@ -781,7 +781,8 @@ def bake(
         with _stage(timings, "kernel", say):
             boot_kernel = kernel.build(prof.name)
         say(
-            f"kernel: {base.name} names no kernel= in config.txt (Raspberry Pi OS's own kernel has no virtio "
+            f"kernel: {proj.target.base if proj.target.base_kind == 'raspios' else base.name} names no kernel= in "
+            "config.txt (Raspberry Pi OS's own kernel has no virtio "
             f"drivers): the emulated boot runs {boot_kernel.describe()}, the card keeps its own"
         )
     # The model role's source, and the reference's: what runs here is what the Pi gets.
