@@ -159,21 +159,23 @@ def image_userland(image: Path) -> tuple[str, str]:
 
     Read once per version of the file (its path, size and mtime): unsupported, runtime_name, project_runtime and the
     report all ask for it during one bake, and dpkg's status is megabytes read through debugfs."""
-    try:
-        st = image.stat()
-    except OSError:
-        return "", ""
-    return _image_userland(image.resolve(), st.st_size, st.st_mtime_ns)
+    codename, arch, _ = _read_root(image)
+    return codename, arch
 
 
 def image_packages(image: Path) -> frozenset[str]:
     """Names of the packages installed in IMAGE's root filesystem (its dpkg status, read without mounting; empty when
     it has none). Read once per version of the file, with image_userland."""
+    return _read_root(image)[2]
+
+
+def _read_root(image: Path) -> tuple[str, str, frozenset[str]]:
+    """_image_root for the current version of IMAGE (its path, size and mtime: the cache's key); nothing for none."""
     try:
         st = image.stat()
     except OSError:
-        return frozenset()
-    return _image_root(image.resolve(), st.st_size, st.st_mtime_ns)[2]
+        return "", "", frozenset()
+    return _image_root(image.resolve(), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
@@ -188,11 +190,6 @@ def _image_root(image: Path, size: int, mtime_ns: int) -> tuple[str, str, frozen
     packages = finalize.parse_dpkg_status(status.decode(errors="replace")) if status else []
     arch = imager.image_architecture(packages) if packages else ""
     return codename, arch, frozenset(p["name"] for p in packages)
-
-
-def _image_userland(image: Path, size: int, mtime_ns: int) -> tuple[str, str]:
-    codename, arch, _ = _image_root(image, size, mtime_ns)
-    return codename, arch
 
 
 def release_userland(name: str) -> tuple[str, str]:
