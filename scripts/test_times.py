@@ -11,7 +11,8 @@
                                            start COMMAND in the background, its output to LOG, and go on;
     test_times.py wait STEP                wait for it: its seconds are recorded as a step beside the others
                                            (left out of the total), and its exit status is passed on, with
-                                           LOG's end printed when it failed
+                                           LOG's end printed when it failed; a `run` inside COMMAND records
+                                           its step (and Molecule's) as beside the others too
     test_times.py report                   print the table of everything recorded since `reset`
     test_times.py reset                    forget what was recorded
 
@@ -67,6 +68,8 @@ def format_seconds(seconds: float) -> str:
 
 
 BESIDE = " (beside the steps above)"
+# Set by `_background` for its command, so that a `run` inside it is tabled as beside the others.
+BESIDE_ENV = "PIBAKE_TEST_BESIDE"
 
 
 def report() -> str:
@@ -89,6 +92,8 @@ def report() -> str:
 
 
 def run(step: str, argv: list[str]) -> int:
+    if os.environ.get(BESIDE_ENV):  # inside a background step (`start`): its time is spent beside the others
+        step += BESIDE
     # PIBAKE_TEST_STEP: the step pytest's per-file rows go under (tests/conftest.py).
     env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve()), "PIBAKE_TEST_STEP": step}
     t0 = time.monotonic()
@@ -136,7 +141,7 @@ def start(step: str, log: str, argv: list[str]) -> int:
 
 
 def background(step: str, log: str, argv: list[str]) -> int:
-    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve())}
+    env = {**os.environ, "PIBAKE_TEST_TIMES": str(record_path().resolve()), BESIDE_ENV: "1"}
     t0 = time.monotonic()
     with Path(log).open("wb") as out:
         try:
@@ -151,6 +156,9 @@ def background(step: str, log: str, argv: list[str]) -> int:
     tmp.write_text(f"{code}\n")
     tmp.replace(_side_file(step, "status"))
     return code
+
+
+WAIT_TAIL_LINES = 3000
 
 
 def wait(step: str, poll: float = 5.0) -> int:
@@ -169,7 +177,8 @@ def wait(step: str, poll: float = 5.0) -> int:
     status.unlink()
     log_note.unlink()
     if code != 0:
-        tail = log.read_text(errors="replace").splitlines()[-60:] if log.exists() else []
+        # make test's background job is a build, a Molecule scenario and a pytest run: enough for all of them.
+        tail = log.read_text(errors="replace").splitlines()[-WAIT_TAIL_LINES:] if log.exists() else []
         print("\n".join([f"{step} failed (exit {code}); the end of {log}:", *tail]), file=sys.stderr)
         print(report())
     else:

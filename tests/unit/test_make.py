@@ -149,3 +149,24 @@ def test_images_builds_both_bases_side_by_side(tmp_path: Path) -> None:
     then = next(i for i, ln in enumerate(lines) if '-m "arm64_base and' in ln)
     assert start < builds_32 < first < wait < then, run.out
     assert re.search(r"pibake kernel build --profile vexpress-a9 --provider debian-source", run.out), run.out
+    assert "molecule test" not in run.out  # test-integration alone is pytest's
+
+
+def test_make_test_runs_the_64_bit_half_beside_the_32_bit_half(tmp_path: Path) -> None:
+    # Each half drives one guest at a time: the arm64 build, Molecule's default scenario and pytest's arm64 part run as
+    # one background job beside the 32-bit builds and pytest's first part, and make test waits for it at the end.
+    run = _make(["-n", "test"], tmp_path)
+    assert run.code == 0, run.err
+    lines = run.out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "test_times.py start arm64 " in ln)
+    job = lines[start]
+    build, molecule = job.index("--base debian-trixie-arm64"), job.index("molecule test")
+    arm64_tests = job.index('-m "arm64_base and')
+    assert build < job.index("&&") < molecule < arm64_tests, job
+    assert "run molecule-default --" in job and "run image-arm64 --" in job and "run pytest-arm64 --" in job, job
+    builds_32 = next(i for i, ln in enumerate(lines) if "-j2 image kernel PROFILE=vexpress-a9" in ln)
+    first = next(i for i, ln in enumerate(lines) if 'not arm64_base" tests' in ln)
+    wait = next(i for i, ln in enumerate(lines) if "test_times.py wait arm64" in ln)
+    assert start < builds_32 < first < wait == len(lines) - 2, run.out  # then only the table
+    assert sum("molecule test" in ln for ln in lines) == 1, run.out
+    assert sum('-m "arm64_base and' in ln for ln in lines) == 1, run.out

@@ -76,3 +76,19 @@ def test_a_background_step_runs_beside_the_others_and_passes_its_status_on(tmp_p
     assert again.returncode == 2 and "never started" in again.stderr
     ok = _times(["start", "kernel", str(log), "--", "true"], record)
     assert ok.returncode == 0 and _times(["wait", "kernel"], record).returncode == 0
+
+
+def test_a_run_inside_a_background_step_is_tabled_beside_the_others(tmp_path: Path) -> None:
+    # make test's background job: the arm64 build, then Molecule, each timed by `run`, beside pytest's first part.
+    record, log = tmp_path / "times.tsv", tmp_path / "arm64.log"
+    inner = [sys.executable, str(SCRIPT), "run", "molecule-default", "--", "sh", "-c", MOLECULE_LIKE]
+    assert _times(["start", "arm64", str(log), "--", *inner], record).returncode == 0
+    assert _times(["run", "pytest", "--", "sh", "-c", "sleep 1.1"], record).returncode == 0
+    assert _times(["wait", "arm64"], record).returncode == 0
+    rows = dict(line.split("\t") for line in record.read_text().splitlines())
+    beside = "molecule-default (beside the steps above)"
+    assert beside in rows and f"{beside}/create" in rows and "molecule-default" not in rows, rows
+    table = _times(["report"], record).stdout
+    assert "    create" in table, table  # Molecule's steps under their scenario's row
+    total = next(line for line in table.splitlines() if line.strip().startswith("total"))
+    assert total.split()[-2:] == [str(round(float(rows["pytest"]))), "s"], table  # only pytest counts
