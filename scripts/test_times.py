@@ -10,7 +10,8 @@
     test_times.py start STEP LOG -- COMMAND...
                                            start COMMAND in the background, its output to LOG, and go on;
     test_times.py wait STEP                wait for it: its seconds are recorded as a step beside the others
-                                           (left out of the total), and its exit status is passed on, with
+                                           (left out of the total; the wait itself is counted), and its exit
+                                           status is passed on, with
                                            LOG's end printed when it failed; a `run` inside COMMAND records
                                            its step (and Molecule's) as beside the others too
     test_times.py report                   print the table of everything recorded since `reset`
@@ -171,8 +172,11 @@ def wait(step: str, poll: float = 5.0) -> int:
     log = Path(log_note.read_text().strip())
     if not status.exists():
         print(f"{step}: waiting for it to end (output: {log})", flush=True)
+    t0 = time.monotonic()
     while not status.exists():
         time.sleep(poll)
+    # Time the steps above spent waiting for it: counted, so that the total is make test's own time.
+    append(f"waiting for {step}", time.monotonic() - t0)
     code = int(status.read_text())
     status.unlink()
     log_note.unlink()
