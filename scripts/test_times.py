@@ -11,9 +11,9 @@
                                            start COMMAND in the background, its output to LOG, and go on;
     test_times.py wait STEP                wait for it: its seconds are recorded as a step beside the others
                                            (left out of the total; the wait itself is counted), and its exit
-                                           status is passed on, with
-                                           LOG's end printed when it failed; a `run` inside COMMAND records
-                                           its step (and Molecule's) as beside the others too
+                                           status is passed on, with LOG's end printed when it failed; a `run`
+                                           inside COMMAND records its step (and Molecule's) as beside the
+                                           others too
     test_times.py report                   print the table of everything recorded since `reset`
     test_times.py reset                    forget what was recorded
 

@@ -112,9 +112,9 @@ def installed_model_files(host: Any) -> dict[str, dict[str, str]]:
     """Type, owner, group, mode (octal) and SHA-256 of each of MODEL_FILES on the guest, by name, read in one
     command: each attribute of testinfra's host.file is a round trip of its own, about 1.6 s on the emulated Pi
     (measured: 8-9 s a file, 70 s for the model's files)."""
-    paths = [f"{MODEL_DIR}/{name}" for name, _ in MODEL_FILES]
+    paths = {name: f"{MODEL_DIR}/{name}" for name, _ in MODEL_FILES}
     each = " ".join(["%s"] * len(paths))
-    cmd = host.run(f"stat -L -c '%%n|%%F|%%U|%%G|%%a' -- {each}; sha256sum -- {each}", *paths, *paths)
+    cmd = host.run(f"stat -L -c '%%n|%%F|%%U|%%G|%%a' -- {each}; sha256sum -- {each}", *paths.values(), *paths.values())
     found: dict[str, dict[str, str]] = {}
     for line in cmd.stdout.splitlines():
         if "|" in line:
@@ -123,8 +123,7 @@ def installed_model_files(host: Any) -> dict[str, dict[str, str]]:
         elif line.strip():
             digest, path = line.split(maxsplit=1)
             found.setdefault(path, {})["sha256"] = digest
-    names = [name for name, _ in MODEL_FILES]
-    return {name: found.get(path, {"error": cmd.stderr}) for name, path in zip(names, paths, strict=True)}
+    return {name: found.get(path, {"error": cmd.stderr}) for name, path in paths.items()}
 
 
 @before_reboot_only
