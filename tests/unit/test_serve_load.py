@@ -121,10 +121,11 @@ def test_a_full_queue_answers_503_at_once(tmp_path: Path) -> None:
         lock = threading.Lock()
 
         def one() -> None:
-            start = time.perf_counter()
             reply = client.infer_binary(batch)
             with lock:
-                results.append((reply.status, time.perf_counter() - start, reply.headers.get("retry-after")))
+                # When the answer came (one clock for all threads), not how long this thread waited:
+                # under CPU load a thread may start late, so per-thread durations do not compare.
+                results.append((reply.status, time.perf_counter(), reply.headers.get("retry-after")))
 
         threads = [threading.Thread(target=one) for _ in range(8)]
         for thread in threads:
@@ -134,11 +135,11 @@ def test_a_full_queue_answers_503_at_once(tmp_path: Path) -> None:
         statuses = sorted(status for status, _, _ in results)
         assert len(results) == 8 and set(statuses) <= {200, 503} and 503 in statuses, statuses
         assert statuses.count(200) >= 1
-        slowest_ok = max(seconds for status, seconds, _ in results if status == 200)
-        for status, seconds, retry_after in results:
+        last_ok = max(answered for status, answered, _ in results if status == 200)
+        for status, answered, retry_after in results:
             if status == 503:
                 assert retry_after == "1"
-                assert seconds < slowest_ok, "a refusal waited as long as the work it was refused for"
+                assert answered < last_ok, "a refusal waited for the work it was refused for"
         assert client.health()["status"] == "ok"
 
 
