@@ -142,12 +142,12 @@ emulate-stop: venv ## shut the emulated Pi down cleanly
 provision: venv ## run site.yml against the emulated Pi (after `make emulate`)
 	$(BIN)/ansible-playbook site.yml -i inventories/qemu
 
-# Named, as everywhere in this file, so that what make builds and boots does not follow pibake's default base (the
-# board's); DEMO_BASE=debian-bookworm-armhf or debian-trixie-arm64 (with BOARD=pi4) for the others.
-DEMO_BASE ?= debian-bullseye
+# Empty: the board's base, as `pibake demo --board B` picks it (debian-trixie-arm64 where the board has a 64-bit core,
+# debian-bookworm-armhf on the pi2); DEMO_BASE=debian-bookworm-armhf for a 32-bit OS, debian-bullseye for the legacy one.
+DEMO_BASE ?=
 
-demo: deps venv ## the whole job on DEMO_BASE (default debian-bullseye): image, boot, provision, run the model on the Pi, finished image in build/
-	$(PIBAKE) demo $(EMULATION) --base $(DEMO_BASE)
+demo: deps venv ## the whole job for BOARD on DEMO_BASE (default: the board's): image, boot, provision, run the model on the Pi, finished image in build/
+	$(PIBAKE) demo $(EMULATION) $(if $(DEMO_BASE),--base $(DEMO_BASE))
 
 .PHONY: flash bench-flash
 DEVICE ?=

@@ -113,18 +113,21 @@ def test_flash_passes_device_and_image_through(tmp_path: Path) -> None:
     assert re.search(r"pibake flash build/x\.img /dev/null\s*$", run.out, re.MULTILINE)
 
 
-def test_every_image_build_and_demo_names_its_base(tmp_path: Path) -> None:
-    # pibake's default base follows the board (image.build.default_base); what make builds and boots must not.
+def test_every_image_build_names_its_base_and_demo_takes_the_boards(tmp_path: Path) -> None:
+    # pibake's default base follows the board (image.build.default_base); what make builds must not, so that IMAGE
+    # is the base it says. `make demo` is `pibake demo --board B`: the board's base unless DEMO_BASE names one.
     for target, base in (
         ("image", "debian-bullseye"),
         ("image-arm64", "debian-trixie-arm64"),
-        ("demo", "debian-bullseye"),
+        ("image-armhf", "debian-bookworm-armhf"),
     ):
         run = _make(["-n", target], tmp_path)
         assert run.code == 0, run.err
         commands = [ln for ln in run.out.splitlines() if re.search(r"pibake (image build|demo)\b", ln)]
         assert commands, target
         assert all(f"--base {base}" in ln for ln in commands), commands
+    run = _make(["-n", "demo", "BOARD=pi4"], tmp_path)
+    assert re.search(r"pibake demo --board pi4\s*$", run.out, re.MULTILINE), run.out
     run = _make(["-n", "demo", "DEMO_BASE=debian-bookworm-armhf", "BOARD=pi2"], tmp_path)
     assert re.search(r"pibake demo --board pi2 +--base debian-bookworm-armhf", run.out), run.out
 
